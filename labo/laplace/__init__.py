@@ -1,0 +1,27 @@
+"""The differentiable Laplace core: posteriors over network weights, torch only.
+
+Public API::
+
+    from labo.laplace import fit_laplace, Full, Diagonal, Kron
+    from labo.laplace import AllWeights, LastLayer, WeightMask
+"""
+
+from labo.laplace.laplace import LaplaceApproximation, fit_laplace
+from labo.laplace.marglik import log_marginal_likelihood, optimize_hyperparameters
+from labo.laplace.structures import Diagonal, Full, Kron, Structure
+from labo.laplace.subsets import AllWeights, LastLayer, WeightMask, WeightSubset
+
+__all__ = [
+    "AllWeights",
+    "Diagonal",
+    "Full",
+    "Kron",
+    "LaplaceApproximation",
+    "LastLayer",
+    "Structure",
+    "WeightMask",
+    "WeightSubset",
+    "fit_laplace",
+    "log_marginal_likelihood",
+    "optimize_hyperparameters",
+]

@@ -1,0 +1,186 @@
+"""Curvature of the data term: the exact generalised Gauss-Newton (GGN) and K-FAC.
+
+Why ``torch.func`` and not curvlinops or BackPACK: labo's subsets select
+individual weights (``WeightMask``), and the GGN must be taken w.r.t. those
+weights only. curvlinops' GGN operator and BackPACK's extensions work on whole
+parameter tensors (and BackPACK needs ``extend``-ed, Sequential-style modules),
+so neither can restrict the Jacobian to a per-weight subset without computing
+the full one first. ``torch.func`` (``vmap`` of ``jacrev`` on a functional
+network whose only free input is the flat vector of selected weights) does, for
+any module, and stays differentiable. The GGN is then exact:
+``C = Σ_n J_nᵀ Λ_n J_n`` with ``Λ_n = M_n M_nᵀ`` (see ``likelihoods.hessian_sqrt``).
+
+K-FAC for a Linear layer ``s = W a + b`` (weight and bias together as
+``W̃ = [W, b]``, row-major ``(out, in+1)``): the per-example GGN block is
+``G_n ⊗ a_n a_nᵀ`` with ``G_n = B_nᵀ Λ_n B_n`` and ``B_n = ∂f/∂s`` (K x out).
+K-FAC replaces the sum of Kronecker products by the Kronecker product of sums,
+``C ≈ G ⊗ A`` with ``G = Σ_n G_n`` and ``A = (1/N) Σ_n a_n a_nᵀ``; this is exact
+for N = 1. ``B_n`` is obtained with ``jacrev`` w.r.t. a zero perturbation added
+to the layer's output by a forward hook, so it also costs K vector-Jacobian
+products per example, whatever the layer sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+from labo.exceptions import StructureError
+from labo.laplace.jacobians import chunk_rows, iter_output_and_jacobian
+from labo.laplace.likelihoods import hessian_sqrt
+from labo.laplace.subsets import ResolvedSubset
+
+
+def _apply_sqrt(M: Tensor | None, J: Tensor) -> Tensor:
+    """``Mᵀ J`` per example: M ``(n, K, K)``, J ``(n, K, ...)``."""
+    if M is None:
+        return J
+    return torch.einsum("nkj,nk...->nj...", M, J)
+
+
+def ggn(
+    network: nn.Module,
+    subset: ResolvedSubset,
+    likelihood: str,
+    X: Tensor,
+    n_outputs: int,
+    diagonal: bool = False,
+) -> Tensor:
+    """The exact GGN of the data term w.r.t. the selected weights.
+
+    Args:
+        network: Network at its MAP weights.
+        subset: The S selected weights.
+        likelihood: ``"regression"`` (curvature without the ``1/σ²`` factor) or
+            ``"classification"``.
+        X: Training inputs ``(N, ...)``.
+        n_outputs: K, the number of network outputs.
+        diagonal: Return only the diagonal ``(S,)`` instead of the matrix ``(S, S)``.
+    """
+    S = subset.n_weights
+    dtype, device = X.dtype, X.device
+    out = torch.zeros(S if diagonal else (S, S), dtype=dtype, device=device)
+    for _, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):
+        MJ = _apply_sqrt(hessian_sqrt(likelihood, F.detach()), J.detach())
+        if diagonal:
+            out += MJ.pow(2).sum(dim=(0, 1))
+        else:
+            flat = MJ.reshape(-1, S)
+            out += flat.T @ flat
+    return out
+
+
+def kfac_layer_plan(network: nn.Module, subset: ResolvedSubset) -> tuple[list, Tensor]:
+    """Split the selected weights into K-FAC blocks (whole Linear layers) and the rest.
+
+    Returns:
+        ``(blocks, rest)``: ``blocks`` is a list of ``(module_name, index)`` where
+        ``index`` (``out * (in + bias)``,) maps the block's row-major ``[W, b]``
+        entries to positions in the flat selected vector; ``rest`` holds the
+        positions of selected weights outside any Linear layer (they get a
+        diagonal GGN block).
+
+    Raises:
+        StructureError: if a parameter is only partly selected (Kron needs whole layers).
+    """
+    by_name = {s.name: s for s in subset.selected}
+    partial = [s.name for s in subset.selected if s.index is not None]
+    if partial:
+        raise StructureError(
+            f"Kron() needs whole parameter tensors, but {partial} are only partly selected "
+            "by the WeightMask; use Full() or Diagonal() for per-weight subsets."
+        )
+    blocks, covered = [], set()
+    for mname, module in network.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        prefix = f"{mname}." if mname else ""
+        w = by_name.get(prefix + "weight")
+        b = by_name.get(prefix + "bias") if module.bias is not None else None
+        if w is None or (module.bias is not None and b is None):
+            continue  # layer not (fully) selected: its selected tensors go to the rest
+        out_f, in_f = module.weight.shape
+        w_idx = w.offset + torch.arange(out_f * in_f).reshape(out_f, in_f)
+        if b is not None:
+            b_idx = b.offset + torch.arange(out_f).reshape(out_f, 1)
+            w_idx = torch.cat([w_idx, b_idx], dim=1)
+            covered.add(b.name)
+        covered.add(w.name)
+        blocks.append((mname, w_idx.reshape(-1)))
+    rest = [s.offset + torch.arange(s.size) for s in subset.selected if s.name not in covered]
+    rest_idx = torch.cat(rest) if rest else torch.zeros(0, dtype=torch.long)
+    return blocks, rest_idx
+
+
+def kfac_factors(
+    network: nn.Module,
+    layer_names: list[str],
+    likelihood: str,
+    X: Tensor,
+    n_outputs: int,
+) -> list[tuple[Tensor, Tensor]]:
+    """K-FAC factors ``(A, G)`` of the named Linear layers (see the module docstring).
+
+    ``A`` is ``(in+1, in+1)`` with the bias (``(in, in)`` without one) and
+    ``G`` is ``(out, out)``, such that the layer's GGN block is ``≈ G ⊗ A``.
+    """
+    modules = dict(network.named_modules())
+    layers = [(n, modules[n]) for n in layer_names]
+    params = {n: p.detach() for n, p in network.named_parameters()}
+    eps_now: dict[str, Tensor] = {}
+    acts: dict[str, Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            acts[name] = inputs[0]
+            if name in eps_now:
+                return output + eps_now[name]
+            return None
+
+        return hook
+
+    def single(eps: dict[str, Tensor], x: Tensor) -> Tensor:
+        eps_now.clear()
+        eps_now.update(eps)
+        return functional_call(network, params, (x.unsqueeze(0),)).squeeze(0)
+
+    dtype, device = X.dtype, X.device
+    A = [None] * len(layers)
+    G = [
+        torch.zeros(m.out_features, m.out_features, dtype=dtype, device=device) for _, m in layers
+    ]
+    per_row = n_outputs * sum(m.out_features for _, m in layers)
+    rows = chunk_rows(X.shape[0], per_row)
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in layers]
+    try:
+        for start in range(0, X.shape[0], rows):
+            Xc = X[start : start + rows]
+            eps_now.clear()
+            with torch.no_grad():
+                F = functional_call(network, params, (Xc,))
+            for i, (name, module) in enumerate(layers):
+                a = acts[name].detach()
+                if a.dim() != 2:
+                    raise StructureError(
+                        f"Kron(): layer {name!r} receives inputs of shape {tuple(a.shape)}; "
+                        "K-FAC here supports Linear layers applied to (batch, features) only."
+                    )
+                if module.bias is not None:
+                    a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
+                A[i] = a.T @ a if A[i] is None else A[i] + a.T @ a
+            zeros = {
+                n: torch.zeros(1, m.out_features, dtype=dtype, device=device) for n, m in layers
+            }
+            B = vmap(jacrev(single), in_dims=(None, 0))(zeros, Xc)  # name -> (n, K, 1, out)
+            M = hessian_sqrt(likelihood, F)
+            for i, (name, _) in enumerate(layers):
+                MB = _apply_sqrt(M, B[name].squeeze(-2).detach())
+                G[i] += torch.einsum("nko,nkp->op", MB, MB)
+    finally:
+        for h in handles:
+            h.remove()
+        eps_now.clear()
+        acts.clear()
+    n = X.shape[0]
+    return [(a / n, g) for a, g in zip(A, G, strict=True)]

@@ -1,0 +1,270 @@
+"""The Laplace posterior object and ``fit_laplace``.
+
+``LaplaceApproximation`` *has* a network, a resolved weight subset and a
+curvature module (one per structure); it holds the hyperparameters as tensors
+and the few data statistics the marginal likelihood needs, so it never keeps
+the training data. It is an ``nn.Module``: ``state_dict()`` /
+``load_state_dict()`` round-trip the network, curvature, hyperparameters and
+data statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from labo.exceptions import InputShapeError
+from labo.laplace import marglik, predictive
+from labo.laplace.jacobians import network_output
+from labo.laplace.likelihoods import check_likelihood, check_targets, log_likelihood
+from labo.laplace.structures import Kron, Structure
+from labo.laplace.subsets import AllWeights, WeightSubset
+from labo.laplace.validation import as_positive_tensor, check_inputs
+
+
+class LaplaceApproximation(nn.Module):
+    """A Gaussian posterior ``N(θ̂, H⁻¹)`` over the selected weights of a network.
+
+    Build it with :func:`fit_laplace`. Construction alone allocates an unfitted
+    posterior (used to ``load_state_dict`` a saved one).
+
+    Args:
+        network: The network, at its MAP weights. Maps ``(n, d)`` to ``(n, K)``.
+        likelihood: ``"regression"`` (Gaussian, ``noise_std``) or ``"classification"``
+            (softmax over K classes).
+        weights: Which weights are Bayesian (``AllWeights()``, ``LastLayer()``, ``WeightMask``).
+        structure: ``Full()``, ``Diagonal()`` or ``Kron()``.
+        prior_precision: Scalar, one value per selected parameter tensor, or one per weight.
+        noise_std: Observation noise standard deviation (regression).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        likelihood: str = "regression",
+        weights: WeightSubset | None = None,
+        structure: Structure | None = None,
+        prior_precision: float | Tensor = 1.0,
+        noise_std: float | Tensor = 1.0,
+    ):
+        super().__init__()
+        self.network = network
+        self.likelihood = check_likelihood(likelihood)
+        self.weights = AllWeights() if weights is None else weights
+        self.structure = Kron() if structure is None else structure
+        if not isinstance(self.weights, WeightSubset):
+            raise TypeError(
+                f"weights must be AllWeights(), LastLayer() or WeightMask(...), got {weights!r}."
+            )
+        if not isinstance(self.structure, Structure):
+            raise TypeError(f"structure must be Full(), Diagonal() or Kron(), got {structure!r}.")
+        self.subset = self.weights.resolve(network)
+        p = next(network.parameters())
+        self._dtype, self._device = p.dtype, p.device
+        self.curvature = (
+            self.structure.build(network, self.subset).to(self._dtype).to(self._device)
+        )
+        kw = {"dtype": self._dtype, "device": self._device}
+        self.register_buffer(
+            "_prior_precision", self._check_prior(prior_precision).detach().clone()
+        )
+        self.register_buffer("_noise_std", self._check_noise(noise_std).detach().clone())
+        self.register_buffer("theta_map", torch.zeros(self.subset.n_weights, **kw))
+        self.register_buffer("n_data", torch.tensor(0))
+        self.register_buffer("n_outputs", torch.tensor(0))
+        self.register_buffer("input_shape", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("data_sse", torch.tensor(0.0, **kw))
+        self.register_buffer("data_loglik", torch.tensor(0.0, **kw))
+        self._cache: tuple | None = None
+
+    # ------------------------------------------------------------------ hyperparameters
+    @property
+    def n_weights(self) -> int:
+        """S, the number of selected (Bayesian) weights."""
+        return self.subset.n_weights
+
+    def _check_prior(self, value) -> Tensor:
+        allowed = {"per tensor": self.subset.n_tensors, "per weight": self.subset.n_weights}
+        return as_positive_tensor(value, "prior_precision", allowed, self._dtype, self._device)
+
+    def _check_noise(self, value) -> Tensor:
+        t = as_positive_tensor(value, "noise_std", {}, self._dtype, self._device)
+        return t
+
+    @property
+    def prior_precision(self) -> Tensor:
+        """Prior precision: shape ``()``, ``(n_tensors,)`` or ``(S,)``."""
+        return self._prior_precision
+
+    @prior_precision.setter
+    def prior_precision(self, value) -> None:
+        self._prior_precision = self._check_prior(value)
+        self._cache = None
+
+    @property
+    def noise_std(self) -> Tensor:
+        """Observation noise standard deviation (scalar tensor; regression only)."""
+        return self._noise_std
+
+    @noise_std.setter
+    def noise_std(self, value) -> None:
+        self._noise_std = self._check_noise(value)
+        self._cache = None
+
+    def _expand_prior(self, prior: Tensor) -> Tensor:
+        if prior.dim() == 0:
+            return prior.expand(self.n_weights)
+        if prior.numel() == self.n_weights:
+            return prior
+        return self.subset.expand_per_tensor(prior)
+
+    def _scale(self, noise: Tensor) -> Tensor:
+        if self.likelihood == "regression":
+            return noise.pow(-2)
+        return torch.ones((), dtype=self._dtype, device=self._device)
+
+    def _precision(self, prior: Tensor, noise: Tensor):
+        """The posterior precision operator for given hyperparameters."""
+        return self.curvature.precision(
+            self._expand_prior(prior), self._scale(noise), prior_is_scalar=prior.dim() == 0
+        )
+
+    def posterior_precision(self):
+        """The posterior precision operator at the current hyperparameters.
+
+        Cached while the hyperparameters do not require grad (the cache never
+        holds an autograd graph, so repeated backward passes stay valid).
+        """
+        prior, noise = self._prior_precision, self._noise_std
+        if prior.requires_grad or noise.requires_grad:
+            return self._precision(prior, noise)
+        key = (id(prior), prior._version, id(noise), noise._version, id(self.curvature))
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self._precision(prior, noise))
+        return self._cache[1]
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X: Tensor, Y: Tensor) -> LaplaceApproximation:
+        """Compute the curvature at the network's current weights and the data statistics.
+
+        Args:
+            X: Training inputs ``(n, ...)``.
+            Y: Targets ``(n, K)`` (regression) or integer labels ``(n,)`` (classification).
+        """
+        check_inputs(X, self._dtype, "X")
+        with torch.no_grad():
+            F = network_output(self.network, X)
+        K = F.shape[-1]
+        check_targets(self.likelihood, Y, X.shape[0], K, self._dtype)
+        self.curvature.compute(self.network, self.subset, self.likelihood, X, K)
+        with torch.no_grad():
+            self.theta_map = self.subset.get_theta(self.network).clone()
+            self.n_data = torch.tensor(X.shape[0])
+            self.n_outputs = torch.tensor(K)
+            self.input_shape = torch.tensor(list(X.shape[1:]), dtype=torch.long)
+            if self.likelihood == "regression":
+                self.data_sse = (Y - F).pow(2).sum()
+            else:
+                self.data_loglik = log_likelihood("classification", F, Y, self._noise_std)
+        self._cache = None
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Hyperparameters and shapes may differ from the freshly built defaults.
+        for name in ("_prior_precision", "_noise_std", "input_shape"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key]))
+        self._cache = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ outputs
+    def split_inputs(self, X: Tensor) -> tuple[torch.Size, Tensor]:
+        """Check ``X`` of shape ``(..., n, *input_shape)``; return batch shape and flat rows."""
+        self.curvature.check_fitted()
+        check_inputs(X, self._dtype, "X")
+        in_shape = tuple(self.input_shape.tolist())
+        k = len(in_shape)
+        if X.dim() < k + 1 or tuple(X.shape[X.dim() - k :]) != in_shape:
+            raise InputShapeError(
+                f"Expected X with shape (..., n, {', '.join(map(str, in_shape))}), got {tuple(X.shape)}."
+            )
+        lead = X.shape[: X.dim() - k]
+        return lead, X.reshape(-1, *in_shape)
+
+    def log_marginal_likelihood(self, prior_precision=None, noise_std=None) -> Tensor:
+        """Laplace log marginal likelihood (see :mod:`labo.laplace.marglik`)."""
+        return marglik.log_marginal_likelihood(self, prior_precision, noise_std)
+
+    def predictive(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """GLM predictive of the latent function: mean ``(..., n, K)``, cov ``(..., n, K, n, K)``.
+
+        The covariance is joint over the ``n`` inputs and ``K`` outputs of each
+        batch element and never across batch elements. Differentiable w.r.t. ``X``
+        and the hyperparameters.
+        """
+        return predictive.glm_predictive(self, X)
+
+    def predictive_variance(self, X: Tensor) -> Tensor:
+        """Marginal GLM variances ``(..., n, K)``, without forming the joint covariance."""
+        return predictive.glm_variance(self, X)
+
+    def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draws ``(n_samples, S)`` of the selected weights from the posterior."""
+        return predictive.sample_weights(self, n_samples, generator)
+
+    def sample_parameters(
+        self, n_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Full parameter vectors ``(n_samples, P)``; only the selected weights vary."""
+        return self.subset.full_vector(self.network, self.sample_weights(n_samples, generator))
+
+    def predictive_samples(
+        self,
+        X: Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        linearized: bool = True,
+    ) -> Tensor:
+        """Function samples ``(n_samples, ..., n, K)`` at ``X``.
+
+        ``linearized=True`` samples the GLM ``f(x) + J(x)(θ_s − θ̂)``; ``False`` runs
+        the network with sampled weights.
+        """
+        return predictive.predictive_samples(self, X, n_samples, generator, linearized)
+
+    def extra_repr(self) -> str:
+        return (
+            f"likelihood={self.likelihood!r}, weights={self.weights!r}, "
+            f"structure={self.structure!r}, n_weights={self.n_weights}"
+        )
+
+
+def fit_laplace(
+    network: nn.Module,
+    X: Tensor,
+    Y: Tensor,
+    likelihood: str = "regression",
+    weights: WeightSubset | None = None,
+    structure: Structure | None = None,
+    prior_precision: float | Tensor = 1.0,
+    noise_std: float | Tensor = 1.0,
+) -> LaplaceApproximation:
+    """Fit a Laplace posterior around the network's current (MAP) weights; does not train.
+
+    Args:
+        network: Network at its MAP weights, mapping ``(n, d)`` to ``(n, K)``.
+        X: Training inputs ``(n, d)``.
+        Y: Targets ``(n, K)`` for regression; integer labels ``(n,)`` for classification.
+        likelihood: ``"regression"`` or ``"classification"``.
+        weights: ``AllWeights()`` (default), ``LastLayer()`` or ``WeightMask({...})``.
+        structure: ``Kron()`` (default), ``Full()`` or ``Diagonal()``.
+        prior_precision: Float or tensor: scalar, per parameter tensor or per weight.
+        noise_std: Gaussian noise standard deviation (regression).
+
+    Returns:
+        The fitted :class:`LaplaceApproximation`.
+    """
+    la = LaplaceApproximation(network, likelihood, weights, structure, prior_precision, noise_std)
+    return la.fit(X, Y)

@@ -1,0 +1,445 @@
+"""Posterior structures: Full, Diagonal and Kron (K-FAC).
+
+A structure option (``Full()``, ``Diagonal()``, ``Kron()``) builds a
+*curvature* module that stores the data-term GGN in its own form (dense matrix,
+diagonal, eigendecomposed Kronecker factors). Given hyperparameters, the
+curvature yields a *posterior precision* ``H = scale · C + Λ₀`` (``scale = 1/σ²``
+for regression, 1 for classification; ``Λ₀`` the per-weight prior precision)
+offering the same operations for every structure:
+
+* ``logdet()``: ``log det H``
+* ``solve(V)``: ``H⁻¹ V`` for ``V`` of shape ``(S, m)``
+* ``quad(J)``: ``J H⁻¹ Jᵀ`` for Jacobians ``(..., N, S)`` -> ``(..., N, N)``
+* ``quad_diag(J)``: its diagonal ``(..., N)`` without forming the ``N x N`` matrix
+* ``sample(n, generator)``: ``δ ~ N(0, H⁻¹)`` of shape ``(n, S)``
+* ``precision()`` / ``covariance()``: dense ``(S, S)`` matrices (tests, small S)
+
+All of them are differentiable w.r.t. the prior precision, the scale and ``J``.
+
+The Kron prior rule. In the eigenbasis ``Q = Q_G ⊗ Q_A`` of the K-FAC block
+``G ⊗ A`` (eigenvalues ``λ_G ⊗ λ_A``), labo uses
+
+    H_block = Q diag(scale · λ_G ⊗ λ_A + d̃) Qᵀ,   d̃ = diag(Qᵀ D Q),
+
+with ``D`` the block's diagonal prior precision. For a prior that is constant
+within the block (scalar or per-layer, weight and bias equal) ``Qᵀ D Q = δ I``
+and the rule is exact: ``H_block = scale · G ⊗ A + δ I``. For a prior that
+varies within a block (per-weight, or different for weight and bias) it keeps
+only the diagonal of the prior in the eigenbasis (the EKFAC-style projection),
+computed cheaply as ``d̃ = (Q_G ∘ Q_G)ᵀ D (Q_A ∘ Q_A)``. Selected weights outside
+Linear layers get a diagonal GGN block.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from labo.exceptions import NotFittedError, NumericalError, NumericalWarning
+from labo.laplace.curvature import ggn, kfac_factors, kfac_layer_plan
+from labo.laplace.subsets import ResolvedSubset
+
+# Relative jitter levels tried, in order, when a Cholesky factorisation fails.
+JITTERS = (1e-10, 1e-8, 1e-6, 1e-4)
+# Negative eigenvalues of PSD factors larger than this (relative) trigger a warning.
+EIG_NEG_TOL = 1e-6
+
+
+def robust_cholesky(H: Tensor) -> Tensor:
+    """Cholesky factor of ``H``; on failure add jitter ``j · mean(diag H)`` with a warning.
+
+    Jitters of :data:`JITTERS` are tried in order; if all fail, NumericalError.
+    """
+    L, info = torch.linalg.cholesky_ex(H)
+    if not bool((info != 0).any()):
+        return L
+    scale = H.diagonal(dim1=-2, dim2=-1).abs().mean().detach()
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    for j in JITTERS:
+        L, info = torch.linalg.cholesky_ex(H + j * scale * eye)
+        if not bool((info != 0).any()):
+            warnings.warn(
+                f"Cholesky of the posterior precision failed; added jitter {j:g} x mean diagonal.",
+                NumericalWarning,
+                stacklevel=3,
+            )
+            return L
+    raise NumericalError(
+        f"Cholesky of the {H.shape[-1]}x{H.shape[-1]} posterior precision failed even with "
+        f"jitter {JITTERS[-1]:g} x mean diagonal; check the prior precision (must be > 0) "
+        "and the network outputs for NaN."
+    )
+
+
+def clamped_eigh(M: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    """Eigendecomposition of a PSD matrix with eigenvalues clamped at zero.
+
+    Round-off negatives are clamped silently; negatives beyond ``EIG_NEG_TOL``
+    times the largest eigenvalue are clamped with a NumericalWarning.
+    """
+    evals, evecs = torch.linalg.eigh(M)
+    lo, hi = evals.min(), evals.abs().max()
+    if lo < -EIG_NEG_TOL * max(float(hi), 1e-30):
+        warnings.warn(
+            f"{what} has a negative eigenvalue {float(lo):.3g}; clamped to 0.",
+            NumericalWarning,
+            stacklevel=3,
+        )
+    return evals.clamp_min(0.0), evecs
+
+
+# ----------------------------------------------------------------------------------------
+# Posterior precisions: one per (curvature, hyperparameters).
+
+
+class FullPrecision:
+    """``H = scale · C + diag(prior)`` as a dense matrix with a Cholesky factor."""
+
+    def __init__(self, C: Tensor, prior: Tensor, scale: Tensor, eig: Tensor | None = None):
+        self.H = scale * C + torch.diag(prior)
+        self._prior, self._scale, self._eig = prior, scale, eig
+        self._L: Tensor | None = None
+
+    @property
+    def L(self) -> Tensor:
+        if self._L is None:
+            self._L = robust_cholesky(self.H)
+        return self._L
+
+    def logdet(self) -> Tensor:
+        # A constant prior shares the eigenvectors of C: O(S) instead of a Cholesky.
+        if self._eig is not None:
+            return torch.log(self._scale * self._eig + self._prior[0]).sum()
+        return 2 * self.L.diagonal().log().sum()
+
+    def solve(self, V: Tensor) -> Tensor:
+        return torch.cholesky_solve(V, self.L)
+
+    def _whiten(self, J: Tensor) -> Tensor:
+        Jt = J.transpose(-1, -2)
+        L = self.L.expand(*Jt.shape[:-2], *self.L.shape)
+        return torch.linalg.solve_triangular(L, Jt, upper=False)
+
+    def quad(self, J: Tensor) -> Tensor:
+        W = self._whiten(J)
+        return W.transpose(-1, -2) @ W
+
+    def quad_diag(self, J: Tensor) -> Tensor:
+        return self._whiten(J).pow(2).sum(-2)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(
+            self.H.shape[0], n, generator=generator, dtype=self.H.dtype, device=self.H.device
+        )
+        return torch.linalg.solve_triangular(self.L.T, z, upper=True).T
+
+    def precision(self) -> Tensor:
+        return self.H
+
+    def covariance(self) -> Tensor:
+        return torch.cholesky_inverse(self.L)
+
+
+class DiagonalPrecision:
+    """``H = diag(scale · c + prior)``."""
+
+    def __init__(self, c: Tensor, prior: Tensor, scale: Tensor):
+        self.h = scale * c + prior
+
+    def logdet(self) -> Tensor:
+        return self.h.log().sum()
+
+    def solve(self, V: Tensor) -> Tensor:
+        return V / self.h.unsqueeze(-1)
+
+    def quad(self, J: Tensor) -> Tensor:
+        return (J / self.h) @ J.transpose(-1, -2)
+
+    def quad_diag(self, J: Tensor) -> Tensor:
+        return (J.pow(2) / self.h).sum(-1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(
+            n, self.h.shape[0], generator=generator, dtype=self.h.dtype, device=self.h.device
+        )
+        return z / self.h.sqrt()
+
+    def precision(self) -> Tensor:
+        return torch.diag(self.h)
+
+    def covariance(self) -> Tensor:
+        return torch.diag(1 / self.h)
+
+
+class KronPrecision:
+    """Block-diagonal ``H``: eigendecomposed K-FAC blocks plus a diagonal rest.
+
+    See the module docstring for the prior rule. ``blocks`` holds
+    ``(index, Q_G, λ_G, Q_A, λ_A)``; ``rest`` holds ``(index, c)``.
+    """
+
+    def __init__(self, blocks, rest, prior: Tensor, scale: Tensor, n_weights: int):
+        self.S = n_weights
+        self.blocks = []
+        for index, QG, lG, QA, lA in blocks:
+            D = prior[index].reshape(QG.shape[0], QA.shape[0])
+            d_eig = (QG * QG).T @ D @ (QA * QA)
+            e = scale * torch.outer(lG, lA) + d_eig
+            self.blocks.append((index, QG, QA, e))
+        r_index, c = rest
+        self.rest = (r_index, scale * c + prior[r_index])
+        self.dtype, self.device = prior.dtype, prior.device
+
+    def logdet(self) -> Tensor:
+        out = self.rest[1].log().sum()
+        for _, _, _, e in self.blocks:
+            out = out + e.log().sum()
+        return out
+
+    @staticmethod
+    def _rotate(Jb: Tensor, QG: Tensor, QA: Tensor) -> Tensor:
+        """``Q_Gᵀ Jb Q_A`` for ``Jb`` of shape ``(..., out, in)``."""
+        return QG.T @ Jb @ QA
+
+    def _gather(self, J: Tensor, index: Tensor, QG: Tensor, QA: Tensor) -> Tensor:
+        Jb = J[..., index].reshape(*J.shape[:-1], QG.shape[0], QA.shape[0])
+        return self._rotate(Jb, QG, QA)
+
+    def quad(self, J: Tensor) -> Tensor:
+        r_index, h = self.rest
+        Jr = J[..., r_index]
+        out = (Jr / h) @ Jr.transpose(-1, -2)
+        for index, QG, QA, e in self.blocks:
+            T = self._gather(J, index, QG, QA).flatten(-2)
+            out = out + (T / e.reshape(-1)) @ T.transpose(-1, -2)
+        return out
+
+    def quad_diag(self, J: Tensor) -> Tensor:
+        r_index, h = self.rest
+        out = (J[..., r_index].pow(2) / h).sum(-1)
+        for index, QG, QA, e in self.blocks:
+            T = self._gather(J, index, QG, QA)
+            out = out + (T.pow(2) / e).sum((-1, -2))
+        return out
+
+    def _apply(self, V: Tensor, power: float) -> Tensor:
+        """``H^power V`` for ``V`` of shape ``(S, m)`` (power -1, 1, or -1/2 on white noise)."""
+        out = torch.zeros_like(V)
+        r_index, h = self.rest
+        out[r_index] = V[r_index] * h.pow(power).unsqueeze(-1)
+        for index, QG, QA, e in self.blocks:
+            Vb = V[index].T.reshape(-1, QG.shape[0], QA.shape[0])
+            T = self._rotate(Vb, QG, QA) * e.pow(power)
+            back = QG @ T @ QA.T
+            out[index] = back.reshape(V.shape[1], -1).T
+        return out
+
+    def solve(self, V: Tensor) -> Tensor:
+        return self._apply(V, -1.0)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(self.S, n, generator=generator, dtype=self.dtype, device=self.device)
+        out = torch.zeros_like(z)
+        r_index, h = self.rest
+        out[r_index] = z[r_index] / h.sqrt().unsqueeze(-1)
+        for index, QG, QA, e in self.blocks:
+            Zb = z[index].T.reshape(n, QG.shape[0], QA.shape[0]) / e.sqrt()
+            out[index] = (QG @ Zb @ QA.T).reshape(n, -1).T
+        return out.T
+
+    def _dense(self, power: float) -> Tensor:
+        M = torch.zeros(self.S, self.S, dtype=self.dtype, device=self.device)
+        r_index, h = self.rest
+        M[r_index, r_index] = h.pow(power)
+        for index, QG, QA, e in self.blocks:
+            Q = torch.kron(QG, QA)
+            M[index.unsqueeze(-1), index] = (Q * e.reshape(-1).pow(power)) @ Q.T
+        return M
+
+    def precision(self) -> Tensor:
+        return self._dense(1.0)
+
+    def covariance(self) -> Tensor:
+        return self._dense(-1.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Curvature modules: store the data-term GGN (buffers, so state_dict works).
+
+
+class Curvature(nn.Module):
+    """Data-term curvature in one structure's form; ``compute`` fills it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("fitted", torch.tensor(False))
+
+    def check_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise NotFittedError("The Laplace posterior has no curvature yet: call fit() first.")
+
+    def compute(self, network, subset, likelihood, X, n_outputs) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+        raise NotImplementedError  # pragma: no cover
+
+    def dense(self) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class FullCurvature(Curvature):
+    def __init__(self, n_weights: int):
+        super().__init__()
+        self.register_buffer("C", torch.zeros(n_weights, n_weights))
+        self._eig: Tensor | None = None
+
+    def compute(self, network, subset, likelihood, X, n_outputs) -> None:
+        self.C = ggn(network, subset, likelihood, X, n_outputs)
+        self._eig = None
+        self.fitted.fill_(True)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._eig = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+        self.check_fitted()
+        eig = None
+        if prior_is_scalar:
+            if self._eig is None:
+                self._eig = torch.linalg.eigvalsh(self.C).clamp_min(0.0)
+            eig = self._eig
+        return FullPrecision(self.C, prior, scale, eig)
+
+    def dense(self) -> Tensor:
+        return self.C
+
+
+class DiagonalCurvature(Curvature):
+    def __init__(self, n_weights: int):
+        super().__init__()
+        self.register_buffer("c", torch.zeros(n_weights))
+
+    def compute(self, network, subset, likelihood, X, n_outputs) -> None:
+        self.c = ggn(network, subset, likelihood, X, n_outputs, diagonal=True)
+        self.fitted.fill_(True)
+
+    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+        self.check_fitted()
+        return DiagonalPrecision(self.c, prior, scale)
+
+    def dense(self) -> Tensor:
+        return torch.diag(self.c)
+
+
+class KronCurvature(Curvature):
+    def __init__(self, network: nn.Module, subset: ResolvedSubset):
+        super().__init__()
+        plan, rest_index = kfac_layer_plan(network, subset)
+        self.layer_names = [name for name, _ in plan]
+        self.n_weights = subset.n_weights
+        modules = dict(network.named_modules())
+        for i, (name, index) in enumerate(plan):
+            out_f, in_f = modules[name].weight.shape
+            in_f += modules[name].bias is not None
+            self.register_buffer(f"index_{i}", index)
+            self.register_buffer(f"QG_{i}", torch.zeros(out_f, out_f))
+            self.register_buffer(f"lG_{i}", torch.zeros(out_f))
+            self.register_buffer(f"QA_{i}", torch.zeros(in_f, in_f))
+            self.register_buffer(f"lA_{i}", torch.zeros(in_f))
+        self.register_buffer("rest_index", rest_index)
+        self.register_buffer("rest_c", torch.zeros(rest_index.numel()))
+        self._rest_subset = None
+        if rest_index.numel():
+            self._rest_subset = _restrict(subset, rest_index)
+
+    def _blocks(self):
+        return [
+            tuple(getattr(self, f"{k}_{i}") for k in ("index", "QG", "lG", "QA", "lA"))
+            for i in range(len(self.layer_names))
+        ]
+
+    def compute(self, network, subset, likelihood, X, n_outputs) -> None:
+        factors = kfac_factors(network, self.layer_names, likelihood, X, n_outputs)
+        for i, (A, G) in enumerate(factors):
+            lA, QA = clamped_eigh(A, f"K-FAC factor A of layer {self.layer_names[i]!r}")
+            lG, QG = clamped_eigh(G, f"K-FAC factor G of layer {self.layer_names[i]!r}")
+            for k, v in (("QG", QG), ("lG", lG), ("QA", QA), ("lA", lA)):
+                setattr(self, f"{k}_{i}", v)
+        if self._rest_subset is not None:
+            self.rest_c = ggn(network, self._rest_subset, likelihood, X, n_outputs, diagonal=True)
+        else:
+            self.rest_c = self.rest_c.to(X)
+        self.fitted.fill_(True)
+
+    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+        self.check_fitted()
+        return KronPrecision(
+            self._blocks(), (self.rest_index, self.rest_c), prior, scale, self.n_weights
+        )
+
+    def dense(self) -> Tensor:
+        """The K-FAC data curvature ``G ⊗ A`` per block (plus the diagonal rest), dense."""
+        S = self.n_weights
+        C = torch.zeros(S, S, dtype=self.rest_c.dtype, device=self.rest_c.device)
+        C[self.rest_index, self.rest_index] = self.rest_c
+        for index, QG, lG, QA, lA in self._blocks():
+            Q = torch.kron(QG, QA)
+            C[index.unsqueeze(-1), index] = (Q * torch.outer(lG, lA).reshape(-1)) @ Q.T
+        return C
+
+
+def _restrict(subset: ResolvedSubset, positions: Tensor) -> ResolvedSubset:
+    """The sub-subset of whole selected tensors covering the given flat positions."""
+    from labo.laplace.subsets import SelectedParameter
+
+    keep, offset = [], 0
+    pos = set(positions.tolist())
+    for s in subset.selected:
+        if s.offset in pos:
+            keep.append(SelectedParameter(s.name, s.shape, s.index, offset, s.size))
+            offset += s.size
+    restricted = ResolvedSubset.__new__(ResolvedSubset)
+    restricted.selected = keep
+    restricted.n_weights = offset
+    restricted._names = {s.name for s in keep}
+    restricted._param_names = subset._param_names
+    return restricted
+
+
+# ----------------------------------------------------------------------------------------
+# User-facing options.
+
+
+class Structure:
+    """Base class of structure options; :meth:`build` makes an empty curvature module."""
+
+    def build(self, network: nn.Module, subset: ResolvedSubset) -> Curvature:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Full(Structure):
+    """Dense ``S x S`` posterior precision (exact GGN). Memory ``O(S²)``, factorisation ``O(S³)``."""
+
+    def build(self, network: nn.Module, subset: ResolvedSubset) -> Curvature:
+        return FullCurvature(subset.n_weights)
+
+
+class Diagonal(Structure):
+    """Diagonal of the exact GGN plus the prior. Memory ``O(S)``."""
+
+    def build(self, network: nn.Module, subset: ResolvedSubset) -> Curvature:
+        return DiagonalCurvature(subset.n_weights)
+
+
+class Kron(Structure):
+    """K-FAC: per Linear layer ``G ⊗ A``, eigendecomposed (see the module docstring)."""
+
+    def build(self, network: nn.Module, subset: ResolvedSubset) -> Curvature:
+        return KronCurvature(network, subset)

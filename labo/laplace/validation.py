@@ -1,0 +1,69 @@
+"""Input checks shared by the Laplace core: typed errors that say what was received."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from labo.exceptions import (
+    EmptyDataError,
+    HyperparameterError,
+    InputDtypeError,
+    InputShapeError,
+    NonFiniteInputError,
+)
+
+
+def check_inputs(X: Tensor, dtype: torch.dtype, name: str = "X") -> None:
+    """``X`` must be a non-empty, finite, floating tensor of the network's dtype, ``(n, ...)``."""
+    if not isinstance(X, Tensor):
+        raise InputDtypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}.")
+    if not X.dtype.is_floating_point:
+        raise InputDtypeError(f"{name} must be a floating-point tensor, got dtype {X.dtype}.")
+    if X.dtype != dtype:
+        raise InputDtypeError(
+            f"{name} has dtype {X.dtype} but the network's parameters are {dtype}; "
+            f"convert one of them (e.g. network.to({dtype}) or {name}.to({dtype}))."
+        )
+    if X.dim() < 2:
+        raise InputShapeError(f"Expected {name} of shape (n, d), got {tuple(X.shape)}.")
+    if X.shape[0] == 0 or X.numel() == 0:
+        raise EmptyDataError(
+            f"{name} is empty (shape {tuple(X.shape)}); expected at least one row."
+        )
+    if not torch.isfinite(X).all():
+        bad = int((~torch.isfinite(X)).sum())
+        raise NonFiniteInputError(
+            f"{name} contains {bad} NaN/inf values (shape {tuple(X.shape)})."
+        )
+
+
+def as_positive_tensor(
+    value, name: str, allowed: dict[str, int], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """Convert a float or tensor to a positive, finite tensor of an allowed length.
+
+    Args:
+        value: Float or tensor.
+        name: Argument name for error messages.
+        allowed: ``{description: length}`` of accepted 1-D lengths; a scalar is always accepted.
+    """
+    t = (
+        torch.as_tensor(value, dtype=dtype, device=device)
+        if not isinstance(value, Tensor)
+        else value
+    )
+    if not t.dtype.is_floating_point:
+        t = t.to(dtype)
+    if t.dim() > 1 or (t.dim() == 1 and t.numel() not in (1, *allowed.values())):
+        expected = ", ".join(f"{k} ({v},)" for k, v in allowed.items())
+        raise HyperparameterError(
+            f"{name} must be a scalar or a 1-D tensor of shape {expected}; got shape {tuple(t.shape)}."
+        )
+    if t.dim() == 1 and t.numel() == 1:
+        t = t.reshape(())
+    if not torch.isfinite(t).all() or not (t > 0).all():
+        raise HyperparameterError(
+            f"{name} must be positive and finite, got {t.detach().tolist()}."
+        )
+    return t
