@@ -147,9 +147,7 @@ def kfac_factors(
 
     dtype, device = X.dtype, X.device
     A = [None] * len(layers)
-    G = [
-        torch.zeros(m.out_features, m.out_features, dtype=dtype, device=device) for _, m in layers
-    ]
+    G = [torch.zeros(m.out_features, m.out_features, dtype=dtype, device=device) for _, m in layers]
     per_row = n_outputs * sum(m.out_features for _, m in layers)
     rows = chunk_rows(X.shape[0], per_row)
     handles = [m.register_forward_hook(make_hook(n)) for n, m in layers]
@@ -169,9 +167,7 @@ def kfac_factors(
                 if module.bias is not None:
                     a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
                 A[i] = a.T @ a if A[i] is None else A[i] + a.T @ a
-            zeros = {
-                n: torch.zeros(1, m.out_features, dtype=dtype, device=device) for n, m in layers
-            }
+            zeros = {n: torch.zeros(1, m.out_features, dtype=dtype, device=device) for n, m in layers}
             B = vmap(jacrev(single), in_dims=(None, 0))(zeros, Xc)  # name -> (n, K, 1, out)
             M = hessian_sqrt(likelihood, F)
             for i, (name, _) in enumerate(layers):

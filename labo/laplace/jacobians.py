@@ -50,9 +50,7 @@ def output_and_jacobian(
     return F, J
 
 
-def iter_output_and_jacobian(
-    network: nn.Module, subset: ResolvedSubset, X: Tensor, n_outputs: int
-):
+def iter_output_and_jacobian(network: nn.Module, subset: ResolvedSubset, X: Tensor, n_outputs: int):
     """Yield ``(rows, F, J)`` over chunks of ``X`` sized to bound the Jacobian's memory."""
     rows = chunk_rows(X.shape[0], n_outputs * subset.n_weights)
     theta = subset.get_theta(network)

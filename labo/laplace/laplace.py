@@ -53,21 +53,15 @@ class LaplaceApproximation(nn.Module):
         self.weights = AllWeights() if weights is None else weights
         self.structure = Kron() if structure is None else structure
         if not isinstance(self.weights, WeightSubset):
-            raise TypeError(
-                f"weights must be AllWeights(), LastLayer() or WeightMask(...), got {weights!r}."
-            )
+            raise TypeError(f"weights must be AllWeights(), LastLayer() or WeightMask(...), got {weights!r}.")
         if not isinstance(self.structure, Structure):
             raise TypeError(f"structure must be Full(), Diagonal() or Kron(), got {structure!r}.")
         self.subset = self.weights.resolve(network)
         p = next(network.parameters())
         self._dtype, self._device = p.dtype, p.device
-        self.curvature = (
-            self.structure.build(network, self.subset).to(self._dtype).to(self._device)
-        )
+        self.curvature = self.structure.build(network, self.subset).to(self._dtype).to(self._device)
         kw = {"dtype": self._dtype, "device": self._device}
-        self.register_buffer(
-            "_prior_precision", self._check_prior(prior_precision).detach().clone()
-        )
+        self.register_buffer("_prior_precision", self._check_prior(prior_precision).detach().clone())
         self.register_buffer("_noise_std", self._check_noise(noise_std).detach().clone())
         self.register_buffer("theta_map", torch.zeros(self.subset.n_weights, **kw))
         self.register_buffer("n_data", torch.tensor(0))
@@ -214,9 +208,7 @@ class LaplaceApproximation(nn.Module):
         """Draws ``(n_samples, S)`` of the selected weights from the posterior."""
         return predictive.sample_weights(self, n_samples, generator)
 
-    def sample_parameters(
-        self, n_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample_parameters(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Full parameter vectors ``(n_samples, P)``; only the selected weights vary."""
         return self.subset.full_vector(self.network, self.sample_weights(n_samples, generator))
 

@@ -32,13 +32,9 @@ def check_targets(likelihood: str, Y: Tensor, n: int, K: int, dtype: torch.dtype
     if likelihood == "regression":
         if Y.dim() != 2:
             hint = " (use Y.unsqueeze(-1) for one output)" if Y.dim() == 1 else ""
-            raise InputShapeError(
-                f"Expected regression Y of shape (n, K), got {tuple(Y.shape)}{hint}."
-            )
+            raise InputShapeError(f"Expected regression Y of shape (n, K), got {tuple(Y.shape)}{hint}.")
         if Y.shape[0] != n:
-            raise InputShapeError(
-                f"X has {n} rows but Y has {Y.shape[0]} (shape {tuple(Y.shape)})."
-            )
+            raise InputShapeError(f"X has {n} rows but Y has {Y.shape[0]} (shape {tuple(Y.shape)}).")
         if Y.shape[1] != K:
             raise InputShapeError(
                 f"Y has {Y.shape[1]} columns but the network has {K} outputs (Y shape {tuple(Y.shape)})."
@@ -46,20 +42,14 @@ def check_targets(likelihood: str, Y: Tensor, n: int, K: int, dtype: torch.dtype
         if Y.dtype != dtype:
             raise InputDtypeError(f"Y has dtype {Y.dtype}, expected the network's dtype {dtype}.")
         if not torch.isfinite(Y).all():
-            raise NonFiniteInputError(
-                f"Y contains {int((~torch.isfinite(Y)).sum())} NaN/inf values."
-            )
+            raise NonFiniteInputError(f"Y contains {int((~torch.isfinite(Y)).sum())} NaN/inf values.")
     else:
         if Y.dim() != 1:
-            raise InputShapeError(
-                f"Expected classification labels of shape (n,), got {tuple(Y.shape)}."
-            )
+            raise InputShapeError(f"Expected classification labels of shape (n,), got {tuple(Y.shape)}.")
         if Y.shape[0] != n:
             raise InputShapeError(f"X has {n} rows but Y has {Y.shape[0]} labels.")
         if Y.dtype.is_floating_point or Y.dtype == torch.bool or Y.dtype.is_complex:
-            raise LabelError(
-                f"Classification labels must be an integer tensor, got dtype {Y.dtype}."
-            )
+            raise LabelError(f"Classification labels must be an integer tensor, got dtype {Y.dtype}.")
         lo, hi = int(Y.min()), int(Y.max())
         if lo < 0 or hi >= K:
             raise LabelError(

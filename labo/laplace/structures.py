@@ -130,9 +130,7 @@ class FullPrecision:
         return self._whiten(J).pow(2).sum(-2)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(
-            self.H.shape[0], n, generator=generator, dtype=self.H.dtype, device=self.H.device
-        )
+        z = torch.randn(self.H.shape[0], n, generator=generator, dtype=self.H.dtype, device=self.H.device)
         return torch.linalg.solve_triangular(self.L.T, z, upper=True).T
 
     def precision(self) -> Tensor:
@@ -161,9 +159,7 @@ class DiagonalPrecision:
         return (J.pow(2) / self.h).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(
-            n, self.h.shape[0], generator=generator, dtype=self.h.dtype, device=self.h.device
-        )
+        z = torch.randn(n, self.h.shape[0], generator=generator, dtype=self.h.dtype, device=self.h.device)
         return z / self.h.sqrt()
 
     def precision(self) -> Tensor:
@@ -377,9 +373,7 @@ class KronCurvature(Curvature):
 
     def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
         self.check_fitted()
-        return KronPrecision(
-            self._blocks(), (self.rest_index, self.rest_c), prior, scale, self.n_weights
-        )
+        return KronPrecision(self._blocks(), (self.rest_index, self.rest_c), prior, scale, self.n_weights)
 
     def dense(self) -> Tensor:
         """The K-FAC data curvature ``G ⊗ A`` per block (plus the diagonal rest), dense."""

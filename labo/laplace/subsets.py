@@ -46,9 +46,7 @@ class ResolvedSubset:
 
     def __init__(self, network: nn.Module, selected: list[SelectedParameter]):
         if not selected:
-            raise WeightSubsetError(
-                "The weight subset selects no weights (expected at least one)."
-            )
+            raise WeightSubsetError("The weight subset selects no weights (expected at least one).")
         self.selected = selected
         self.n_weights = sum(s.size for s in selected)
         self._names = {s.name for s in selected}
@@ -101,7 +99,7 @@ class ResolvedSubset:
         """
         batch = theta.shape[:-1]
         pieces = []
-        for name, p in network.named_parameters():
+        for _, p in network.named_parameters():
             pieces.append(p.detach().reshape(-1).expand(*batch, p.numel()).clone())
         by_name = dict(zip(self._param_names, pieces, strict=True))
         for s in self.selected:
@@ -180,8 +178,7 @@ class LastLayer(WeightSubset):
             module = modules[self.name]
             if not isinstance(module, nn.Linear):
                 raise WeightSubsetError(
-                    f"LastLayer(name={self.name!r}): expected an nn.Linear, "
-                    f"got {type(module).__name__}."
+                    f"LastLayer(name={self.name!r}): expected an nn.Linear, got {type(module).__name__}."
                 )
             return self.name, module
         linears = [(n, m) for n, m in network.named_modules() if isinstance(m, nn.Linear)]
@@ -222,8 +219,7 @@ class WeightMask(WeightSubset):
         unknown = sorted(set(self.masks) - set(params))
         if unknown:
             raise WeightSubsetError(
-                f"WeightMask names unknown parameters {unknown}; the network's parameters "
-                f"are {list(params)}."
+                f"WeightMask names unknown parameters {unknown}; the network's parameters are {list(params)}."
             )
         selected, offset = [], 0
         for name, p in params.items():  # network order, whatever the dict order

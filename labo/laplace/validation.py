@@ -28,14 +28,10 @@ def check_inputs(X: Tensor, dtype: torch.dtype, name: str = "X") -> None:
     if X.dim() < 2:
         raise InputShapeError(f"Expected {name} of shape (n, d), got {tuple(X.shape)}.")
     if X.shape[0] == 0 or X.numel() == 0:
-        raise EmptyDataError(
-            f"{name} is empty (shape {tuple(X.shape)}); expected at least one row."
-        )
+        raise EmptyDataError(f"{name} is empty (shape {tuple(X.shape)}); expected at least one row.")
     if not torch.isfinite(X).all():
         bad = int((~torch.isfinite(X)).sum())
-        raise NonFiniteInputError(
-            f"{name} contains {bad} NaN/inf values (shape {tuple(X.shape)})."
-        )
+        raise NonFiniteInputError(f"{name} contains {bad} NaN/inf values (shape {tuple(X.shape)}).")
 
 
 def as_positive_tensor(
@@ -48,11 +44,7 @@ def as_positive_tensor(
         name: Argument name for error messages.
         allowed: ``{description: length}`` of accepted 1-D lengths; a scalar is always accepted.
     """
-    t = (
-        torch.as_tensor(value, dtype=dtype, device=device)
-        if not isinstance(value, Tensor)
-        else value
-    )
+    t = torch.as_tensor(value, dtype=dtype, device=device) if not isinstance(value, Tensor) else value
     if not t.dtype.is_floating_point:
         t = t.to(dtype)
     if t.dim() > 1 or (t.dim() == 1 and t.numel() not in (1, *allowed.values())):
@@ -63,7 +55,5 @@ def as_positive_tensor(
     if t.dim() == 1 and t.numel() == 1:
         t = t.reshape(())
     if not torch.isfinite(t).all() or not (t > 0).all():
-        raise HyperparameterError(
-            f"{name} must be positive and finite, got {t.detach().tolist()}."
-        )
+        raise HyperparameterError(f"{name} must be positive and finite, got {t.detach().tolist()}.")
     return t
