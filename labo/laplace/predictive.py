@@ -41,7 +41,7 @@ def glm_variance(la, X: Tensor) -> Tensor:
     parts = []
     for start in range(0, rows.shape[0], step):
         _, J = output_and_jacobian(la.network, la.subset, rows[start : start + step])
-        parts.append(precision.quad_diag(J))
+        parts.append(precision.quad_diag(J.reshape(-1, J.shape[-1])))
     return torch.cat(parts).reshape(*lead, K)
 
 

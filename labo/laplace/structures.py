@@ -118,16 +118,17 @@ class FullPrecision:
         return torch.cholesky_solve(V, self.L)
 
     def _whiten(self, J: Tensor) -> Tensor:
-        Jt = J.transpose(-1, -2)
-        L = self.L.expand(*Jt.shape[:-2], *self.L.shape)
-        return torch.linalg.solve_triangular(L, Jt, upper=False)
+        """Rows of ``J L⁻ᵀ`` (same shape as ``J``): one triangular solve for all batch rows."""
+        S = J.shape[-1]
+        W = torch.linalg.solve_triangular(self.L, J.reshape(-1, S).T, upper=False)
+        return W.T.reshape(J.shape)
 
     def quad(self, J: Tensor) -> Tensor:
         W = self._whiten(J)
-        return W.transpose(-1, -2) @ W
+        return W @ W.transpose(-1, -2)
 
     def quad_diag(self, J: Tensor) -> Tensor:
-        return self._whiten(J).pow(2).sum(-2)
+        return self._whiten(J).pow(2).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         z = torch.randn(self.H.shape[0], n, generator=generator, dtype=self.H.dtype, device=self.H.device)
