@@ -39,6 +39,13 @@ def _apply_sqrt(M: Tensor | None, J: Tensor) -> Tensor:
     return torch.einsum("nkj,nk...->nj...", M, J)
 
 
+def _row_sqrt(likelihood: str, F: Tensor, noise_var: Tensor | None) -> Tensor | None:
+    """Hessian square root per row; ``diag(1/√v)`` for fixed heteroscedastic noise."""
+    if noise_var is not None:
+        return torch.diag_embed(noise_var.rsqrt())
+    return hessian_sqrt(likelihood, F)
+
+
 def ggn(
     network: nn.Module,
     subset: ResolvedSubset,
@@ -46,6 +53,7 @@ def ggn(
     X: Tensor,
     n_outputs: int,
     diagonal: bool = False,
+    noise_var: Tensor | None = None,
 ) -> Tensor:
     """The exact GGN of the data term w.r.t. the selected weights.
 
@@ -57,12 +65,15 @@ def ggn(
         X: Training inputs ``(N, ...)``.
         n_outputs: K, the number of network outputs.
         diagonal: Return only the diagonal ``(S,)`` instead of the matrix ``(S, S)``.
+        noise_var: Fixed per-observation noise variances ``(N, K)`` (regression);
+            the GGN then includes ``1/noise_var`` per row.
     """
     S = subset.n_weights
     dtype, device = X.dtype, X.device
     out = torch.zeros(S if diagonal else (S, S), dtype=dtype, device=device)
-    for _, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):
-        MJ = _apply_sqrt(hessian_sqrt(likelihood, F.detach()), J.detach())
+    for sl, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):
+        M = _row_sqrt(likelihood, F.detach(), None if noise_var is None else noise_var[sl])
+        MJ = _apply_sqrt(M, J.detach())
         if diagonal:
             out += MJ.pow(2).sum(dim=(0, 1))
         else:
@@ -119,12 +130,15 @@ def kfac_factors(
     likelihood: str,
     X: Tensor,
     n_outputs: int,
+    noise_var: Tensor | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
     """K-FAC factors ``(A, G)`` of the named Linear layers (see the module docstring).
 
     ``A`` is ``(in+1, in+1)`` with the bias (``(in, in)`` without one) and
     ``G`` is ``(out, out)``, such that the layer's GGN block is ``≈ G ⊗ A``.
     """
+    if not layer_names:
+        return []
     modules = dict(network.named_modules())
     layers = [(n, modules[n]) for n in layer_names]
     params = {n: p.detach() for n, p in network.named_parameters()}
@@ -169,7 +183,7 @@ def kfac_factors(
                 A[i] = a.T @ a if A[i] is None else A[i] + a.T @ a
             zeros = {n: torch.zeros(1, m.out_features, dtype=dtype, device=device) for n, m in layers}
             B = vmap(jacrev(single), in_dims=(None, 0))(zeros, Xc)  # name -> (n, K, 1, out)
-            M = hessian_sqrt(likelihood, F)
+            M = _row_sqrt(likelihood, F, None if noise_var is None else noise_var[start : start + rows])
             for i, (name, _) in enumerate(layers):
                 MB = _apply_sqrt(M, B[name].squeeze(-2).detach())
                 G[i] += torch.einsum("nko,nkp->op", MB, MB)

@@ -10,10 +10,12 @@ data statistics.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from labo.exceptions import InputShapeError
+from labo.exceptions import HyperparameterError, InputShapeError
 from labo.laplace import marglik, predictive
 from labo.laplace.jacobians import network_output
 from labo.laplace.likelihoods import check_likelihood, check_targets, log_likelihood
@@ -69,6 +71,7 @@ class LaplaceApproximation(nn.Module):
         self.register_buffer("input_shape", torch.zeros(0, dtype=torch.long))
         self.register_buffer("data_sse", torch.tensor(0.0, **kw))
         self.register_buffer("data_loglik", torch.tensor(0.0, **kw))
+        self.register_buffer("fixed_noise", torch.tensor(False))
         self._cache: tuple | None = None
 
     # ------------------------------------------------------------------ hyperparameters
@@ -113,7 +116,7 @@ class LaplaceApproximation(nn.Module):
         return self.subset.expand_per_tensor(prior)
 
     def _scale(self, noise: Tensor) -> Tensor:
-        if self.likelihood == "regression":
+        if self.likelihood == "regression" and not bool(self.fixed_noise):
             return noise.pow(-2)
         return torch.ones((), dtype=self._dtype, device=self._device)
 
@@ -139,25 +142,44 @@ class LaplaceApproximation(nn.Module):
         return self._cache[1]
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X: Tensor, Y: Tensor) -> LaplaceApproximation:
+    def fit(self, X: Tensor, Y: Tensor, noise_var: Tensor | None = None) -> LaplaceApproximation:
         """Compute the curvature at the network's current weights and the data statistics.
 
         Args:
             X: Training inputs ``(n, ...)``.
             Y: Targets ``(n, K)`` (regression) or integer labels ``(n,)`` (classification).
+            noise_var: Regression only: fixed, known noise variances ``(n, K)`` per
+                observation (heteroscedastic). ``noise_std`` is then unused and the
+                likelihood is ``Π N(y | f, noise_var)``.
         """
         check_inputs(X, self._dtype, "X")
         with torch.no_grad():
             F = network_output(self.network, X)
         K = F.shape[-1]
         check_targets(self.likelihood, Y, X.shape[0], K, self._dtype)
-        self.curvature.compute(self.network, self.subset, self.likelihood, X, K)
+        if noise_var is not None:
+            if self.likelihood != "regression":
+                raise ValueError("noise_var applies to regression only.")
+            if not isinstance(noise_var, Tensor) or noise_var.shape != Y.shape:
+                raise InputShapeError(
+                    f"Expected noise_var with the shape of Y {tuple(Y.shape)}, "
+                    f"got {tuple(getattr(noise_var, 'shape', ()))}."
+                )
+            if not torch.isfinite(noise_var).all() or not (noise_var > 0).all():
+                raise HyperparameterError("noise_var must be positive and finite everywhere.")
+            noise_var = noise_var.to(self._dtype)
+        self.curvature.compute(self.network, self.subset, self.likelihood, X, K, noise_var)
         with torch.no_grad():
             self.theta_map = self.subset.get_theta(self.network).clone()
             self.n_data = torch.tensor(X.shape[0])
             self.n_outputs = torch.tensor(K)
             self.input_shape = torch.tensor(list(X.shape[1:]), dtype=torch.long)
-            if self.likelihood == "regression":
+            self.fixed_noise.fill_(noise_var is not None)
+            if noise_var is not None:
+                self.data_loglik = (
+                    -0.5 * (torch.log(2 * math.pi * noise_var) + (Y - F).pow(2) / noise_var).sum()
+                )
+            elif self.likelihood == "regression":
                 self.data_sse = (Y - F).pow(2).sum()
             else:
                 self.data_loglik = log_likelihood("classification", F, Y, self._noise_std)

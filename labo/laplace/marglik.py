@@ -30,7 +30,7 @@ def log_marginal_likelihood(
     noise = la.noise_std if noise_std is None else la._check_noise(noise_std)
     prior_vec = la._expand_prior(prior)
     theta = la.theta_map
-    if la.likelihood == "regression":
+    if la.likelihood == "regression" and not bool(la.fixed_noise):
         n_values = int(la.n_data) * int(la.n_outputs)
         loglik = regression_log_likelihood(la.data_sse, n_values, noise)
     else:
@@ -58,7 +58,7 @@ def optimize_hyperparameters(
     Returns:
         The log marginal likelihood at each step (before the update).
     """
-    tune_noise = tune_noise and la.likelihood == "regression"
+    tune_noise = tune_noise and la.likelihood == "regression" and not bool(la.fixed_noise)
     log_prior = la.prior_precision.detach().log().clone().requires_grad_(tune_prior)
     log_noise = la.noise_std.detach().log().clone().requires_grad_(tune_noise)
     params = [p for p, t in ((log_prior, tune_prior), (log_noise, tune_noise)) if t]

@@ -277,7 +277,7 @@ class Curvature(nn.Module):
         if not bool(self.fitted):
             raise NotFittedError("The Laplace posterior has no curvature yet: call fit() first.")
 
-    def compute(self, network, subset, likelihood, X, n_outputs) -> None:  # pragma: no cover
+    def compute(self, network, subset, likelihood, X, n_outputs, noise_var=None) -> None:  # pragma: no cover
         raise NotImplementedError
 
     def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
@@ -293,8 +293,8 @@ class FullCurvature(Curvature):
         self.register_buffer("C", torch.zeros(n_weights, n_weights))
         self._eig: Tensor | None = None
 
-    def compute(self, network, subset, likelihood, X, n_outputs) -> None:
-        self.C = ggn(network, subset, likelihood, X, n_outputs)
+    def compute(self, network, subset, likelihood, X, n_outputs, noise_var=None) -> None:
+        self.C = ggn(network, subset, likelihood, X, n_outputs, noise_var=noise_var)
         self._eig = None
         self.fitted.fill_(True)
 
@@ -320,8 +320,8 @@ class DiagonalCurvature(Curvature):
         super().__init__()
         self.register_buffer("c", torch.zeros(n_weights))
 
-    def compute(self, network, subset, likelihood, X, n_outputs) -> None:
-        self.c = ggn(network, subset, likelihood, X, n_outputs, diagonal=True)
+    def compute(self, network, subset, likelihood, X, n_outputs, noise_var=None) -> None:
+        self.c = ggn(network, subset, likelihood, X, n_outputs, diagonal=True, noise_var=noise_var)
         self.fitted.fill_(True)
 
     def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
@@ -359,15 +359,17 @@ class KronCurvature(Curvature):
             for i in range(len(self.layer_names))
         ]
 
-    def compute(self, network, subset, likelihood, X, n_outputs) -> None:
-        factors = kfac_factors(network, self.layer_names, likelihood, X, n_outputs)
+    def compute(self, network, subset, likelihood, X, n_outputs, noise_var=None) -> None:
+        factors = kfac_factors(network, self.layer_names, likelihood, X, n_outputs, noise_var)
         for i, (A, G) in enumerate(factors):
             lA, QA = clamped_eigh(A, f"K-FAC factor A of layer {self.layer_names[i]!r}")
             lG, QG = clamped_eigh(G, f"K-FAC factor G of layer {self.layer_names[i]!r}")
             for k, v in (("QG", QG), ("lG", lG), ("QA", QA), ("lA", lA)):
                 setattr(self, f"{k}_{i}", v)
         if self._rest_subset is not None:
-            self.rest_c = ggn(network, self._rest_subset, likelihood, X, n_outputs, diagonal=True)
+            self.rest_c = ggn(
+                network, self._rest_subset, likelihood, X, n_outputs, diagonal=True, noise_var=noise_var
+            )
         else:
             self.rest_c = self.rest_c.to(X)
         self.fitted.fill_(True)

@@ -45,8 +45,7 @@ def as_positive_tensor(
         allowed: ``{description: length}`` of accepted 1-D lengths; a scalar is always accepted.
     """
     t = torch.as_tensor(value, dtype=dtype, device=device) if not isinstance(value, Tensor) else value
-    if not t.dtype.is_floating_point:
-        t = t.to(dtype)
+    t = t.to(dtype=dtype, device=device)  # keeps the autograd graph of a tensor that requires grad
     if t.dim() > 1 or (t.dim() == 1 and t.numel() not in (1, *allowed.values())):
         expected = ", ".join(f"{k} ({v},)" for k, v in allowed.items())
         raise HyperparameterError(

@@ -1,0 +1,13 @@
+"""BoTorch surrogates backed by Laplace-approximated networks."""
+
+from labo.surrogates.fit import FitOptions, LaplaceMarginalLogLikelihood, fit_laplace_model
+from labo.surrogates.model import LaplaceModel
+from labo.surrogates.networks import default_network
+
+__all__ = [
+    "FitOptions",
+    "LaplaceMarginalLogLikelihood",
+    "LaplaceModel",
+    "default_network",
+    "fit_laplace_model",
+]

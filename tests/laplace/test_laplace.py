@@ -1,5 +1,7 @@
 """Every structure x subset x likelihood against the dense reference of tests/_reference.py."""
 
+import math
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -9,6 +11,7 @@ from labo.laplace import (
     Diagonal,
     Full,
     Kron,
+    LaplaceApproximation,
     LastLayer,
     WeightMask,
     fit_laplace,
@@ -190,3 +193,37 @@ def test_predictive_differentiable_wrt_hyperparameters(structure):
     lml.backward()
     la.log_marginal_likelihood().backward()
     assert la.prior_precision.grad is not None
+
+
+@pytest.mark.parametrize("structure", ["full", "diagonal", "kron"])
+def test_fixed_heteroscedastic_noise_matches_reference(structure):
+    """fit(..., noise_var=v): GGN Σ Jᵀ diag(1/v) J, likelihood Π N(y | f, v); noise_std unused."""
+    net, X, Y = make_problem("regression", (3, 6, 2), n=10)
+    v = 0.05 + torch.rand(10, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    la = LaplaceApproximation(net, "regression", AllWeights(), STRUCTURES[structure](), 0.8, 123.0)
+    la.fit(X, Y, noise_var=v)
+    # reference: scale the rows of Y and of the network output by 1/sqrt(v): same GGN and residuals
+    F, J = ref.subset_jacobian(net, X, AllWeights())
+    Jw = J / v.sqrt().unsqueeze(-1)
+    if structure == "full":
+        H = torch.einsum("nks,nkt->st", Jw, Jw) + 0.8 * torch.eye(la.n_weights, dtype=torch.float64)
+    elif structure == "diagonal":
+        H = torch.diag(Jw.pow(2).sum((0, 1)) + 0.8)
+    else:
+        H = None
+    if H is not None:
+        torch.testing.assert_close(la.posterior_precision().precision(), H)
+        loglik = torch.distributions.Normal(F.detach(), v.sqrt()).log_prob(Y).sum()
+        theta = ref.theta_subset(net, AllWeights())
+        lml = (
+            loglik
+            - 0.4 * theta.pow(2).sum()
+            - 0.5 * (torch.linalg.slogdet(H)[1] - la.n_weights * math.log(0.8))
+        )
+        torch.testing.assert_close(la.log_marginal_likelihood(), lml)
+    # noise_std plays no role, and is not tuned
+    lml0 = la.log_marginal_likelihood()
+    la.noise_std = 0.01
+    torch.testing.assert_close(la.log_marginal_likelihood(), lml0)
+    optimize_hyperparameters(la, n_steps=5)
+    assert float(la.noise_std) == pytest.approx(0.01)

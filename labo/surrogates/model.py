@@ -1,0 +1,401 @@
+"""``LaplaceModel``: a BoTorch ``Model`` backed by a Laplace-approximated network.
+
+A drop-in for ``SingleTaskGP``: same constructor data arguments and transforms,
+``posterior`` returns a ``GPyTorchPosterior`` over a ``MultivariateNormal``
+(one output) or ``MultitaskMultivariateNormal`` (several), joint over the ``q``
+points and outputs of each t-batch and never across t-batches.
+
+Spaces. BoTorch transforms come first (``input_transform`` on X,
+``outcome_transform`` on Y). Inside, the targets are further standardised with
+fixed statistics of the training targets (``z = (y − μ) / s``), so the network,
+its prior precision and the noise level work on O(1) numbers whatever the scale
+of Y, with or without an outcome transform. The Laplace core works in z-space;
+``posterior`` maps back exactly (an affine map of a Gaussian).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from botorch.models.model import Model
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
+from gpytorch.models import GP
+from linear_operator.operators import DenseLinearOperator
+from torch import Tensor, nn
+
+from labo.exceptions import (
+    InputDtypeError,
+    InputShapeError,
+    NonFiniteInputError,
+    NotFittedError,
+)
+from labo.laplace import AllWeights, Kron, LaplaceApproximation
+from labo.laplace.conditioning import conditioned_predictive
+from labo.laplace.structures import Structure
+from labo.laplace.subsets import WeightSubset
+from labo.laplace.validation import check_inputs
+from labo.surrogates.networks import default_network
+
+
+def _check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | None) -> None:
+    check_inputs(train_X, train_X.dtype if isinstance(train_X, Tensor) else torch.float64, "train_X")
+    if train_X.dim() != 2:
+        raise InputShapeError(
+            f"Expected train_X of shape n x d, got {tuple(train_X.shape)} (batched models are not supported)."
+        )
+    if not isinstance(train_Y, Tensor):
+        raise InputDtypeError(f"train_Y must be a torch.Tensor, got {type(train_Y).__name__}.")
+    if train_Y.dim() != 2 or train_Y.shape[0] != train_X.shape[0]:
+        raise InputShapeError(
+            f"Expected train_Y of shape n x m with n = {train_X.shape[0]} (train_X has shape "
+            f"{tuple(train_X.shape)}), got {tuple(train_Y.shape)}."
+        )
+    if train_Y.dtype != train_X.dtype:
+        raise InputDtypeError(f"train_Y has dtype {train_Y.dtype} but train_X has {train_X.dtype}.")
+    if not torch.isfinite(train_Y).all():
+        raise NonFiniteInputError(f"train_Y contains {int((~torch.isfinite(train_Y)).sum())} NaN/inf values.")
+    if train_Yvar is not None:
+        if not isinstance(train_Yvar, Tensor) or train_Yvar.shape != train_Y.shape:
+            raise InputShapeError(
+                f"Expected train_Yvar with the shape of train_Y {tuple(train_Y.shape)}, "
+                f"got {tuple(getattr(train_Yvar, 'shape', ()))}."
+            )
+        if not torch.isfinite(train_Yvar).all() or (train_Yvar < 0).any():
+            raise NonFiniteInputError(
+                f"train_Yvar must be finite and non-negative; min {float(train_Yvar.min()):.3g}."
+            )
+
+
+class LaplaceModel(Model, GP):
+    """A BoTorch model whose posterior is the linearised Laplace predictive of a network.
+
+    ``__init__`` stores data and builds the network; it never trains. Call
+    :func:`labo.surrogates.fit_laplace_model` (or BoTorch's
+    ``fit_gpytorch_mll(LaplaceMarginalLogLikelihood(model))``) to fit.
+
+    Args:
+        train_X: ``n x d`` training inputs.
+        train_Y: ``n x m`` training targets.
+        train_Yvar: Optional ``n x m`` observed noise variances (fixed noise; the
+            noise level is then not tuned).
+        network: An ``nn.Module`` mapping ``b x d`` to ``b x m``; default
+            :func:`labo.surrogates.networks.default_network` (MLP d-64-64-m, tanh).
+        weights: Which weights are Bayesian (default ``AllWeights()``).
+        structure: Posterior structure (default ``Kron()``).
+        input_transform: A BoTorch ``InputTransform`` (e.g. ``Normalize(d)``).
+        outcome_transform: A BoTorch ``OutcomeTransform`` (e.g. ``Standardize(m)``).
+        prior_precision: Initial prior precision (tuned by the marginal likelihood).
+        noise_std: Initial noise standard deviation in standardised units (tuned).
+        warm_start: A previously fitted ``LaplaceModel`` (same network architecture):
+            its weights and hyperparameters start this model's fit.
+    """
+
+    def __init__(
+        self,
+        train_X: Tensor,
+        train_Y: Tensor,
+        train_Yvar: Tensor | None = None,
+        *,
+        network: nn.Module | None = None,
+        weights: WeightSubset | None = None,
+        structure: Structure | None = None,
+        input_transform: nn.Module | None = None,
+        outcome_transform: nn.Module | None = None,
+        prior_precision: float | Tensor = 1.0,
+        noise_std: float = 0.1,
+        warm_start: LaplaceModel | None = None,
+    ) -> None:
+        _check_training_data(train_X, train_Y, train_Yvar)
+        super().__init__()
+        with torch.no_grad():
+            X_tf = self.transform_inputs(train_X, input_transform=input_transform)
+        Y_tf, Yvar_tf = train_Y, train_Yvar
+        if outcome_transform is not None:
+            outcome_transform.train()
+            Y_tf, Yvar_tf = outcome_transform(train_Y, train_Yvar, X=X_tf)
+        d, m = train_X.shape[-1], train_Y.shape[-1]
+        self._d, self._m = d, m
+        self.train_inputs = (train_X,)
+        self.train_targets = Y_tf
+        self.train_Yvar = Yvar_tf
+        # Fixed standardisation of the (transformed) targets: the network works in z-space.
+        mean = Y_tf.mean(0)
+        scale = Y_tf.std(0) if Y_tf.shape[0] > 1 else torch.ones_like(mean)
+        scale = torch.where(scale > 1e-8 * (1 + mean.abs()), scale, torch.ones_like(scale))
+        self.register_buffer("y_mean", mean, persistent=False)
+        self.register_buffer("y_scale", scale, persistent=False)
+        if network is None:
+            network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
+        self.laplace = LaplaceApproximation(
+            network,
+            "regression",
+            AllWeights() if weights is None else weights,
+            Kron() if structure is None else structure,
+            prior_precision,
+            noise_std,
+        )
+        if train_Yvar is None:
+            self.likelihood = GaussianLikelihood()
+        else:
+            self.likelihood = FixedNoiseGaussianLikelihood(noise=Yvar_tf.mean(-1))
+        if outcome_transform is not None:
+            self.outcome_transform = outcome_transform
+        if input_transform is not None:
+            self.input_transform = input_transform
+        self._conditioning: tuple[Tensor, Tensor, Tensor] | None = None
+        self._outputs: list[int] | None = None  # set by subset_output
+        self.fit_info: dict[str, Any] = {}
+        self.to(train_X)
+        if warm_start is not None:
+            self.warm_start_from(warm_start)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def network(self) -> nn.Module:
+        """The network (its weights are the MAP after fitting)."""
+        return self.laplace.network
+
+    @property
+    def num_outputs(self) -> int:
+        return self._m if self._outputs is None else len(self._outputs)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        """Empty for a fitted model; the fantasy/conditioning batch shape after conditioning."""
+        if self._conditioning is None:
+            return torch.Size([])
+        Xc, Zc, Nc = self._conditioning
+        return torch.broadcast_shapes(Xc.shape[:-2], Zc.shape[:-2], Nc.shape[:-2])
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.laplace.curvature.fitted)
+
+    @property
+    def z_noise_var(self) -> Tensor:
+        """Observation noise variance in z-space, ``(m,)``."""
+        if self.train_Yvar is not None:
+            return self.train_Yvar.mean(0) / self.y_scale.pow(2)
+        return self.laplace.noise_std.detach().pow(2).expand(self._m)
+
+    def warm_start_from(self, other: LaplaceModel) -> None:
+        """Start from another fitted model's network weights and hyperparameters."""
+        self.network.load_state_dict(other.network.state_dict())
+        self.laplace.prior_precision = other.laplace.prior_precision.detach().clone()
+        self.laplace.noise_std = other.laplace.noise_std.detach().clone()
+        self.fit_info = {"warm_start": True}
+
+    def load_state_dict(self, state_dict, strict: bool = True, keep_transforms: bool = True):
+        """Load a state dict; a fitted state makes the next fit a warm start.
+
+        With ``keep_transforms=True`` (default) the input/outcome transforms keep the
+        statistics of this model's own training data, as they must for its targets.
+        """
+        if keep_transforms:
+            state_dict = {
+                k: v
+                for k, v in state_dict.items()
+                if not k.startswith(("outcome_transform.", "input_transform."))
+            }
+            own = {
+                k: v
+                for k, v in self.state_dict().items()
+                if k.startswith(("outcome_transform.", "input_transform."))
+            }
+            state_dict.update(own)
+        out = super().load_state_dict(state_dict, strict=strict)
+        self.fit_info = {"warm_start": True}
+        return out
+
+    def _set_transformed_inputs(self) -> None:
+        """No-op: ``train_inputs`` always holds the raw inputs; transforms apply on use."""
+
+    def _revert_to_original_inputs(self) -> None:
+        """No-op (see :meth:`_set_transformed_inputs`)."""
+
+    def custom_fit(self, mll, closure=None, closure_kwargs=None, optimizer_kwargs=None, **kwargs):
+        """Hook of BoTorch's ``fit_gpytorch_mll``: fit by MAP + marginal likelihood."""
+        from labo.surrogates.fit import fit_laplace_model
+
+        fit_laplace_model(self)
+        mll.eval()
+        return mll
+
+    # ------------------------------------------------------------------ posterior
+    def _check_X(self, X: Tensor, name: str = "X") -> None:
+        if not isinstance(X, Tensor):
+            raise InputDtypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}.")
+        if X.dim() < 2 or X.shape[-1] != self._d:
+            raise InputShapeError(
+                f"Expected {name} with shape batch_shape x q x {self._d}, got {tuple(X.shape)}."
+            )
+        if X.dtype != self.train_inputs[0].dtype:
+            raise InputDtypeError(
+                f"{name} has dtype {X.dtype} but the model was built with {self.train_inputs[0].dtype}."
+            )
+        if not torch.isfinite(X).all():
+            raise NonFiniteInputError(f"{name} contains NaN/inf values (shape {tuple(X.shape)}).")
+
+    def _z_predictive(self, X_tf: Tensor) -> tuple[Tensor, Tensor]:
+        if self._conditioning is None:
+            return self.laplace.predictive(X_tf)
+        Xc, Zc, Nc = self._conditioning
+        return conditioned_predictive(self.laplace, X_tf, Xc, Zc, Nc)
+
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform=None,
+        **kwargs: Any,
+    ):
+        """The GLM posterior at ``X``.
+
+        Args:
+            X: ``batch_shape x q x d`` inputs (any number of batch dimensions).
+            output_indices: Outputs to model jointly (default: all).
+            observation_noise: ``True`` adds the model's noise; a tensor
+                ``batch_shape x q x m`` (outcome-transformed space) is added as given.
+            posterior_transform: Optional BoTorch ``PosteriorTransform``.
+
+        Returns:
+            ``GPyTorchPosterior`` over an MVN (one output) or MTMVN (several), joint
+            over the ``q`` points and outputs of each t-batch.
+        """
+        if not self.is_fitted:
+            raise NotFittedError(
+                "LaplaceModel.posterior called before fitting: call fit_laplace_model(model)."
+            )
+        self._check_X(X)
+        self.eval()
+        X_tf = self.transform_inputs(X)
+        mean_z, cov_z = self._z_predictive(X_tf)
+        s = self.y_scale
+        mean = self.y_mean + s * mean_z
+        cov = cov_z * s.view(-1, 1, 1) * s
+        q, m = mean.shape[-2:]
+        if observation_noise is not False:
+            if isinstance(observation_noise, Tensor):
+                noise = observation_noise.to(mean)
+                if noise.shape[-1] != m and noise.shape[-1] != 1:
+                    raise InputShapeError(
+                        f"observation_noise must have shape batch_shape x q x {m}, got {tuple(noise.shape)}."
+                    )
+                noise = noise.expand(mean.shape)
+            else:
+                noise = (self.z_noise_var * s.pow(2)).expand(mean.shape)
+            eye = torch.diag_embed(noise.reshape(*noise.shape[:-2], q * m)).reshape(cov.shape)
+            cov = cov + eye
+        outcome_transform = getattr(self, "outcome_transform", None)
+        if self._outputs is not None:
+            base = self._outputs
+            output_indices = [base[i] for i in self._subset_index(output_indices)]
+        if output_indices is not None:
+            idx = self._output_index(output_indices)
+            mean = mean.index_select(-1, idx)
+            cov = cov.index_select(-3, idx).index_select(-1, idx)
+            m = len(output_indices)
+            if outcome_transform is not None:
+                outcome_transform = outcome_transform.subset_output(list(output_indices))
+        if m == 1:
+            c = cov[..., :, 0, :, 0]
+            mvn = MultivariateNormal(mean[..., 0], DenseLinearOperator(0.5 * (c + c.transpose(-1, -2))))
+        else:
+            c = cov.reshape(*cov.shape[:-4], q * m, q * m)
+            c = DenseLinearOperator(0.5 * (c + c.transpose(-1, -2)))
+            mvn = MultitaskMultivariateNormal(mean, c, interleaved=True)
+        posterior = GPyTorchPosterior(distribution=mvn)
+        if outcome_transform is not None:
+            posterior = outcome_transform.untransform_posterior(posterior, X=X_tf)
+        if posterior_transform is not None:
+            return posterior_transform(posterior)
+        return posterior
+
+    def _subset_index(self, output_indices) -> list[int]:
+        n = len(self._outputs)
+        if output_indices is None:
+            return list(range(n))
+        bad = [i for i in output_indices if not isinstance(i, int) or not -n <= i < n]
+        if bad or not output_indices:
+            raise InputShapeError(f"output_indices must be ints in [0, {n}), got {output_indices!r}.")
+        return [i % n for i in output_indices]
+
+    def _output_index(self, output_indices) -> Tensor:
+        idx = list(output_indices)
+        bad = [i for i in idx if not isinstance(i, int) or not -self._m <= i < self._m]
+        if bad or not idx:
+            raise InputShapeError(
+                f"output_indices must be a non-empty list of ints in [0, {self._m}), got {output_indices!r}."
+            )
+        return torch.tensor([i % self._m for i in idx], device=self.y_mean.device)
+
+    # ------------------------------------------------------------------ BoTorch protocol
+    def subset_output(self, idcs: list[int]) -> LaplaceModel:
+        """A model over the outputs ``idcs`` only (sharing the fitted network)."""
+        idx = self._output_index(idcs).tolist()
+        base = self._outputs or list(range(self._m))
+        new = self._shallow_copy()
+        new._outputs = [base[i] for i in idx]
+        return new
+
+    def condition_on_observations(self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs):
+        """A new model conditioned on ``(X, Y)`` under the linearised model: exact, no retraining.
+
+        Args:
+            X: ``batch_shape x n' x d`` inputs (untransformed).
+            Y: ``batch_shape' x n' x m`` observations (original scale); ``batch_shape'``
+                broadcasts against ``batch_shape`` (fantasies add leading dimensions).
+            noise: Optional noise variances ``batch_shape x n' x m`` in the
+                outcome-transformed space; default: the model's noise.
+        """
+        if not self.is_fitted:
+            raise NotFittedError("condition_on_observations needs a fitted model.")
+        if self._outputs is not None:
+            raise NotImplementedError(
+                "condition_on_observations on an output subset: condition the full model, then subset it."
+            )
+        self._check_X(X)
+        if Y.dim() < 2 or Y.shape[-1] != self._m or Y.shape[-2] != X.shape[-2]:
+            raise InputShapeError(
+                f"Expected Y with shape batch_shape x {X.shape[-2]} x {self._m}, got {tuple(Y.shape)}."
+            )
+        if not torch.isfinite(Y).all():
+            raise NonFiniteInputError("Y passed to condition_on_observations contains NaN/inf.")
+        X_tf = self.transform_inputs(X)
+        Y_tf = Y
+        if hasattr(self, "outcome_transform"):
+            Y_tf, _ = self.outcome_transform(Y, None, X=X_tf)
+        Z = (Y_tf - self.y_mean) / self.y_scale
+        if noise is None:
+            N = self.z_noise_var.expand(Z.shape[-2:])
+        else:
+            N = noise.to(Z) / self.y_scale.pow(2)
+        new = self._shallow_copy()
+        if self._conditioning is not None:
+            Xc, Zc, Nc = self._conditioning
+            batch = torch.broadcast_shapes(self.batch_shape, X_tf.shape[:-2], Z.shape[:-2], N.shape[:-2])
+            X_tf = torch.cat([Xc.expand(*batch, *Xc.shape[-2:]), X_tf.expand(*batch, *X_tf.shape[-2:])], -2)
+            Z = torch.cat([Zc.expand(*batch, *Zc.shape[-2:]), Z.expand(*batch, *Z.shape[-2:])], -2)
+            N = torch.cat([Nc.expand(*batch, *Nc.shape[-2:]), N.expand(*batch, *N.shape[-2:])], -2)
+        new._conditioning = (X_tf, Z, N)
+        if X.dim() == 2 and Y.dim() == 2:
+            new.train_inputs = (torch.cat([self.train_inputs[0], X]),)
+            new.train_targets = torch.cat([self.train_targets, Y_tf])
+            if self.train_Yvar is not None:
+                extra = noise if noise is not None else self.train_Yvar.mean(0).expand_as(Y_tf)
+                new.train_Yvar = torch.cat([self.train_Yvar, extra.to(Y_tf)])
+        return new
+
+    def _shallow_copy(self) -> LaplaceModel:
+        """A copy sharing the (read-only) network and curvature, with its own containers."""
+        new = copy.copy(self)
+        new._modules = dict(self._modules)
+        new._buffers = dict(self._buffers)
+        new._parameters = dict(self._parameters)
+        new.fit_info = dict(self.fit_info)
+        return new
