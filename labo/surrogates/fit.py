@@ -159,7 +159,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     with torch.no_grad():
         noise = (model.z_noise_var * model.y_scale.pow(2)).mean()
         if not fixed_noise:
-            model.likelihood.noise = noise.clamp_min(1e-8).reshape(1)
+            model.likelihood.noise = noise.clamp_min(1e-9).reshape(1)
     model._conditioning = None
     model.fit_info = {
         "warm_start": warm,

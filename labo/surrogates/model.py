@@ -19,8 +19,9 @@ import copy
 from typing import Any
 
 import torch
-from botorch.models.model import Model
+from botorch.models.model import FantasizeMixin, Model
 from botorch.posteriors.gpytorch import GPyTorchPosterior
+from gpytorch.constraints import GreaterThan
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from gpytorch.models import GP
@@ -70,7 +71,7 @@ def _check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | 
             )
 
 
-class LaplaceModel(Model, GP):
+class LaplaceModel(Model, FantasizeMixin, GP):
     """A BoTorch model whose posterior is the linearised Laplace predictive of a network.
 
     ``__init__`` stores data and builds the network; it never trains. Call
@@ -139,7 +140,8 @@ class LaplaceModel(Model, GP):
             noise_std,
         )
         if train_Yvar is None:
-            self.likelihood = GaussianLikelihood()
+            # Mirrors the tuned noise (for GPyTorch/Ax code that reads model.likelihood.noise).
+            self.likelihood = GaussianLikelihood(noise_constraint=GreaterThan(1e-10))
         else:
             self.likelihood = FixedNoiseGaussianLikelihood(noise=Yvar_tf.mean(-1))
         if outcome_transform is not None:

@@ -1,0 +1,238 @@
+"""LaplaceModel as a BoTorch Model: shapes, transforms, noise, gradients, conditioning, state."""
+
+import copy
+import io
+
+import pytest
+import torch
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from botorch.sampling import SobolQMCNormalSampler
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
+
+from labo.exceptions import InputDtypeError, InputShapeError, NonFiniteInputError, NotFittedError
+from labo.laplace import Diagonal, Full, Kron
+from labo.surrogates import LaplaceModel
+from tests.surrogates.conftest import FAST, fitted_model, small_net, toy_data
+
+
+def manual_predictive(model, X):
+    """Mean and joint covariance in the original outcome space, composed by hand."""
+    X_tf = model.input_transform(X)
+    mean_z, cov_z = model.laplace.predictive(X_tf)
+    s = model.y_scale * model.outcome_transform.stdvs.squeeze(0)
+    mu = model.y_mean * model.outcome_transform.stdvs.squeeze(0) + model.outcome_transform.means.squeeze(0)
+    return mu + s * mean_z, cov_z * s.view(-1, 1, 1) * s
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 4), (3, 2, 4)], ids=str)
+@pytest.mark.parametrize("m", [1, 2])
+def test_posterior_shapes_and_values(shape, m):
+    model = fitted_model(m=m)
+    X = torch.rand(*shape, 3, dtype=torch.float64)
+    post = model.posterior(X)
+    assert isinstance(post, GPyTorchPosterior)
+    dist = post.distribution
+    assert isinstance(dist, MultitaskMultivariateNormal if m > 1 else MultivariateNormal)
+    q = shape[-1]
+    assert post.mean.shape == (*shape, m)
+    assert post.variance.shape == (*shape, m)
+    mean, cov = manual_predictive(model, X)
+    torch.testing.assert_close(post.mean, mean)
+    full_cov = dist.covariance_matrix
+    if m == 1:
+        torch.testing.assert_close(full_cov, cov[..., :, 0, :, 0])
+    else:  # interleaved: (q, m) with m fastest
+        torch.testing.assert_close(full_cov, cov.reshape(*shape[:-1], q * m, q * m))
+
+
+def test_t_batches_are_independent(model_1):
+    X = torch.rand(3, 2, 3, dtype=torch.float64)
+    post = model_1.posterior(X)
+    single = model_1.posterior(X[1])
+    torch.testing.assert_close(post.mean[1], single.mean)
+    torch.testing.assert_close(post.distribution.covariance_matrix[1], single.distribution.covariance_matrix)
+
+
+def test_observation_noise(model_2):
+    X = torch.rand(4, 3, dtype=torch.float64)
+    base = model_2.posterior(X).variance
+    noisy = model_2.posterior(X, observation_noise=True).variance
+    stdv = model_2.outcome_transform.stdvs.squeeze(0)
+    expected = model_2.z_noise_var * (model_2.y_scale * stdv).pow(2)
+    torch.testing.assert_close(noisy - base, expected.expand(4, 2))
+    given = torch.full((4, 2), 0.5, dtype=torch.float64)  # outcome-transformed space
+    noisy_t = model_2.posterior(X, observation_noise=given).variance
+    torch.testing.assert_close(noisy_t - base, (0.5 * stdv.pow(2)).expand(4, 2))
+
+
+def test_output_indices_and_subset_output(model_2):
+    X = torch.rand(2, 5, 3, dtype=torch.float64)
+    full = model_2.posterior(X)
+    one = model_2.posterior(X, output_indices=[1])
+    torch.testing.assert_close(one.mean, full.mean[..., 1:])
+    torch.testing.assert_close(one.variance, full.variance[..., 1:])
+    sub = model_2.subset_output([1])
+    assert sub.num_outputs == 1 and model_2.num_outputs == 2
+    torch.testing.assert_close(sub.posterior(X).mean, one.mean)
+    with pytest.raises(InputShapeError, match="output_indices"):
+        model_2.posterior(X, output_indices=[2])
+
+
+def test_x_gradients_match_finite_differences(model_1):
+    X = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x):
+        post = model_1.posterior(x)
+        return post.mean.squeeze(-1), post.distribution.covariance_matrix
+
+    assert torch.autograd.gradcheck(f, (X,))
+
+
+@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron()], ids=repr)
+def test_condition_on_observations_equals_refit_at_same_linearisation(structure):
+    model = fitted_model(structure=structure)
+    X_new = torch.rand(3, 3, dtype=torch.float64) * 4 - 1
+    Y_new = toy_data(3, 3, seed=7)[1]
+    cond = model.condition_on_observations(X_new, Y_new)
+    X_test = torch.rand(4, 3, dtype=torch.float64)
+    # reference: GGN over the union of the data (same weights, same hyperparameters), Gaussian update
+    la = model.laplace
+    Xc = model.input_transform(X_new)
+    Zc = (model.outcome_transform(Y_new)[0] - model.y_mean) / model.y_scale
+    _, cov_c = la.predictive(torch.cat([Xc, model.input_transform(X_test)]))
+    n = 3
+    Kall = cov_c.reshape(n + 4, n + 4)
+    noise = la.noise_std.pow(2)
+    Kcc = Kall[:n, :n] + noise * torch.eye(n, dtype=torch.float64)
+    Ktc = Kall[n:, :n]
+    F_c = la.network(Xc)
+    mean_z = la.network(model.input_transform(X_test)) + Ktc @ torch.linalg.solve(Kcc, Zc - F_c)
+    cov_z = Kall[n:, n:] - Ktc @ torch.linalg.solve(Kcc, Ktc.T)
+    s = model.y_scale * model.outcome_transform.stdvs.squeeze(0)
+    mu0 = model.y_mean * model.outcome_transform.stdvs.squeeze(0) + model.outcome_transform.means.squeeze(0)
+    post = cond.posterior(X_test)
+    torch.testing.assert_close(post.mean.squeeze(-1), (mu0 + s * mean_z).squeeze(-1).detach())
+    torch.testing.assert_close(post.distribution.covariance_matrix, (s**2 * cov_z).detach())
+    if isinstance(structure, Full):
+        # weight space: posterior precision H + J_cᵀ J_c / σ² gives the same covariance
+        from labo.laplace.jacobians import output_and_jacobian
+
+        _, Jc = output_and_jacobian(la.network, la.subset, Xc)
+        _, Jt = output_and_jacobian(la.network, la.subset, model.input_transform(X_test))
+        H = la.posterior_precision().precision() + Jc[:, 0].T @ Jc[:, 0] / noise
+        cov_w = Jt[:, 0] @ torch.linalg.solve(H, Jt[:, 0].T)
+        torch.testing.assert_close(post.distribution.covariance_matrix, (s**2 * cov_w).detach())
+    # the original model is unchanged and the conditioned one has the data appended
+    assert model.train_inputs[0].shape[0] == 20 and cond.train_inputs[0].shape[0] == 23
+
+
+def test_fantasize_shapes_and_consistency(model_1):
+    X = torch.rand(2, 1, 3, dtype=torch.float64)  # batch 2, one point each
+    sampler = SobolQMCNormalSampler(sample_shape=torch.Size([5]), seed=0)
+    fm = model_1.fantasize(X, sampler)
+    assert fm.batch_shape == torch.Size([5, 2])
+    X_test = torch.rand(2, 4, 3, dtype=torch.float64)
+    post = fm.posterior(X_test)
+    assert post.mean.shape == (5, 2, 4, 1)
+    # fantasy posteriors have smaller variance than the original
+    assert (post.variance <= model_1.posterior(X_test).variance + 1e-9).all()
+    # conditioning one fantasy by hand gives the same posterior
+    Y_f = fm._conditioning[1][3, 1]  # z-space targets of fantasy 3, batch 1
+    ot = model_1.outcome_transform
+    Y_orig = ot.untransform((Y_f * model_1.y_scale + model_1.y_mean).unsqueeze(0))[0][0]
+    one = model_1.condition_on_observations(X[1], Y_orig)
+    torch.testing.assert_close(one.posterior(X_test[1]).mean, post.mean[3, 1])
+
+
+def test_deepcopy_state_dict_and_determinism(model_1):
+    X = torch.rand(5, 3, dtype=torch.float64)
+    ref = model_1.posterior(X)
+    clone = copy.deepcopy(model_1)
+    torch.testing.assert_close(clone.posterior(X).mean, ref.mean)
+    buf = io.BytesIO()
+    torch.save(model_1.state_dict(), buf)
+    buf.seek(0)
+    # a model built on the same data with another network's weights, then loaded
+    other = LaplaceModel(
+        model_1.train_inputs[0],
+        toy_data()[1],
+        network=small_net(3, 1, seed=5),
+        input_transform=copy.deepcopy(model_1.input_transform),
+        outcome_transform=copy.deepcopy(model_1.outcome_transform),
+    )
+    other.load_state_dict(torch.load(buf))
+    torch.testing.assert_close(other.posterior(X).mean, ref.mean)
+    torch.testing.assert_close(other.posterior(X).variance, ref.variance)
+    again = fitted_model(m=1)
+    torch.testing.assert_close(again.posterior(X).mean, ref.mean)
+    torch.testing.assert_close(again.posterior(X).variance, ref.variance)
+
+
+def test_float32():
+    X, Y = toy_data()
+    model = LaplaceModel(X.float(), Y.float(), network=small_net(3, 1).float())
+    from labo.surrogates import fit_laplace_model
+
+    fit_laplace_model(model, FAST)
+    post = model.posterior(torch.rand(2, 3))
+    assert post.mean.dtype == torch.float32 and torch.isfinite(post.variance).all()
+
+
+def test_warm_refit_is_cheaper():
+    X, Y = toy_data(40)
+    from labo.surrogates import fit_laplace_model
+
+    cold = fit_laplace_model(LaplaceModel(X[:30], Y[:30], network=small_net(3, 1)))
+    warm = fit_laplace_model(LaplaceModel(X, Y, network=small_net(3, 1, seed=9), warm_start=cold))
+    assert warm.fit_info["warm_start"] and not cold.fit_info["warm_start"]
+    assert sum(warm.fit_info["train_steps"]) < sum(cold.fit_info["train_steps"])
+    torch.testing.assert_close(warm.laplace.prior_precision, warm.fit_info["prior_precision"])
+
+
+def test_constant_targets_and_duplicate_inputs_fit():
+    X = torch.rand(6, 2, dtype=torch.float64).repeat(2, 1)
+    Y = torch.full((12, 1), 3.0, dtype=torch.float64)
+    from labo.surrogates import fit_laplace_model
+
+    model = fit_laplace_model(LaplaceModel(X, Y, network=small_net(2, 1)), FAST)
+    post = model.posterior(torch.rand(3, 2, dtype=torch.float64))
+    assert torch.isfinite(post.mean).all() and torch.isfinite(post.variance).all()
+    torch.testing.assert_close(post.mean, torch.full_like(post.mean, 3.0), atol=0.05, rtol=0)
+
+
+def test_bad_input():
+    X, Y = toy_data()
+    with pytest.raises(InputShapeError, match=r"train_Y"):
+        LaplaceModel(X, Y[:-1])
+    with pytest.raises(InputDtypeError, match="dtype"):
+        LaplaceModel(X, Y.float())
+    Xn = X.clone()
+    Xn[0, 0] = float("nan")
+    with pytest.raises(NonFiniteInputError, match="NaN"):
+        LaplaceModel(Xn, Y)
+    Yn = Y.clone()
+    Yn[1, 0] = float("inf")
+    with pytest.raises(NonFiniteInputError, match="train_Y"):
+        LaplaceModel(X, Yn)
+    with pytest.raises(NonFiniteInputError, match="train_Yvar"):
+        LaplaceModel(X, Y, -torch.ones_like(Y))
+    model = LaplaceModel(X, Y, network=small_net(3, 1))
+    with pytest.raises(NotFittedError):
+        model.posterior(X[:2])
+    from labo.surrogates import fit_laplace_model
+
+    fit_laplace_model(model, FAST)
+    with pytest.raises(InputShapeError, match=r"batch_shape x q x 3, got \(2, 4\)"):
+        model.posterior(torch.rand(2, 4, dtype=torch.float64))
+
+
+def test_fixed_noise_train_yvar():
+    X, Y = toy_data(20)
+    Yvar = torch.full_like(Y, 0.01)
+    from labo.surrogates import fit_laplace_model
+
+    model = fit_laplace_model(LaplaceModel(X, Y, Yvar, network=small_net(3, 1)), FAST)
+    assert bool(model.laplace.fixed_noise)
+    Xt = torch.rand(3, 3, dtype=torch.float64)
+    noisy = model.posterior(Xt, observation_noise=True).variance - model.posterior(Xt).variance
+    torch.testing.assert_close(noisy, torch.full_like(noisy, 0.01))
