@@ -236,3 +236,39 @@ def test_fixed_noise_train_yvar():
     Xt = torch.rand(3, 3, dtype=torch.float64)
     noisy = model.posterior(Xt, observation_noise=True).variance - model.posterior(Xt).variance
     torch.testing.assert_close(noisy, torch.full_like(noisy, 0.01))
+
+
+def test_fit_gpytorch_mll_dispatches_to_laplace_fit():
+    from botorch.fit import fit_gpytorch_mll
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    from labo.surrogates import LaplaceMarginalLogLikelihood
+
+    X, Y = toy_data()
+    model = LaplaceModel(X, Y, network=small_net(3, 1))
+    mll = fit_gpytorch_mll(LaplaceMarginalLogLikelihood(model))
+    assert model.is_fitted and not mll.training
+    per_point = mll()
+    torch.testing.assert_close(per_point, model.laplace.log_marginal_likelihood() / 20)
+    # Ax's default mll class (ExactMarginalLogLikelihood) also reaches the Laplace fit
+    other = LaplaceModel(X, Y, network=small_net(3, 1))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(other.likelihood, other))
+    assert other.is_fitted
+    noise = other.laplace.noise_std.pow(2) * other.y_scale.pow(2)
+    torch.testing.assert_close(other.likelihood.noise, noise.reshape(1).detach())
+
+
+def test_optimal_samples_are_maxima_of_function_samples(model_1):
+    from labo.acquisition import get_optimal_samples
+
+    bounds = torch.tensor([[-1.0] * 3, [3.0] * 3], dtype=torch.float64)
+    X_opt, f_opt = get_optimal_samples(model_1, bounds, num_optima=6, seed=0)
+    assert X_opt.shape == (6, 3) and f_opt.shape == (6, 1)
+    assert ((X_opt >= bounds[0]) & (X_opt <= bounds[1])).all()
+    # each optimum is at least the posterior-sample value at the training inputs (part of the set)
+    X_tr = model_1.train_inputs[0]
+    z = model_1.laplace.predictive_samples(
+        model_1.transform_inputs(X_tr), 6, torch.Generator().manual_seed(0), linearized=True
+    )
+    y = model_1.outcome_transform.untransform(model_1.y_mean + model_1.y_scale * z)[0][..., 0]
+    assert (f_opt.squeeze(-1) >= y.max(-1).values - 1e-9).all()
