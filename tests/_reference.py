@@ -141,7 +141,7 @@ def dense_precision(network, X, Y, likelihood, weights, structure: str, prior, n
     """Posterior precision ``H`` of a structure by its dense definition."""
     scale = noise.pow(-2) if likelihood == "regression" else torch.ones((), dtype=X.dtype)
     d = expand_prior(network, weights, prior)
-    if structure == "full":
+    if structure in ("full", "functional"):  # Functional is the exact GGN, in function space
         return scale * dense_ggn(network, X, Y, likelihood, weights) + torch.diag(d)
     if structure == "diagonal":
         C = dense_ggn(network, X, Y, likelihood, weights)

@@ -2,10 +2,11 @@
 
 Public API::
 
-    from labo.laplace import fit_laplace, Full, Diagonal, Kron
+    from labo.laplace import fit_laplace, Full, Diagonal, Kron, Functional
     from labo.laplace import AllWeights, LastLayer, WeightMask
 """
 
+from labo.laplace.functional import Functional
 from labo.laplace.laplace import LaplaceApproximation, fit_laplace
 from labo.laplace.marglik import log_marginal_likelihood, optimize_hyperparameters
 from labo.laplace.structures import Diagonal, Full, Kron, Structure
@@ -15,6 +16,7 @@ __all__ = [
     "AllWeights",
     "Diagonal",
     "Full",
+    "Functional",
     "Kron",
     "LaplaceApproximation",
     "LastLayer",

@@ -82,6 +82,26 @@ def ggn(
     return out
 
 
+def ggn_sqrt(
+    network: nn.Module,
+    subset: ResolvedSubset,
+    likelihood: str,
+    X: Tensor,
+    n_outputs: int,
+    noise_var: Tensor | None = None,
+) -> Tensor:
+    """A square root ``R`` of the GGN, ``C = Rᵀ R``: the rows ``M_nᵀ J_n``, ``(N·K, S)``.
+
+    The function-space (GP) view works with ``R`` directly: its Gram matrix
+    ``R Λ₀⁻¹ Rᵀ`` is the kernel matrix of the linearised network.
+    """
+    rows = []
+    for sl, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):
+        M = _row_sqrt(likelihood, F.detach(), None if noise_var is None else noise_var[sl])
+        rows.append(_apply_sqrt(M, J.detach()).reshape(-1, subset.n_weights))
+    return torch.cat(rows)
+
+
 def kfac_layer_plan(network: nn.Module, subset: ResolvedSubset) -> tuple[list, Tensor]:
     """Split the selected weights into K-FAC blocks (whole Linear layers) and the rest.
 

@@ -31,6 +31,7 @@ from labo.laplace import (
     AllWeights,
     Diagonal,
     Full,
+    Functional,
     Kron,
     LaplaceApproximation,
     LastLayer,
@@ -322,7 +323,7 @@ def test_bad_hyperparameter_override_in_log_marginal_likelihood(reg):
         la.log_marginal_likelihood(noise_std=torch.tensor(0.0, dtype=F64))
 
 
-@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron()], ids=repr)
+@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron(), Functional()], ids=repr)
 @pytest.mark.parametrize("set_after_fit", [False, True], ids=["ctor", "setter"])
 def test_float32_hyperparameter_tensors_are_cast(structure, set_after_fit):
     net = tiny_mlp()
@@ -534,7 +535,7 @@ def test_predictive_samples_bad_input(reg):
         "predictive_samples",
     ],
 )
-@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron()], ids=repr)
+@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron(), Functional()], ids=repr)
 def test_unfitted(call, structure):
     la = LaplaceApproximation(tiny_mlp(), structure=structure)
     with pytest.raises(NotFittedError, match=r"call fit\(\) first"):
@@ -607,7 +608,7 @@ def test_cholesky_indefinite_raises(make_H, size):
 # state_dict round trips
 
 
-STRUCTURES = [Full(), Diagonal(), Kron()]
+STRUCTURES = [Full(), Diagonal(), Kron(), Functional()]
 WEIGHTS = [AllWeights(), LastLayer()]
 LIKELIHOODS = ["regression", "classification"]
 

@@ -10,6 +10,7 @@ from labo.laplace import (
     AllWeights,
     Diagonal,
     Full,
+    Functional,
     Kron,
     LaplaceApproximation,
     LastLayer,
@@ -20,7 +21,7 @@ from labo.laplace import (
 from tests import _reference as ref
 from tests.conftest import make_problem
 
-STRUCTURES = {"full": Full, "diagonal": Diagonal, "kron": Kron}
+STRUCTURES = {"full": Full, "diagonal": Diagonal, "kron": Kron, "functional": Functional}
 PROBLEMS = [
     ("regression", (2, 8, 8, 1)),
     ("regression", (3, 6, 4)),
@@ -128,7 +129,7 @@ def test_predictive_x_gradients(fitted):
     assert gradcheck(lambda x: la.predictive(x), (X_new,))
 
 
-@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron()], ids=repr)
+@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron(), Functional()], ids=repr)
 def test_batched_inputs_are_independent_t_batches(structure):
     net, X, Y = make_problem("regression", (3, 6, 2))
     la = fit_laplace(net, X, Y, structure=structure, noise_std=0.5)
@@ -152,7 +153,7 @@ def test_kron_is_exact_for_single_output_last_layer():
     torch.testing.assert_close(kron.log_marginal_likelihood(), full.log_marginal_likelihood())
 
 
-@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron()], ids=repr)
+@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron(), Functional()], ids=repr)
 @pytest.mark.parametrize("likelihood", ["regression", "classification"])
 def test_optimize_hyperparameters_increases_lml(structure, likelihood):
     net, X, Y = make_problem(likelihood, (3, 6, 3), n=30)
@@ -169,7 +170,7 @@ def test_optimize_hyperparameters_increases_lml(structure, likelihood):
     assert abs(float((g * p).detach())) < 0.05 * abs(after)
 
 
-@pytest.mark.parametrize("structure", ["full", "diagonal", "kron"])
+@pytest.mark.parametrize("structure", ["full", "diagonal", "kron", "functional"])
 def test_predictive_differentiable_wrt_hyperparameters(structure):
     """Setting requires_grad on la.prior_precision / la.noise_std makes predictive differentiable."""
     net, X, Y = make_problem("regression", (2, 8, 8, 1), n=12)
@@ -195,7 +196,7 @@ def test_predictive_differentiable_wrt_hyperparameters(structure):
     assert la.prior_precision.grad is not None
 
 
-@pytest.mark.parametrize("structure", ["full", "diagonal", "kron"])
+@pytest.mark.parametrize("structure", ["full", "diagonal", "kron", "functional"])
 def test_fixed_heteroscedastic_noise_matches_reference(structure):
     """fit(..., noise_var=v): GGN Σ Jᵀ diag(1/v) J, likelihood Π N(y | f, v); noise_std unused."""
     net, X, Y = make_problem("regression", (3, 6, 2), n=10)
@@ -205,7 +206,7 @@ def test_fixed_heteroscedastic_noise_matches_reference(structure):
     # reference: scale the rows of Y and of the network output by 1/sqrt(v): same GGN and residuals
     F, J = ref.subset_jacobian(net, X, AllWeights())
     Jw = J / v.sqrt().unsqueeze(-1)
-    if structure == "full":
+    if structure in ("full", "functional"):
         H = torch.einsum("nks,nkt->st", Jw, Jw) + 0.8 * torch.eye(la.n_weights, dtype=torch.float64)
     elif structure == "diagonal":
         H = torch.diag(Jw.pow(2).sum((0, 1)) + 0.8)

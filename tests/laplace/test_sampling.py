@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from labo.laplace import Diagonal, Full, Kron, LastLayer, WeightMask, fit_laplace
+from labo.laplace import Diagonal, Full, Functional, Kron, LastLayer, WeightMask, fit_laplace
 from tests.conftest import make_problem
 
 
-@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron()], ids=repr)
+@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron(), Functional()], ids=repr)
 def test_weight_samples_reproducible_with_generator(structure):
     net, X, Y = make_problem("regression", (2, 6, 1))
     la = fit_laplace(net, X, Y, structure=structure, noise_std=0.3)
@@ -21,7 +21,7 @@ def test_weight_samples_reproducible_with_generator(structure):
     assert not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron()], ids=repr)
+@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron(), Functional()], ids=repr)
 def test_linearized_samples_match_glm_predictive(structure):
     net, X, Y = make_problem("regression", (2, 6, 2), n=15)
     la = fit_laplace(net, X, Y, structure=structure, prior_precision=2.0, noise_std=0.5)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from labo.laplace.functional import FunctionalPrecision
 from labo.laplace.structures import DiagonalPrecision, FullPrecision, KronPrecision
 
 
@@ -141,3 +142,28 @@ class TestKron(StructureTestCase):
         torch.testing.assert_close(op.precision(), exact)
         torch.testing.assert_close(op.logdet(), torch.linalg.slogdet(exact)[1])
         assert math.isfinite(float(op.logdet()))
+
+
+class TestFunctional(StructureTestCase):
+    """Function space: H = s RᵀR + diag(prior) with N = 4 < S rows (and N > S below)."""
+
+    N = 4
+
+    def make(self, prior=None, scale=None):
+        R = torch.randn(self.N, self.S, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        prior = torch.linspace(0.5, 2.0, self.S, dtype=torch.float64) if prior is None else prior
+        scale = torch.tensor(2.0, dtype=torch.float64) if scale is None else scale
+        return FunctionalPrecision(R, prior, scale), scale * R.T @ R + torch.diag(prior)
+
+    def test_eigen_logdet_for_scalar_prior(self):
+        R = torch.randn(self.N, self.S, dtype=torch.float64)
+        prior = torch.full((self.S,), 0.7, dtype=torch.float64)
+        scale = torch.tensor(2.0, dtype=torch.float64)
+        op = FunctionalPrecision(R, prior, scale, eig=torch.linalg.eigvalsh(R @ R.T))
+        torch.testing.assert_close(
+            op.logdet(), torch.linalg.slogdet(scale * R.T @ R + 0.7 * torch.eye(self.S))[1]
+        )
+
+
+class TestFunctionalTall(TestFunctional):
+    N = 15
