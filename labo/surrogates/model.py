@@ -36,6 +36,7 @@ from labo.exceptions import (
 )
 from labo.laplace import AllWeights, Kron, LaplaceApproximation
 from labo.laplace.conditioning import conditioned_predictive
+from labo.laplace.functional import Functional, prefer_functional
 from labo.laplace.structures import Structure
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
@@ -86,7 +87,9 @@ class LaplaceModel(Model, FantasizeMixin, GP):
         network: An ``nn.Module`` mapping ``b x d`` to ``b x m``; default
             :func:`labo.surrogates.networks.default_network` (MLP d-64-64-m, tanh).
         weights: Which weights are Bayesian (default ``AllWeights()``).
-        structure: Posterior structure (default ``Kron()``).
+        structure: Posterior structure. Default: ``Functional()`` (exact GGN, function
+            space) while ``n·m`` is below the number of Bayesian weights and at most
+            2000, else ``Kron()`` (see ``labo.laplace.functional.prefer_functional``).
         input_transform: A BoTorch ``InputTransform`` (e.g. ``Normalize(d)``).
         outcome_transform: A BoTorch ``OutcomeTransform`` (e.g. ``Standardize(m)``).
         prior_precision: Initial prior precision (tuned by the marginal likelihood).
@@ -131,13 +134,12 @@ class LaplaceModel(Model, FantasizeMixin, GP):
         self.register_buffer("y_scale", scale, persistent=False)
         if network is None:
             network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
+        weights = AllWeights() if weights is None else weights
+        if structure is None:
+            n_weights = weights.resolve(network).n_weights
+            structure = Functional() if prefer_functional(train_X.shape[0], m, n_weights) else Kron()
         self.laplace = LaplaceApproximation(
-            network,
-            "regression",
-            AllWeights() if weights is None else weights,
-            Kron() if structure is None else structure,
-            prior_precision,
-            noise_std,
+            network, "regression", weights, structure, prior_precision, noise_std
         )
         if train_Yvar is None:
             # Mirrors the tuned noise (for GPyTorch/Ax code that reads model.likelihood.noise).
