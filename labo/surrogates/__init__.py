@@ -1,8 +1,11 @@
 """BoTorch surrogates backed by Laplace-approximated networks."""
 
+from labo.surrogates.ax_support import register_with_ax
 from labo.surrogates.fit import FitOptions, LaplaceMarginalLogLikelihood, fit_laplace_model
 from labo.surrogates.model import LaplaceModel
 from labo.surrogates.networks import default_network
+
+register_with_ax()
 
 __all__ = [
     "FitOptions",

@@ -79,6 +79,10 @@ class LaplaceModel(Model, FantasizeMixin, GP):
     :func:`labo.surrogates.fit_laplace_model` (or BoTorch's
     ``fit_gpytorch_mll(LaplaceMarginalLogLikelihood(model))``) to fit.
 
+    The arguments after ``train_Yvar`` are meant to be passed by keyword; they are
+    not keyword-only because Ax inspects the positional argument names to decide
+    which transforms a model class accepts.
+
     Args:
         train_X: ``n x d`` training inputs.
         train_Y: ``n x m`` training targets.
@@ -103,7 +107,6 @@ class LaplaceModel(Model, FantasizeMixin, GP):
         train_X: Tensor,
         train_Y: Tensor,
         train_Yvar: Tensor | None = None,
-        *,
         network: nn.Module | None = None,
         weights: WeightSubset | None = None,
         structure: Structure | None = None,
