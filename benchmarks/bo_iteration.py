@@ -94,7 +94,11 @@ def main():
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.cap)
                 if proc.returncode != 0:
-                    row = {"method": method, "n": n, "d": d, "error": proc.stderr.strip().splitlines()[-1]}
+                    lines = proc.stderr.strip().splitlines()
+                    reason = (
+                        lines[-1] if lines else f"killed (exit code {proc.returncode}, likely out of memory)"
+                    )
+                    row = {"method": method, "n": n, "d": d, "error": reason}
                 else:
                     row = json.loads(proc.stdout.strip().splitlines()[-1])
             except subprocess.TimeoutExpired:
@@ -113,7 +117,8 @@ def main():
                 f"{r['iteration_s']:.2f} | {r['peak_rss_mb']:.0f} |"
             )
         else:
-            print(f"| {r['n']} | {r['d']} | {r['method']} | {r.get('timeout_s', 'error')} | | | |")
+            what = f"timeout after {r['timeout_s']:.0f} s" if "timeout_s" in r else r["error"]
+            print(f"| {r['n']} | {r['d']} | {r['method']} | {what} | | | |")
     print(f"wrote {args.out}")
 
 
