@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labo.laplace.functional import FunctionalPrecision
 from labo.laplace.structures import DiagonalPrecision, FullPrecision, KronPrecision
@@ -167,3 +169,31 @@ class TestFunctional(StructureTestCase):
 
 class TestFunctionalTall(TestFunctional):
     N = 15
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    out1=st.integers(1, 4),
+    in1=st.integers(1, 4),
+    n_rest=st.integers(0, 3),
+    seed=st.integers(0, 10_000),
+)
+def test_kron_random_block_layouts(out1, in1, n_rest, seed):
+    """Property: for any block sizes and any interleaving, Kron ops equal their dense matrix."""
+    g = torch.Generator().manual_seed(seed)
+    S = out1 * in1 + n_rest
+    perm = torch.randperm(S, generator=g)
+    idx, rest = perm[: out1 * in1], perm[out1 * in1 :]
+    G, A = _spd(out1, seed + 1), _spd(in1, seed + 2)
+    lG, QG = torch.linalg.eigh(G)
+    lA, QA = torch.linalg.eigh(A)
+    prior = 0.2 + torch.rand(S, generator=g, dtype=torch.float64)
+    c = torch.rand(n_rest, generator=g, dtype=torch.float64)
+    scale = torch.tensor(1.5, dtype=torch.float64)
+    op = KronPrecision([(idx, QG, lG.clamp_min(0), QA, lA.clamp_min(0))], (rest, c), prior, scale, S)
+    H = op.precision()
+    J = torch.randn(3, S, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(op.quad(J), J @ torch.linalg.solve(H, J.T))
+    torch.testing.assert_close(op.logdet(), torch.linalg.slogdet(H)[1])
+    V = torch.randn(S, 2, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(op.solve(V), torch.linalg.solve(H, V))
