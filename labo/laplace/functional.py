@@ -22,7 +22,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from labo.laplace.curvature import ggn_sqrt
+from labo.laplace.curvature import _row_sqrt, ggn_sqrt
+from labo.laplace.linear_factors import (
+    LayerFactors,
+    factor_plan,
+    kernel_diag_from_factors,
+    kernel_from_factors,
+    linear_factors,
+    per_tensor_prior,
+)
 from labo.laplace.structures import Curvature, Structure, robust_cholesky
 from labo.laplace.subsets import ResolvedSubset
 
@@ -30,13 +38,57 @@ from labo.laplace.subsets import ResolvedSubset
 class FunctionalPrecision:
     """``H = s · RᵀR + diag(prior)`` represented through ``N x N`` matrices."""
 
-    def __init__(self, R: Tensor, prior: Tensor, scale: Tensor, eig: Tensor | None = None):
+    def __init__(
+        self,
+        R: Tensor,
+        prior: Tensor,
+        scale: Tensor,
+        eig: Tensor | None = None,
+        train_factors: list[LayerFactors] | None = None,
+        layer_priors=None,
+    ):
         self.R, self.prior, self.scale, self._eig = R, prior, scale, eig
         self.dinv = 1.0 / prior
         self.B = R * self.dinv  # R Λ₀⁻¹, (N, S)
         N = R.shape[0]
-        self.M = self.B @ R.T + torch.eye(N, dtype=R.dtype, device=R.device) / scale
+        eye = torch.eye(N, dtype=R.dtype, device=R.device)
+        # Jacobian-free path (see linear_factors): kernels from per-layer factors.
+        self.train_factors = train_factors if layer_priors is not None else None
+        self.layer_priors = layer_priors
+        if self.train_factors is not None:
+            self.M = (
+                kernel_from_factors(train_factors, train_factors, layer_priors).reshape(N, N) + eye / scale
+            )
+        else:
+            self.M = self.B @ R.T + eye / scale
         self._L: Tensor | None = None
+
+    @property
+    def supports_factors(self) -> bool:
+        return self.train_factors is not None
+
+    def _factor_cross(self, factors: list[LayerFactors]) -> Tensor:
+        """``L⁻¹ K_XT``: ``(..., N, n·K)`` from the rows' factors."""
+        Ktx = kernel_from_factors(factors, self.train_factors, self.layer_priors)
+        n, K = Ktx.shape[-4], Ktx.shape[-3]
+        Ktx = Ktx.reshape(*Ktx.shape[:-4], n * K, -1)
+        flat = Ktx.reshape(-1, Ktx.shape[-1]).T
+        W = torch.linalg.solve_triangular(self.L, flat, upper=False)
+        return W.T.reshape(Ktx.shape).transpose(-1, -2)
+
+    def quad_factors(self, factors: list[LayerFactors]) -> Tensor:
+        """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` for rows given by factors ``(..., n, ...)``."""
+        Kss = kernel_from_factors(factors, factors, self.layer_priors)
+        n, K = Kss.shape[-4], Kss.shape[-3]
+        Kss = Kss.reshape(*Kss.shape[:-4], n * K, n * K)
+        W = self._factor_cross(factors)
+        return Kss - W.transpose(-1, -2) @ W
+
+    def quad_diag_factors(self, factors: list[LayerFactors]) -> Tensor:
+        """Diagonal ``(..., n·K)`` of :meth:`quad_factors`."""
+        kd = kernel_diag_from_factors(factors, self.layer_priors)
+        kd = kd.reshape(*kd.shape[:-2], -1)
+        return kd - self._factor_cross(factors).pow(2).sum(-2)
 
     @property
     def L(self) -> Tensor:
@@ -88,20 +140,46 @@ class FunctionalPrecision:
 class FunctionalCurvature(Curvature):
     """Stores the GGN square root ``R`` (``N x S``); see the module docstring."""
 
-    def __init__(self, n_weights: int):
+    def __init__(
+        self, n_weights: int, network: nn.Module | None = None, subset: ResolvedSubset | None = None
+    ):
         super().__init__()
         self.register_buffer("R", torch.zeros(0, n_weights))
         self._eig: Tensor | None = None
+        self._subset = subset
+        self.plan = None if network is None else factor_plan(network, subset)
+        for i in range(len(self.plan or [])):
+            self.register_buffer(f"fa_{i}", torch.zeros(0, 0))
+            self.register_buffer(f"fb_{i}", torch.zeros(0, 0, 0))
 
     def compute(self, network, subset, likelihood, X, n_outputs, noise_var=None) -> None:
         self.R = ggn_sqrt(network, subset, likelihood, X, n_outputs, noise_var)
         self._eig = None
+        if self.plan is not None:
+            res = linear_factors(network, self.plan, X)
+            if res is None:
+                self.plan = None
+            else:
+                F, factors = res
+                M = _row_sqrt(likelihood, F, noise_var)
+                for i, lf in enumerate(factors):
+                    b = lf.b if M is None else torch.einsum("nkj,nko->njo", M, lf.b)
+                    setattr(self, f"fa_{i}", lf.a)
+                    setattr(self, f"fb_{i}", b)
         self.fitted.fill_(True)
 
+    def _train_factors(self) -> list[LayerFactors] | None:
+        if self.plan is None:
+            return None
+        return [
+            LayerFactors(name, getattr(self, f"fa_{i}"), getattr(self, f"fb_{i}"), has_bias)
+            for i, (name, has_bias) in enumerate(self.plan)
+        ]
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "R"
-        if key in state_dict:
-            self.R = torch.empty_like(state_dict[key])
+        for key in ["R"] + [k for k in self._buffers if k.startswith(("fa_", "fb_"))]:
+            if prefix + key in state_dict:
+                setattr(self, key, torch.empty_like(state_dict[prefix + key]))
         self._eig = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -112,7 +190,10 @@ class FunctionalCurvature(Curvature):
             if self._eig is None:
                 self._eig = torch.linalg.eigvalsh(self.R @ self.R.T).clamp_min(0.0)
             eig = self._eig
-        return FunctionalPrecision(self.R, prior, scale, eig)
+        layer_priors = None
+        if self.plan is not None:
+            layer_priors = per_tensor_prior(prior, self._subset, self.plan)
+        return FunctionalPrecision(self.R, prior, scale, eig, self._train_factors(), layer_priors)
 
     def dense(self) -> Tensor:
         return self.R.T @ self.R
@@ -122,7 +203,7 @@ class Functional(Structure):
     """Function-space Laplace: exact GGN posterior computed with ``N = n·K`` sized matrices."""
 
     def build(self, network: nn.Module, subset: ResolvedSubset) -> Curvature:
-        return FunctionalCurvature(subset.n_weights)
+        return FunctionalCurvature(subset.n_weights, network, subset)
 
 
 def prefer_functional(n_data: int, n_outputs: int, n_weights: int, max_rows: int = 2000) -> bool:

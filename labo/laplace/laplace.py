@@ -19,6 +19,7 @@ from labo.exceptions import HyperparameterError, InputShapeError
 from labo.laplace import marglik, predictive
 from labo.laplace.jacobians import network_output
 from labo.laplace.likelihoods import check_likelihood, check_targets, log_likelihood
+from labo.laplace.linear_factors import factor_plan
 from labo.laplace.structures import Kron, Structure
 from labo.laplace.subsets import AllWeights, WeightSubset
 from labo.laplace.validation import as_positive_tensor, check_inputs
@@ -59,6 +60,7 @@ class LaplaceApproximation(nn.Module):
         if not isinstance(self.structure, Structure):
             raise TypeError(f"structure must be Full(), Diagonal() or Kron(), got {structure!r}.")
         self.subset = self.weights.resolve(network)
+        self.factor_plan = factor_plan(network, self.subset)
         p = next(network.parameters())
         self._dtype, self._device = p.dtype, p.device
         self.curvature = self.structure.build(network, self.subset).to(self._dtype).to(self._device)

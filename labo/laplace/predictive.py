@@ -15,6 +15,7 @@ from torch.func import jvp, vmap
 
 from labo.exceptions import HyperparameterError
 from labo.laplace.jacobians import chunk_rows, output_and_jacobian
+from labo.laplace.linear_factors import LayerFactors, linear_factors
 
 
 def _jacobians(la, X: Tensor) -> tuple[torch.Size, int, Tensor, Tensor]:
@@ -23,8 +24,34 @@ def _jacobians(la, X: Tensor) -> tuple[torch.Size, int, Tensor, Tensor]:
     return lead, F.shape[-1], F, J
 
 
+def _factors(la, rows: Tensor, lead: torch.Size, precision):
+    """Per-layer factors of the rows shaped ``(*lead, ...)``, or None (Jacobian path)."""
+    plan = la.factor_plan
+    if plan is None or not getattr(precision, "supports_factors", False):
+        return None
+    res = linear_factors(la.network, plan, rows)
+    if res is None:
+        return None
+    F, factors = res
+    shaped = [
+        LayerFactors(
+            f.name, f.a.reshape(*lead, f.a.shape[-1]), f.b.reshape(*lead, *f.b.shape[-2:]), f.has_bias
+        )
+        for f in factors
+    ]
+    return F.reshape(*lead, F.shape[-1]), shaped
+
+
 def glm_predictive(la, X: Tensor) -> tuple[Tensor, Tensor]:
     """Mean ``(..., n, K)`` and joint covariance ``(..., n, K, n, K)``."""
+    precision = la.posterior_precision()
+    lead, rows = la.split_inputs(X)
+    fac = _factors(la, rows, lead, precision)
+    if fac is not None:
+        F, factors = fac
+        n, K = F.shape[-2:]
+        cov = precision.quad_factors(factors)
+        return F, cov.reshape(*lead[:-1], n, K, n, K)
     lead, K, F, J = _jacobians(la, X)
     batch, n = lead[:-1], lead[-1]
     Jb = J.reshape(*batch, n * K, la.n_weights)
@@ -37,6 +64,10 @@ def glm_variance(la, X: Tensor) -> Tensor:
     lead, rows = la.split_inputs(X)
     precision = la.posterior_precision()
     K = int(la.n_outputs)
+    fac = _factors(la, rows, lead, precision)
+    if fac is not None:
+        F, factors = fac
+        return precision.quad_diag_factors(factors).reshape(*lead, K)
     step = chunk_rows(rows.shape[0], K * la.n_weights)
     parts = []
     for start in range(0, rows.shape[0], step):

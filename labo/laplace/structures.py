@@ -188,6 +188,33 @@ class KronPrecision:
         r_index, c = rest
         self.rest = (r_index, scale * c + prior[r_index])
         self.dtype, self.device = prior.dtype, prior.device
+        # Jacobian-free path (labo.laplace.linear_factors) when every weight is in a block.
+        self.supports_factors = r_index.numel() == 0
+
+    def _factor_terms(self, factors):
+        for lf, (_, QG, QA, e) in zip(factors, self.blocks, strict=True):
+            a = lf.a
+            if lf.has_bias:
+                a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+            yield a @ QA, lf.b @ QG, 1.0 / e
+
+    def quad_factors(self, factors) -> Tensor:
+        """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` from per-layer factors of the rows."""
+        out = None
+        for Pa, Pb, inv_e in self._factor_terms(factors):
+            V = torch.einsum("...mi,...ni,gi->...mng", Pa, Pa, inv_e)
+            term = torch.einsum("...mkg,...mng,...nlg->...mknl", Pb, V, Pb)
+            out = term if out is None else out + term
+        n, K = out.shape[-4], out.shape[-3]
+        return out.reshape(*out.shape[:-4], n * K, n * K)
+
+    def quad_diag_factors(self, factors) -> Tensor:
+        """Diagonal ``(..., n·K)`` of :meth:`quad_factors`."""
+        out = None
+        for Pa, Pb, inv_e in self._factor_terms(factors):
+            term = ((Pb.pow(2) @ inv_e) * Pa.pow(2).unsqueeze(-2)).sum(-1)
+            out = term if out is None else out + term
+        return out.reshape(*out.shape[:-2], -1)
 
     def logdet(self) -> Tensor:
         out = self.rest[1].log().sum()
