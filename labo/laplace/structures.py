@@ -202,11 +202,17 @@ class KronPrecision:
         """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` from per-layer factors of the rows."""
         out = None
         for Pa, Pb, inv_e in self._factor_terms(factors):
-            V = torch.einsum("...mi,...ni,gi->...mng", Pa, Pa, inv_e)
-            term = torch.einsum("...mkg,...mng,...nlg->...mknl", Pb, V, Pb)
+            n, K, g = Pb.shape[-3:]
+            if n <= Pa.shape[-1]:  # few rows (a q-batch): pairwise contraction, O(n² (in + out))
+                V = torch.einsum("...mi,...ni,gi->...mng", Pa, Pa, inv_e)
+                term = torch.einsum("...mkg,...mng,...nlg->...mknl", Pb, V, Pb).reshape(
+                    *Pb.shape[:-3], n * K, n * K
+                )
+            else:  # many rows: rotated per-row Jacobians, O(n · out · in) memory instead of O(n² out)
+                T = (Pb.unsqueeze(-1) * Pa.unsqueeze(-2).unsqueeze(-2)).reshape(*Pb.shape[:-3], n * K, -1)
+                term = (T * inv_e.reshape(-1)) @ T.transpose(-1, -2)
             out = term if out is None else out + term
-        n, K = out.shape[-4], out.shape[-3]
-        return out.reshape(*out.shape[:-4], n * K, n * K)
+        return out
 
     def quad_diag_factors(self, factors) -> Tensor:
         """Diagonal ``(..., n·K)`` of :meth:`quad_factors`."""

@@ -17,17 +17,19 @@ def _both(la, X):
     return fast, slow
 
 
+@pytest.mark.parametrize("n_rows", [3, 9])
 @pytest.mark.parametrize("structure", [Kron(), Functional()], ids=repr)
 @pytest.mark.parametrize("weights", [AllWeights(), LastLayer()], ids=repr)
 @pytest.mark.parametrize(
     ("likelihood", "sizes"), [("regression", (3, 6, 5, 1)), ("classification", (3, 6, 4))]
 )
-def test_factor_path_equals_jacobian_path(structure, weights, likelihood, sizes):
+def test_factor_path_equals_jacobian_path(structure, weights, likelihood, sizes, n_rows):
     net, X, Y = make_problem(likelihood, sizes, n=15)
     prior = torch.tensor([0.5, 2.0] * (len(list(weights.resolve(net).selected)) // 2), dtype=torch.float64)
     la = fit_laplace(net, X, Y, likelihood, weights, structure, prior, 0.3)
     assert la.factor_plan is not None and la.posterior_precision().supports_factors
-    Xt = torch.randn(2, 3, sizes[0], dtype=torch.float64, requires_grad=True)
+    # 3 rows per t-batch: pairwise contraction; 9 rows (> layer inputs): per-row Kron rotations
+    Xt = torch.randn(2, n_rows, sizes[0], dtype=torch.float64, requires_grad=True)
     ((m1, c1), v1), ((m2, c2), v2) = _both(la, Xt)
     for a, b in ((m1, m2), (c1, c2), (v1, v2)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
