@@ -250,6 +250,16 @@ class LaplaceApproximation(nn.Module):
         """
         return predictive.predictive_samples(self, X, n_samples, generator, linearized)
 
+    def sample_functions(self, num_samples: int, generator: torch.Generator | None = None):
+        """``num_samples`` deterministic posterior functions ``f_s(x) = f(x) + J(x)(θ_s − θ̂)``.
+
+        Returns a :class:`labo.laplace.function_samples.FunctionSamples`: call it on
+        inputs ``(..., n, d)`` to get ``(num_samples, ..., n, K)``, differentiable w.r.t. them.
+        """
+        from labo.laplace.function_samples import sample_functions
+
+        return sample_functions(self, num_samples, generator)
+
     def extra_repr(self) -> str:
         return (
             f"likelihood={self.likelihood!r}, weights={self.weights!r}, "

@@ -59,6 +59,24 @@ def glm_predictive(la, X: Tensor) -> tuple[Tensor, Tensor]:
     return F.reshape(*lead, K), cov.reshape(*batch, n, K, n, K)
 
 
+def glm_layer_terms(la, X: Tensor):
+    """Mean ``(..., n, K)`` and per-layer covariance factors ``[(Pa, Pb, w)]``, or None.
+
+    Available for weight-space structures with a Jacobian-free path (Kron, Diagonal)
+    when the selected weights are whole Linear layers: the joint covariance is then
+    ``structures.layer_quad`` of the terms, which callers may keep unevaluated.
+    """
+    precision = la.posterior_precision()
+    if not hasattr(precision, "layer_terms"):
+        return None
+    lead, rows = la.split_inputs(X)
+    fac = _factors(la, rows, lead, precision)
+    if fac is None:
+        return None
+    F, factors = fac
+    return F, list(precision.layer_terms(factors))
+
+
 def glm_variance(la, X: Tensor) -> Tensor:
     """Marginal variances ``(..., n, K)``; rows are processed in memory-bounded chunks."""
     lead, rows = la.split_inputs(X)
@@ -108,4 +126,4 @@ def predictive_samples(
     return out.reshape(n_samples, *lead, out.shape[-1])
 
 
-__all__ = ["glm_predictive", "glm_variance", "sample_weights", "predictive_samples"]
+__all__ = ["glm_predictive", "glm_layer_terms", "glm_variance", "sample_weights", "predictive_samples"]

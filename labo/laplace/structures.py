@@ -94,6 +94,46 @@ def clamped_eigh(M: Tensor, what: str) -> tuple[Tensor, Tensor]:
 # Posterior precisions: one per (curvature, hyperparameters).
 
 
+def augmented_inputs(lf) -> Tensor:
+    """Layer inputs with a column of ones for the bias: ``(..., n, in + bias)``."""
+    a = lf.a
+    if lf.has_bias:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+    return a
+
+
+def layer_quad(terms) -> Tensor:
+    """``Σ_l Σ_{g,i} Pb[m,k,g] Pa[m,i] w[g,i] Pb[n,l,g] Pa[n,i]`` as ``(..., n·K, n·K)``.
+
+    ``terms`` yields per layer ``Pa (..., n, in)``, ``Pb (..., n, K, out)`` and
+    ``w (out, in)``: the layer's Jacobian rows ``Pb ⊗ Pa`` in a basis where its
+    covariance block is diagonal with entries ``w`` (Kron: the eigenbasis; Diagonal:
+    the identity).
+    """
+    out = None
+    for Pa, Pb, w in terms:
+        n, K, g = Pb.shape[-3:]
+        if n <= Pa.shape[-1]:  # few rows (a q-batch): pairwise contraction, O(n² (in + out))
+            V = torch.einsum("...mi,...ni,gi->...mng", Pa, Pa, w)
+            term = torch.einsum("...mkg,...mng,...nlg->...mknl", Pb, V, Pb).reshape(
+                *Pb.shape[:-3], n * K, n * K
+            )
+        else:  # many rows: rotated per-row Jacobians, O(n · out · in) memory instead of O(n² out)
+            T = (Pb.unsqueeze(-1) * Pa.unsqueeze(-2).unsqueeze(-2)).reshape(*Pb.shape[:-3], n * K, -1)
+            term = (T * w.reshape(-1)) @ T.transpose(-1, -2)
+        out = term if out is None else out + term
+    return out
+
+
+def layer_quad_diag(terms) -> Tensor:
+    """Diagonal ``(..., n·K)`` of :func:`layer_quad`, in ``O(n K (out · in))``."""
+    out = None
+    for Pa, Pb, w in terms:
+        term = ((Pb.pow(2) @ w) * Pa.pow(2).unsqueeze(-2)).sum(-1)
+        out = term if out is None else out + term
+    return out.reshape(*out.shape[:-2], -1)
+
+
 class FullPrecision:
     """``H = scale · C + diag(prior)`` as a dense matrix with a Cholesky factor."""
 
@@ -146,6 +186,33 @@ class DiagonalPrecision:
 
     def __init__(self, c: Tensor, prior: Tensor, scale: Tensor):
         self.h = scale * c + prior
+        self.layer_index: list[Tensor] | None = None
+        self.supports_factors = False
+
+    def bind_layers(self, layer_index: list[Tensor]) -> DiagonalPrecision:
+        """Enable the Jacobian-free path.
+
+        ``layer_index[l]`` (``out * (in + bias)``,) maps layer ``l``'s row-major
+        ``[W, b]`` to positions in the weight vector; the path applies when the
+        layers cover every selected weight.
+        """
+        self.layer_index = layer_index
+        covered = sum(int(i.numel()) for i in layer_index)
+        self.supports_factors = covered == self.h.shape[0]
+        return self
+
+    def layer_terms(self, factors):
+        """Per layer ``(ã, b, 1/h)`` in the ``(out, in + bias)`` layout (see :func:`layer_quad`)."""
+        for lf, index in zip(factors, self.layer_index, strict=True):
+            yield augmented_inputs(lf), lf.b, 1.0 / self.h[index].reshape(lf.b.shape[-1], -1)
+
+    def quad_factors(self, factors) -> Tensor:
+        """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` from per-layer factors of the rows."""
+        return layer_quad(self.layer_terms(factors))
+
+    def quad_diag_factors(self, factors) -> Tensor:
+        """Diagonal ``(..., n·K)`` of :meth:`quad_factors`."""
+        return layer_quad_diag(self.layer_terms(factors))
 
     def logdet(self) -> Tensor:
         return self.h.log().sum()
@@ -191,36 +258,18 @@ class KronPrecision:
         # Jacobian-free path (labo.laplace.linear_factors) when every weight is in a block.
         self.supports_factors = r_index.numel() == 0
 
-    def _factor_terms(self, factors):
+    def layer_terms(self, factors):
+        """Per layer ``(Pa, Pb, w)``: rotated factors and inverse eigenvalues (see :func:`layer_quad`)."""
         for lf, (_, QG, QA, e) in zip(factors, self.blocks, strict=True):
-            a = lf.a
-            if lf.has_bias:
-                a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
-            yield a @ QA, lf.b @ QG, 1.0 / e
+            yield augmented_inputs(lf) @ QA, lf.b @ QG, 1.0 / e
 
     def quad_factors(self, factors) -> Tensor:
         """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` from per-layer factors of the rows."""
-        out = None
-        for Pa, Pb, inv_e in self._factor_terms(factors):
-            n, K, g = Pb.shape[-3:]
-            if n <= Pa.shape[-1]:  # few rows (a q-batch): pairwise contraction, O(n² (in + out))
-                V = torch.einsum("...mi,...ni,gi->...mng", Pa, Pa, inv_e)
-                term = torch.einsum("...mkg,...mng,...nlg->...mknl", Pb, V, Pb).reshape(
-                    *Pb.shape[:-3], n * K, n * K
-                )
-            else:  # many rows: rotated per-row Jacobians, O(n · out · in) memory instead of O(n² out)
-                T = (Pb.unsqueeze(-1) * Pa.unsqueeze(-2).unsqueeze(-2)).reshape(*Pb.shape[:-3], n * K, -1)
-                term = (T * inv_e.reshape(-1)) @ T.transpose(-1, -2)
-            out = term if out is None else out + term
-        return out
+        return layer_quad(self.layer_terms(factors))
 
     def quad_diag_factors(self, factors) -> Tensor:
         """Diagonal ``(..., n·K)`` of :meth:`quad_factors`."""
-        out = None
-        for Pa, Pb, inv_e in self._factor_terms(factors):
-            term = ((Pb.pow(2) @ inv_e) * Pa.pow(2).unsqueeze(-2)).sum(-1)
-            out = term if out is None else out + term
-        return out.reshape(*out.shape[:-2], -1)
+        return layer_quad_diag(self.layer_terms(factors))
 
     def logdet(self) -> Tensor:
         out = self.rest[1].log().sum()

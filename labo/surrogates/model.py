@@ -19,7 +19,9 @@ import copy
 from typing import Any
 
 import torch
-from botorch.models.model import FantasizeMixin, Model
+from botorch.models.gpytorch import GPyTorchModel
+from botorch.models.model import FantasizeMixin
+from botorch.models.transforms.outcome import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from gpytorch.constraints import GreaterThan
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
@@ -37,10 +39,15 @@ from labo.exceptions import (
 from labo.laplace import AllWeights, Kron, LaplaceApproximation
 from labo.laplace.conditioning import conditioned_predictive
 from labo.laplace.functional import Functional, prefer_functional
+from labo.laplace.predictive import glm_layer_terms
 from labo.laplace.structures import Structure
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
+from labo.surrogates.lazy_covariance import LayerFactorCovariance
 from labo.surrogates.networks import default_network
+
+# Posteriors over at least this many points keep their covariance factored (lazy).
+LAZY_MIN_ROWS = 16
 
 
 def _check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | None) -> None:
@@ -72,7 +79,7 @@ def _check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | 
             )
 
 
-class LaplaceModel(Model, FantasizeMixin, GP):
+class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
     """A BoTorch model whose posterior is the linearised Laplace predictive of a network.
 
     ``__init__`` stores data and builds the network; it never trains. Call
@@ -214,7 +221,8 @@ class LaplaceModel(Model, FantasizeMixin, GP):
                 if k.startswith(("outcome_transform.", "input_transform."))
             }
             state_dict.update(own)
-        out = super().load_state_dict(state_dict, strict=strict)
+        # nn.Module.load_state_dict: GPyTorchModel's version re-derives GP training targets.
+        out = nn.Module.load_state_dict(self, state_dict, strict=strict)
         self.fit_info = {"warm_start": True}
         return out
 
@@ -281,6 +289,10 @@ class LaplaceModel(Model, FantasizeMixin, GP):
         self._check_X(X)
         self.eval()
         X_tf = self.transform_inputs(X)
+        if observation_noise is False and output_indices is None:
+            lazy = self._lazy_posterior(X_tf)
+            if lazy is not None:
+                return lazy if posterior_transform is None else posterior_transform(lazy)
         mean_z, cov_z = self._z_predictive(X_tf)
         s = self.y_scale
         mean = self.y_mean + s * mean_z
@@ -322,6 +334,39 @@ class LaplaceModel(Model, FantasizeMixin, GP):
         if posterior_transform is not None:
             return posterior_transform(posterior)
         return posterior
+
+    @property
+    def _supports_cache_root(self) -> bool:
+        """BoTorch's cached-root acquisition path: one output only (several outputs share
+        one interleaved joint covariance, not the block-diagonal one it expects)."""
+        return self.num_outputs == 1
+
+    def _lazy_posterior(self, X_tf: Tensor) -> GPyTorchPosterior | None:
+        """One-output posterior over many points with a factored (lazy) covariance, or None.
+
+        Used for ``q >= LAZY_MIN_ROWS`` points when the structure allows it (see
+        :mod:`labo.surrogates.lazy_covariance`): BoTorch's cached-root acquisition
+        functions then read only the rows of the new candidates.
+        """
+        if self._conditioning is not None or self._outputs is not None or self.num_outputs != 1:
+            return None
+        if X_tf.shape[-2] < LAZY_MIN_ROWS:
+            return None
+        outcome_transform = getattr(self, "outcome_transform", None)
+        if outcome_transform is not None and type(outcome_transform) is not Standardize:
+            return None
+        res = glm_layer_terms(self.laplace, X_tf)
+        if res is None:
+            return None
+        F, terms = res
+        mean = self.y_mean + self.y_scale * F[..., 0]
+        var_scale = self.y_scale.pow(2)
+        if outcome_transform is not None:
+            mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
+            var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
+        terms = [(Pa, Pb[..., 0, :], w * var_scale) for Pa, Pb, w in terms]
+        covar = LayerFactorCovariance.symmetric(terms)
+        return GPyTorchPosterior(distribution=MultivariateNormal(mean, covar))
 
     def _subset_index(self, output_indices) -> list[int]:
         n = len(self._outputs)

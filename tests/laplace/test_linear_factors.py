@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from labo.laplace import AllWeights, Functional, Kron, LastLayer, WeightMask, fit_laplace
+from labo.laplace import AllWeights, Diagonal, Functional, Kron, LastLayer, WeightMask, fit_laplace
 from labo.laplace.linear_factors import factor_plan, linear_factors
 from tests.conftest import make_problem
 
@@ -18,7 +18,7 @@ def _both(la, X):
 
 
 @pytest.mark.parametrize("n_rows", [3, 9])
-@pytest.mark.parametrize("structure", [Kron(), Functional()], ids=repr)
+@pytest.mark.parametrize("structure", [Kron(), Diagonal(), Functional()], ids=repr)
 @pytest.mark.parametrize("weights", [AllWeights(), LastLayer()], ids=repr)
 @pytest.mark.parametrize(
     ("likelihood", "sizes"), [("regression", (3, 6, 5, 1)), ("classification", (3, 6, 4))]
