@@ -10,6 +10,16 @@ from labo.laplace.functional import Functional
 from labo.laplace.laplace import LaplaceApproximation, fit_laplace
 from labo.laplace.marglik import log_marginal_likelihood, optimize_hyperparameters
 from labo.laplace.structures import Diagonal, Full, Kron, Structure
+from labo.laplace.subnetworks import (
+    WeightStrategy,
+    by_module,
+    largest_magnitude,
+    largest_variance,
+    last_layer,
+    random_weights,
+    union,
+    union_of,
+)
 from labo.laplace.subsets import AllWeights, LastLayer, WeightMask, WeightSubset
 
 __all__ = [
@@ -22,8 +32,16 @@ __all__ = [
     "LastLayer",
     "Structure",
     "WeightMask",
+    "WeightStrategy",
     "WeightSubset",
+    "by_module",
     "fit_laplace",
+    "largest_magnitude",
+    "largest_variance",
+    "last_layer",
     "log_marginal_likelihood",
     "optimize_hyperparameters",
+    "random_weights",
+    "union",
+    "union_of",
 ]
