@@ -52,3 +52,15 @@ class NumericalError(LaboError, RuntimeError):
 
 class NumericalWarning(UserWarning):
     """Numerical trouble was repaired (jitter added, eigenvalues clamped)."""
+
+
+class BenchmarkError(LaboError, ValueError):
+    """A BO run or benchmark was configured badly (bounds, budget, problem or method names)."""
+
+
+class ObjectiveImportError(LaboError, ImportError):
+    """A user objective given as ``MODULE:FUNCTION`` cannot be imported or is not callable."""
+
+
+class StudyError(LaboError, ValueError):
+    """A study store cannot be opened, or a study exists/is missing/does not match on resume."""
