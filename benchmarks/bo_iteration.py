@@ -55,6 +55,7 @@ def run_one(method: str, n: int, d: int) -> dict:
         )
         fit_laplace_model(model)
         out["train_steps"] = model.fit_info["train_steps"]
+        out["structure"] = type(model.laplace.structure).__name__
     else:
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP

@@ -35,17 +35,21 @@ from labo.exceptions import (
     InputShapeError,
     NonFiniteInputError,
     NotFittedError,
+    WeightSubsetError,
 )
-from labo.laplace import AllWeights, Kron, LaplaceApproximation
+from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, WeightMask
 from labo.laplace.conditioning import conditioned_predictive
 from labo.laplace.functional import Functional, prefer_functional
 from labo.laplace.predictive import glm_layer_terms
 from labo.laplace.structures import Structure
+from labo.laplace.subnetworks import WeightStrategy, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
 from labo.surrogates.lazy_covariance import LayerFactorCovariance
 from labo.surrogates.networks import default_network
 
+# The default structure is Functional() up to this many training rows n·m, then Kron().
+FUNCTIONAL_MAX_ROWS = 250
 # Posteriors over at least this many points keep their covariance factored (lazy).
 LAZY_MIN_ROWS = 16
 
@@ -97,10 +101,18 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
             noise level is then not tuned).
         network: An ``nn.Module`` mapping ``b x d`` to ``b x m``; default
             :func:`labo.surrogates.networks.default_network` (MLP d-64-64-m, tanh).
-        weights: Which weights are Bayesian (default ``AllWeights()``).
+        weights: Which weights are Bayesian (default ``AllWeights()``), or a strategy
+            ``(network, X, Z) -> WeightMask`` (``labo.laplace.subnetworks``, e.g.
+            ``partial(largest_variance, n_weights=1000)``) applied by ``fit_laplace_model``
+            after each MAP training round to the trained network, the transformed inputs
+            and the standardised targets; its default structure is ``Full()``. To load a
+            saved strategy model, build it with ``weights=saved.laplace.weights`` (the mask).
         structure: Posterior structure. Default: ``Functional()`` (exact GGN, function
             space) while ``n·m`` is below the number of Bayesian weights and at most
-            2000, else ``Kron()`` (see ``labo.laplace.functional.prefer_functional``).
+            ``FUNCTIONAL_MAX_ROWS`` (250), else ``Kron()`` (see
+            ``labo.laplace.functional.prefer_functional``). Past a few hundred points the
+            function-space cross covariances (``O(n²)`` per candidate batch) make
+            acquisition optimisation slower than Kron's ``O(S)`` per candidate row.
         input_transform: A BoTorch ``InputTransform`` (e.g. ``Normalize(d)``).
         outcome_transform: A BoTorch ``OutcomeTransform`` (e.g. ``Standardize(m)``).
         prior_precision: Initial prior precision (tuned by the marginal likelihood).
@@ -115,7 +127,7 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         train_Y: Tensor,
         train_Yvar: Tensor | None = None,
         network: nn.Module | None = None,
-        weights: WeightSubset | None = None,
+        weights: WeightSubset | WeightStrategy | None = None,
         structure: Structure | None = None,
         input_transform: nn.Module | None = None,
         outcome_transform: nn.Module | None = None,
@@ -145,9 +157,19 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         if network is None:
             network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
         weights = AllWeights() if weights is None else weights
+        # A strategy picks the weights after MAP training; until then one weight stands in.
+        self.weight_strategy = None if isinstance(weights, WeightSubset) else weights
+        self._strategy_structure = structure or Full()
+        if self.weight_strategy is not None:
+            if not callable(weights):
+                raise WeightSubsetError(
+                    f"weights must be a WeightSubset or a strategy callable, got {weights!r}."
+                )
+            weights, structure = placeholder_mask(network), Full()
         if structure is None:
             n_weights = weights.resolve(network).n_weights
-            structure = Functional() if prefer_functional(train_X.shape[0], m, n_weights) else Kron()
+            functional = prefer_functional(train_X.shape[0], m, n_weights, max_rows=FUNCTIONAL_MAX_ROWS)
+            structure = Functional() if functional else Kron()
         self.laplace = LaplaceApproximation(
             network, "regression", weights, structure, prior_precision, noise_std
         )
@@ -202,6 +224,34 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         self.laplace.prior_precision = other.laplace.prior_precision.detach().clone()
         self.laplace.noise_std = other.laplace.noise_std.detach().clone()
         self.fit_info = {"warm_start": True}
+
+    def select_weights(self, X: Tensor, Z: Tensor) -> LaplaceApproximation:
+        """Apply ``weight_strategy`` to the current network; rebuild the (unfitted) posterior.
+
+        No-op without a strategy. The noise and a scalar prior precision carry over; a
+        per-tensor or per-weight prior precision is replaced by its mean (the mask changes).
+
+        Args:
+            X: ``n x d`` transformed training inputs.
+            Z: ``n x m`` standardised training targets.
+
+        Returns:
+            ``self.laplace``.
+        """
+        if self.weight_strategy is None:
+            return self.laplace
+        mask = self.weight_strategy(self.network, X, Z)
+        if not isinstance(mask, WeightMask):
+            raise WeightSubsetError(
+                f"The weight strategy {self.weight_strategy!r} must return a WeightMask, "
+                f"got {type(mask).__name__}."
+            )
+        la = self.laplace
+        prior = la.prior_precision.detach()
+        self.laplace = LaplaceApproximation(
+            self.network, "regression", mask, self._strategy_structure, prior.mean(), la.noise_std.detach()
+        )
+        return self.laplace
 
     def load_state_dict(self, state_dict, strict: bool = True, keep_transforms: bool = True):
         """Load a state dict; a fitted state makes the next fit a warm start.
