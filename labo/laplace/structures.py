@@ -137,8 +137,10 @@ def layer_quad_diag(terms) -> Tensor:
 class FullPrecision:
     """``H = scale · C + diag(prior)`` as a dense matrix with a Cholesky factor."""
 
-    def __init__(self, C: Tensor, prior: Tensor, scale: Tensor, eig: Tensor | None = None):
+    def __init__(self, C: Tensor, prior: Tensor, scale: Tensor, eig=None):
         self.H = scale * C + torch.diag(prior)
+        # eig: None, C's eigenvalues, or a callable returning them on first use (predictives
+        # never need them, and an S x S eigh costs seconds at S in the thousands)
         self._prior, self._scale, self._eig = prior, scale, eig
         self._L: Tensor | None = None
 
@@ -151,7 +153,8 @@ class FullPrecision:
     def logdet(self) -> Tensor:
         # A constant prior shares the eigenvectors of C: O(S) instead of a Cholesky.
         if self._eig is not None:
-            return torch.log(self._scale * self._eig + self._prior[0]).sum()
+            eig = self._eig() if callable(self._eig) else self._eig
+            return torch.log(self._scale * eig + self._prior[0]).sum()
         return 2 * self.L.diagonal().log().sum()
 
     def solve(self, V: Tensor) -> Tensor:
@@ -384,14 +387,15 @@ class FullCurvature(Curvature):
         self._eig = None
         super()._load_from_state_dict(*args, **kwargs)
 
+    def eigenvalues(self) -> Tensor:
+        """Eigenvalues ``(S,)`` of C clamped at 0, computed once per fit on first use."""
+        if self._eig is None:
+            self._eig = torch.linalg.eigvalsh(self.C).clamp_min(0.0)
+        return self._eig
+
     def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
         self.check_fitted()
-        eig = None
-        if prior_is_scalar:
-            if self._eig is None:
-                self._eig = torch.linalg.eigvalsh(self.C).clamp_min(0.0)
-            eig = self._eig
-        return FullPrecision(self.C, prior, scale, eig)
+        return FullPrecision(self.C, prior, scale, self.eigenvalues if prior_is_scalar else None)
 
     def dense(self) -> Tensor:
         return self.C

@@ -279,6 +279,14 @@ def union(*masks: WeightMask) -> WeightMask:
     return WeightMask(out)
 
 
+def placeholder_mask(network: nn.Module) -> WeightMask:
+    """One weight (the first trainable entry): stands in for a strategy's mask before training."""
+    name, p = next(iter(_trainable(network).items()))
+    mask = torch.zeros_like(p, dtype=torch.bool)
+    mask.view(-1)[0] = True
+    return WeightMask({name: mask})
+
+
 def union_of(*strategies: WeightStrategy) -> WeightStrategy:
     """A strategy selecting the union of what ``strategies`` select on the same network and data."""
     if not strategies or not all(callable(s) for s in strategies):
@@ -297,6 +305,7 @@ __all__ = [
     "largest_magnitude",
     "largest_variance",
     "last_layer",
+    "placeholder_mask",
     "random_weights",
     "resolve_count",
     "top_weights",

@@ -147,6 +147,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     fixed_noise = model.train_Yvar is not None
     for _ in range(rounds):
         info = train_map(model, X, Z, opts, max_epochs)
+        la = model.select_weights(X, Z)  # a weight strategy picks the subnetwork of the trained net
         train_steps.append(info["steps"])
         if fixed_noise:
             la.fit(X, Z, noise_var=(model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12))

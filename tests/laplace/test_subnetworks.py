@@ -220,3 +220,45 @@ def test_subnetwork_posterior_is_dense_sub_block_and_predictive_matches(structur
     samples = la.sample_parameters(50, generator=torch.Generator().manual_seed(0))
     varies = (samples != all_params(net)).any(0)
     assert not bool(varies[~sel].any()) and bool(varies[sel].all())
+
+
+# ---------------------------------------------------------------- inside LaplaceModel (surrogates layer)
+
+
+def test_laplace_model_with_strategy_selects_after_training():
+    from labo.surrogates import LaplaceModel, fit_laplace_model
+    from tests.surrogates.conftest import FAST, small_net, toy_data
+
+    X, Y = toy_data(n=20, d=3)
+    strategy = functools.partial(largest_variance, n_weights=40, noise_std=0.1)
+    model = LaplaceModel(X, Y, network=small_net(3, 1), weights=strategy)
+    with pytest.raises(Exception, match="before fitting"):
+        model.posterior(X[:2])
+    fit_laplace_model(model, FAST)
+    la = model.laplace
+    assert isinstance(la.weights, WeightMask) and la.n_weights == 40 and isinstance(la.structure, Full)
+    # the mask is the strategy's choice on the final (trained) network and the model's z-space data
+    Z = (model.train_targets - model.y_mean) / model.y_scale
+    expected = strategy(model.network, model.transform_inputs(X), Z)
+    assert torch.equal(flat_mask(model.network, la.weights), flat_mask(model.network, expected))
+    X_new = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
+    post = model.posterior(X_new)
+    _, cov_z = la.predictive(model.transform_inputs(X_new))
+    torch.testing.assert_close(post.variance[..., 0], cov_z[:, 0, :, 0].diagonal() * model.y_scale**2)
+    post.variance.sum().backward()
+    assert X_new.grad is not None and bool(torch.isfinite(X_new.grad).all())
+    refit = LaplaceModel(X, Y, network=small_net(3, 1), weights=strategy, warm_start=model)
+    fit_laplace_model(refit, FAST)  # warm start: selects again after one training round
+    assert refit.laplace.n_weights == 40 and refit.fit_info["warm_start"]
+
+
+def test_laplace_model_rejects_bad_strategies():
+    from labo.surrogates import LaplaceModel, fit_laplace_model
+    from tests.surrogates.conftest import FAST, small_net, toy_data
+
+    X, Y = toy_data(n=10, d=3)
+    with pytest.raises(WeightSubsetError, match="WeightSubset or a strategy callable, got 3"):
+        LaplaceModel(X, Y, network=small_net(3, 1), weights=3)
+    model = LaplaceModel(X, Y, network=small_net(3, 1), weights=lambda net, X, Y: "0.weight")
+    with pytest.raises(WeightSubsetError, match="must return a WeightMask, got str"):
+        fit_laplace_model(model, FAST)
