@@ -185,6 +185,56 @@ def test_bad_names_data_and_masks_raise_typed_errors():
         random_weights(net, n_weights=1)
 
 
+# ------------------------------------------------------------ masked Linear Jacobians (masked_jacobians.py)
+
+
+def test_masked_linear_jacobian_matches_sliced_full_jacobian_with_x_gradients():
+    from labo.laplace.masked_jacobians import masked_linear_jacobian
+
+    net = mlp((3, 6, 5, 2))
+    wm = union(
+        random_weights(net, n_weights=20, generator=torch.Generator().manual_seed(4)),
+        by_module(net, names=["4.bias"]),  # a whole tensor next to partial ones
+    )
+    X = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    F, J = masked_linear_jacobian(net, wm.resolve(net), X)
+    F_ref, J_ref = ref.subset_jacobian(net, X, wm)
+    torch.testing.assert_close(F, F_ref)
+    torch.testing.assert_close(J, J_ref)
+    W = torch.randn(J.shape, dtype=torch.float64)
+    (g,) = torch.autograd.grad((J * W).sum() + F.sum(), X)
+    (g_ref,) = torch.autograd.grad((J_ref * W).sum() + F_ref.sum(), X)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_masked_linear_jacobian_applies_only_to_partly_selected_linear_tensors():
+    from labo.laplace import AllWeights
+    from labo.laplace.masked_jacobians import masked_linear_plan
+
+    net = mlp((3, 6, 2))
+    assert masked_linear_plan(net, AllWeights().resolve(net)) is None  # jacrev wastes nothing here
+    assert masked_linear_plan(net, largest_magnitude(net, n_weights=5).resolve(net)) is not None
+
+    class Scaled(nn.Module):  # a parameter outside any nn.Linear: the jacrev path
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2).double()
+            self.gain = nn.Parameter(torch.ones(2, dtype=torch.float64))
+
+        def forward(self, x):
+            return self.lin(x) * self.gain
+
+    other = Scaled()
+    wm = WeightMask({"gain": torch.tensor([True, False]), "lin.weight": torch.rand(2, 3) < 0.5})
+    assert masked_linear_plan(other, wm.resolve(other)) is None
+    from labo.laplace.jacobians import output_and_jacobian
+
+    X = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(
+        output_and_jacobian(other, wm.resolve(other), X)[1], ref.subset_jacobian(other, X, wm)[1]
+    )
+
+
 # ---------------------------------------------------------------- the posterior over a selected subnetwork
 
 
@@ -226,9 +276,10 @@ def test_subnetwork_posterior_is_dense_sub_block_and_predictive_matches(structur
 
 
 def test_laplace_model_with_strategy_selects_after_training():
-    from labo.surrogates import LaplaceModel, fit_laplace_model
-    from tests.surrogates.conftest import FAST, small_net, toy_data
+    from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
+    from tests.surrogates.conftest import small_net, toy_data
 
+    FAST = FitOptions(max_epochs_cold=100, max_epochs_warm=30, hyper_steps_cold=10, hyper_steps_warm=5)
     X, Y = toy_data(n=20, d=3)
     strategy = functools.partial(largest_variance, n_weights=40, noise_std=0.1)
     model = LaplaceModel(X, Y, network=small_net(3, 1), weights=strategy)
