@@ -3,8 +3,9 @@
 Regression: an MLP 1-32-32-1 is trained (MAP) on noisy sin(3x) observed in two
 clusters, [-1, -0.3] and [0.3, 1]. A Laplace posterior is fitted for each
 combination of weights (all, last layer, a subnetwork of the 10% of weights with
-the largest diagonal-Laplace variance) and structure (Full, Diagonal, Kron,
-Functional); its prior precision and noise are tuned by the marginal likelihood.
+the largest diagonal-Laplace variance, chosen by ``labo.laplace.largest_variance``)
+and structure (Full, Diagonal, Kron, Functional); its prior precision and noise
+are tuned by the marginal likelihood.
 The table shows the number of Bayesian weights S, the fit time, the tuned
 hyperparameters, the log marginal likelihood, the test log likelihood and the
 predictive standard deviation inside the data, in the gap between the clusters
@@ -45,6 +46,7 @@ from labo.laplace import (
     LastLayer,
     WeightMask,
     fit_laplace,
+    largest_variance,
     optimize_hyperparameters,
 )
 
@@ -75,20 +77,6 @@ def regression_data(n, seed=1):
     return X, Y
 
 
-def top_variance_mask(net, X, Y, fraction):
-    """Subnetwork selection: the weights with the largest marginal variance under a diagonal Laplace."""
-    la = fit_laplace(net, X, Y, structure=Diagonal(), noise_std=0.1)
-    var = la.posterior_precision().covariance().diagonal()
-    k = max(1, int(fraction * la.n_weights))
-    chosen = torch.zeros(la.n_weights, dtype=torch.bool)
-    chosen[var.topk(k).indices] = True
-    masks, offset = {}, 0
-    for name, p in net.named_parameters():
-        masks[name] = chosen[offset : offset + p.numel()].reshape(p.shape)
-        offset += p.numel()
-    return WeightMask(masks)
-
-
 def regression(smoke: bool):
     X, Y = regression_data(60)
     net = train(mlp([1, 32, 32, 1]), X, Y, lambda f, y: (f - y).pow(2).mean(), 400 if smoke else 2000)
@@ -99,7 +87,7 @@ def regression(smoke: bool):
         "gap": (X_test.abs() < 0.15).squeeze(-1),
     }
     X_out = torch.tensor([[-2.0], [2.0]], dtype=torch.float64)
-    subnet = top_variance_mask(net, X, Y, 0.1)
+    subnet = largest_variance(net, X, Y, fraction=0.1, noise_std=0.1)  # Daxberger et al. (2021)
     configs = [(AllWeights(), s) for s in (Full(), Diagonal(), Kron(), Functional())]
     configs += [(LastLayer(), Full()), (LastLayer(), Kron()), (subnet, Full())]
     print("Regression: MLP 1-32-32-1, n=60 in [-1,-0.3] u [0.3,1], test on [-1, 1]")
