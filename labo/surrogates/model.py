@@ -38,7 +38,7 @@ from labo.exceptions import (
     WeightSubsetError,
 )
 from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, WeightMask
-from labo.laplace.conditioning import conditioned_predictive
+from labo.laplace.conditioning import ConditionedLaplace, condition
 from labo.laplace.functional import Functional, prefer_functional
 from labo.laplace.predictive import glm_layer_terms
 from labo.laplace.structures import Structure
@@ -308,8 +308,26 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
     def _z_predictive(self, X_tf: Tensor) -> tuple[Tensor, Tensor]:
         if self._conditioning is None:
             return self.laplace.predictive(X_tf)
+        return self._conditioned_laplace().predictive(X_tf)
+
+    def _conditioned_laplace(self) -> ConditionedLaplace:
+        """The exact conditioned posterior (``labo.laplace.conditioning``), cached.
+
+        Its factorisation is reused by every posterior call of this conditioned model.
+        When the conditioning data carry an autograd graph (e.g. fantasies at candidates
+        being optimised) it is rebuilt per call, so each backward pass has its own graph.
+        """
         Xc, Zc, Nc = self._conditioning
-        return conditioned_predictive(self.laplace, X_tf, Xc, Zc, Nc)
+        precision = self.laplace.posterior_precision()
+        cached = self.__dict__.get("_conditioned_cache")
+        if cached is not None and cached[0] is self._conditioning and cached[1] is precision:
+            return cached[2]
+        if Xc.requires_grad or Zc.requires_grad or Nc.requires_grad:
+            return condition(self.laplace, Xc, Zc, Nc)
+        with torch.no_grad():
+            post = condition(self.laplace, Xc, Zc, Nc)
+        self.__dict__["_conditioned_cache"] = (self._conditioning, precision, post)
+        return post
 
     def posterior(
         self,
