@@ -15,6 +15,13 @@ the usual BO regime). The results equal ``Full()`` exactly (tested to 1e-8):
 
 With a scalar prior the eigenvalues ``g`` of ``R Rᵀ`` are computed once, after
 which ``log det H`` costs ``O(N)`` per hyperparameter step.
+
+New observations extend ``R`` by rows and the Cholesky factor of ``M`` by a block
+(``FunctionalPrecision.extend``, ``O(N² q)``: exact conditioning, see
+``labo.laplace.conditioning``). For large ``n``, ``Functional(context_points=M)`` uses
+only ``M`` context points chosen greedily or at random (:func:`select_context`): an
+approximation whose error against the exact posterior is reported in
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from labo.exceptions import HyperparameterError
 from labo.laplace.curvature import _row_sqrt, ggn_sqrt
 from labo.laplace.linear_factors import (
     LayerFactors,
@@ -178,14 +186,78 @@ class FunctionalPrecision:
         return torch.diag(self.dinv) - self.B.T @ torch.cholesky_solve(self.B, self.L)
 
 
+CONTEXT_METHODS = ("greedy", "random")
+
+
+def select_context(
+    network: nn.Module,
+    subset: ResolvedSubset,
+    plan,
+    X: Tensor,
+    n_outputs: int,
+    size: int,
+    method: str = "greedy",
+    seed: int = 0,
+) -> Tensor:
+    """Indices ``(size,)`` of the context points that stand in for all ``n`` rows of ``X``.
+
+    * ``"random"``: a uniform subset without replacement (``seed``).
+    * ``"greedy"``: pivoted Cholesky of the NTK Gram matrix ``k(x, x') = Σ_k J_k(x) J_k(x')ᵀ``
+      (unit prior, outputs summed): each step takes the point whose kernel variance,
+      conditioned on the points already chosen, is largest, i.e. the point the current
+      context explains worst. Costs ``size`` kernel columns, ``O(size · n)`` memory;
+      columns come from per-layer factors when the subset is whole Linear layers, else
+      from the GGN square-root rows of all ``n`` points.
+    """
+    n = X.shape[0]
+    if method == "random":
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        return torch.randperm(n, generator=g)[:size].sort().values.to(X.device)
+    res = linear_factors(network, plan, X) if plan is not None else None
+    if res is not None:
+        factors = res[1]
+        ones = torch.ones((), dtype=X.dtype, device=X.device)
+        priors = [(ones, ones if lf.has_bias else None) for lf in factors]
+        diag = kernel_diag_from_factors(factors, priors).sum(-1)
+
+        def column(i: int) -> Tensor:
+            one = [LayerFactors(lf.name, lf.a[i : i + 1], lf.b[i : i + 1], lf.has_bias) for lf in factors]
+            return kernel_from_factors(factors, one, priors).diagonal(dim1=-3, dim2=-1).sum((-1, -2))
+
+    else:
+        R = ggn_sqrt(network, subset, "regression", X, n_outputs).reshape(n, n_outputs, -1)
+        diag = R.pow(2).sum((-1, -2))
+
+        def column(i: int) -> Tensor:
+            return torch.einsum("nks,ks->n", R, R[i])
+
+    chosen = []
+    Lrows = torch.zeros(size, n, dtype=X.dtype, device=X.device)
+    d = diag.clone()
+    for j in range(size):
+        i = int(d.argmax())
+        chosen.append(i)
+        piv = d[i].clamp_min(1e-300).sqrt()
+        Lrows[j] = (column(i) - Lrows[:j].T @ Lrows[:j, i]) / piv
+        d = d - Lrows[j].pow(2)
+        d[chosen] = -float("inf")
+    return torch.tensor(sorted(chosen), device=X.device)
+
+
 class FunctionalCurvature(Curvature):
     """Stores the GGN square root ``R`` (``N x S``); see the module docstring."""
 
     def __init__(
-        self, n_weights: int, network: nn.Module | None = None, subset: ResolvedSubset | None = None
+        self,
+        n_weights: int,
+        network: nn.Module | None = None,
+        subset: ResolvedSubset | None = None,
+        context: tuple[int, str, int] | None = None,
     ):
         super().__init__()
+        self.context = context
         self.register_buffer("R", torch.zeros(0, n_weights))
+        self.register_buffer("context_index", torch.zeros(0, dtype=torch.long))
         self._eig: Tensor | None = None
         self._subset = subset
         self.plan = None if network is None else factor_plan(network, subset)
@@ -194,6 +266,13 @@ class FunctionalCurvature(Curvature):
             self.register_buffer(f"fb_{i}", torch.zeros(0, 0, 0))
 
     def compute(self, network, subset, likelihood, X, n_outputs, noise_var=None) -> None:
+        index = torch.arange(X.shape[0], device=X.device)
+        if self.context is not None and X.shape[0] > self.context[0]:
+            size, method, seed = self.context
+            index = select_context(network, subset, self.plan, X, n_outputs, size, method, seed)
+            X = X[index]
+            noise_var = None if noise_var is None else noise_var[index]
+        self.context_index = index
         self.R = ggn_sqrt(network, subset, likelihood, X, n_outputs, noise_var)
         self._eig = None
         if self.plan is not None:
@@ -218,7 +297,7 @@ class FunctionalCurvature(Curvature):
         ]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for key in ["R"] + [k for k in self._buffers if k.startswith(("fa_", "fb_"))]:
+        for key in ["R", "context_index"] + [k for k in self._buffers if k.startswith(("fa_", "fb_"))]:
             if prefix + key in state_dict:
                 setattr(self, key, torch.empty_like(state_dict[prefix + key]))
         self._eig = None
@@ -241,10 +320,37 @@ class FunctionalCurvature(Curvature):
 
 
 class Functional(Structure):
-    """Function-space Laplace: exact GGN posterior computed with ``N = n·K`` sized matrices."""
+    """Function-space Laplace: exact GGN posterior computed with ``N = n·K`` sized matrices.
+
+    Args:
+        context_points: If set and the data have more rows, the curvature uses only this
+            many context points (an approximation: the posterior of a subset of the data,
+            ``O(M³ + M² S)`` instead of ``O(N³ + N² S)``; the likelihood term of the
+            marginal likelihood still uses all data). Default: all data (exact).
+        context: How the context points are chosen, ``"greedy"`` (pivoted Cholesky of
+            the NTK Gram matrix, see :func:`select_context`) or ``"random"``.
+        seed: Seed of the random selection.
+    """
+
+    def __init__(self, context_points: int | None = None, context: str = "greedy", seed: int = 0):
+        if context_points is not None and (
+            isinstance(context_points, bool) or not isinstance(context_points, int) or context_points < 1
+        ):
+            raise HyperparameterError(
+                f"context_points must be a positive int or None, got {context_points!r}."
+            )
+        if context not in CONTEXT_METHODS:
+            raise HyperparameterError(f"context must be one of {CONTEXT_METHODS}, got {context!r}.")
+        self.context_points, self.context, self.seed = context_points, context, seed
 
     def build(self, network: nn.Module, subset: ResolvedSubset) -> Curvature:
-        return FunctionalCurvature(subset.n_weights, network, subset)
+        opts = None if self.context_points is None else (self.context_points, self.context, self.seed)
+        return FunctionalCurvature(subset.n_weights, network, subset, opts)
+
+    def __repr__(self) -> str:
+        if self.context_points is None:
+            return "Functional()"
+        return f"Functional(context_points={self.context_points}, context={self.context!r})"
 
 
 def prefer_functional(n_data: int, n_outputs: int, n_weights: int, max_rows: int = 2000) -> bool:
