@@ -1,0 +1,175 @@
+"""Regret curves, summary tables and PNG plots of a stored study (matplotlib, Agg backend).
+
+Curves are computed from the store alone, so ``labo plot STUDY`` can redraw them
+after (or during) a run. For a named benchmark problem the curve is the log10
+simple regret of the best point after each evaluation (failed evaluations count
+as evaluations and improve nothing); for a user objective it is the best
+observed value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from labo.bench.problems import PROBLEM_NAMES, get_problem
+from labo.bench.store import Evaluation, StudyStore
+
+_FLOOR = 1e-12  # regret 0 is plotted as 1e-12 (log10 = -12)
+
+
+@dataclass
+class Summary:
+    """Final results of one (problem, method) over seeds.
+
+    Attributes:
+        problem, method: The pair.
+        seeds: Number of seeds with at least one evaluation.
+        final_mean, final_se: Mean and standard error over seeds of the final curve value
+            (log10 regret for benchmark problems, best value otherwise).
+        fit_seconds, acq_seconds: Mean seconds per BO iteration (model fit, acquisition).
+        failed: Failed evaluations over all seeds.
+        metric: ``"log10 regret"`` or ``"best value"``.
+    """
+
+    problem: str
+    method: str
+    seeds: int
+    final_mean: float
+    final_se: float
+    fit_seconds: float
+    acq_seconds: float
+    failed: int
+    metric: str
+
+
+def _curve(problem: str, rows: list[Evaluation], minimize: bool) -> list[float]:
+    """Curve value after each evaluation (rows in insertion order)."""
+    done = [r for r in rows if r.status != "running"]
+    if problem not in PROBLEM_NAMES:
+        best, out, sign = -math.inf, [], -1.0 if minimize else 1.0
+        for r in done:
+            if r.status == "ok":
+                best = max(best, sign * r.y[0])
+            out.append(sign * best if math.isfinite(best) else math.nan)
+        return out
+    prob = get_problem(problem)
+    Y = torch.tensor([r.y if r.status == "ok" else [math.nan] * prob.num_objectives for r in done])
+    if Y.numel() == 0:
+        return []
+    if prob.num_objectives == 1:
+        best = torch.nan_to_num(Y[:, 0], nan=-math.inf).cummax(0).values
+        regret = (prob.optimum - best).clamp_min(_FLOOR)
+        return regret.log10().tolist()
+    return [math.log10(max(prob.regret(Y[: i + 1]), _FLOOR)) for i in range(Y.shape[0])]
+
+
+def curves(store: StudyStore, study: str) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """``{(problem, method): {seed: curve}}`` of every run of ``study``."""
+    minimize = bool(store.study_config(study).get("minimize", False))
+    runs: dict[tuple[str, str, int], list[Evaluation]] = defaultdict(list)
+    for row in store.evaluations(study):
+        runs[(row.problem, row.method, row.seed)].append(row)
+    out: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(dict)
+    for (problem, method, seed), rows in runs.items():
+        out[(problem, method)][seed] = _curve(problem, rows, minimize)
+    return dict(out)
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
+
+
+def summarize(store: StudyStore, study: str) -> list[Summary]:
+    """One :class:`Summary` per (problem, method) of ``study``, sorted by problem then method."""
+    all_curves = curves(store, study)
+    timing: dict[tuple[str, str], dict[tuple[int, int], tuple[float, float]]] = defaultdict(dict)
+    failed: dict[tuple[str, str], int] = defaultdict(int)
+    for row in store.evaluations(study):
+        key = (row.problem, row.method)
+        failed[key] += row.status == "failed"
+        if row.iteration > 0 and row.fit_seconds is not None:
+            timing[key].setdefault((row.seed, row.iteration), (row.fit_seconds, row.acq_seconds or 0.0))
+    out = []
+    for (problem, method), by_seed in sorted(all_curves.items()):
+        mean, se = _mean_se([c[-1] for c in by_seed.values() if c])
+        times = list(timing[(problem, method)].values())
+        fit = sum(t[0] for t in times) / len(times) if times else 0.0
+        acq = sum(t[1] for t in times) / len(times) if times else 0.0
+        metric = "log10 regret" if problem in PROBLEM_NAMES else "best value"
+        out.append(
+            Summary(problem, method, len(by_seed), mean, se, fit, acq, failed[(problem, method)], metric)
+        )
+    return out
+
+
+def format_table(summaries: list[Summary]) -> str:
+    """A Markdown table of summaries (final value ± standard error, seconds per iteration)."""
+    lines = [
+        "| problem | method | seeds | final (mean ± se) | fit s/iter | acq s/iter | failed |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        se = "n/a" if math.isnan(s.final_se) else f"{s.final_se:.2f}"
+        lines.append(
+            f"| {s.problem} | {s.method} | {s.seeds} | {s.final_mean:.2f} ± {se} ({s.metric}) | "
+            f"{s.fit_seconds:.2f} | {s.acq_seconds:.2f} | {s.failed} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_study(store: StudyStore, study: str, path: str | Path) -> Path:
+    """Draw one panel per problem: curve mean ± standard error over seeds vs evaluations.
+
+    Args:
+        store: The study store.
+        study: Study name.
+        path: Output PNG path.
+
+    Returns:
+        The PNG path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    all_curves = curves(store, study)
+    problems = sorted({p for p, _ in all_curves})
+    fig, axes = plt.subplots(
+        1, max(len(problems), 1), figsize=(4.5 * max(len(problems), 1), 3.6), squeeze=False
+    )
+    for ax, problem in zip(axes[0], problems, strict=False):
+        for (p, method), by_seed in sorted(all_curves.items()):
+            if p != problem:
+                continue
+            length = min(len(c) for c in by_seed.values())
+            if length == 0:
+                continue
+            data = torch.tensor([c[:length] for c in by_seed.values()])
+            data = torch.where(torch.isfinite(data), data, torch.full_like(data, math.nan))
+            mean = data.nanmean(0)
+            se = data.std(0) / math.sqrt(data.shape[0]) if data.shape[0] > 1 else torch.zeros_like(mean)
+            xs = range(1, length + 1)
+            ax.plot(xs, mean, label=method)
+            ax.fill_between(xs, mean - se, mean + se, alpha=0.2)
+        metric = "log10 regret" if problem in PROBLEM_NAMES else "best value"
+        ax.set(title=problem, xlabel="evaluations", ylabel=metric)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

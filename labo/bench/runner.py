@@ -1,0 +1,316 @@
+"""The BO loop: Sobol initial design, then model fit + qLogNEI proposals, every step stored.
+
+One *run* optimises one objective with one method and one seed. Methods:
+
+- ``laplace``: :class:`~labo.surrogates.LaplaceModel` with its default configuration,
+  warm-started from the previous iteration's model (``fit_laplace_model``).
+- ``laplace-ll`` / ``laplace-kron`` / ``laplace-functional``: the main variants
+  (last-layer weights; Kron over all weights; the function-space posterior).
+- ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
+- ``sobol``: the next points of the run's scrambled Sobol sequence.
+
+Protocol (identical for every method): the first ``n_init`` points of a scrambled
+Sobol sequence seeded by the run's seed (so seeds are paired across methods),
+qLogNoisyExpectedImprovement (qLogNEHVI for several objectives), ``optimize_acqf``
+on the unit cube. Models see inputs scaled to the unit cube and maximise; a
+minimised objective is negated for the model only (the store keeps raw values).
+
+An objective takes a length-``d`` list of floats and returns a float or a sequence
+of ``m`` floats. Exceptions and non-finite values are stored as ``failed`` and the
+run goes on; failed points are left out of the model's training data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from botorch.acquisition import qLogNoisyExpectedImprovement
+from botorch.acquisition.multi_objective import qLogNoisyExpectedHypervolumeImprovement
+from botorch.fit import fit_gpytorch_mll
+from botorch.models import SingleTaskGP
+from botorch.models.transforms import Standardize
+from botorch.optim import optimize_acqf
+from gpytorch.mlls import ExactMarginalLogLikelihood
+from torch import Tensor
+from torch.quasirandom import SobolEngine
+
+from labo.bench.store import Evaluation, StudyStore
+from labo.exceptions import BenchmarkError
+from labo.laplace import Functional, Kron, LastLayer
+from labo.surrogates import LaplaceModel, fit_laplace_model
+
+METHODS = ("laplace", "laplace-ll", "laplace-kron", "laplace-functional", "gp", "sobol")
+_LAPLACE_VARIANTS = {
+    "laplace": {},
+    "laplace-ll": {"weights": LastLayer()},
+    "laplace-kron": {"structure": Kron()},
+    "laplace-functional": {"structure": Functional()},
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one run (stored with the study, checked on resume).
+
+    Attributes:
+        study: Study name in the store.
+        problem: Problem (or objective) name.
+        method: One of :data:`METHODS`.
+        seed: Seed of the initial design and of the acquisition optimisation.
+        bounds: ``d`` pairs ``(lower, upper)``.
+        budget: Total evaluations, initial design included.
+        q: Points proposed per iteration (synchronous) or in flight (asynchronous).
+        n_init: Sobol initial design size.
+        minimize: Minimise the objective (default: maximise).
+        ref_point: Hypervolume reference point (several objectives, maximisation).
+        num_restarts: ``optimize_acqf`` restarts.
+        raw_samples: ``optimize_acqf`` raw samples.
+    """
+
+    study: str
+    problem: str
+    method: str
+    seed: int
+    bounds: tuple[tuple[float, float], ...]
+    budget: int
+    q: int = 1
+    n_init: int = 10
+    minimize: bool = False
+    ref_point: tuple[float, ...] | None = None
+    num_restarts: int = 10
+    raw_samples: int = 512
+
+    def __post_init__(self) -> None:
+        check_bounds(self.bounds)
+        if self.method not in METHODS:
+            raise BenchmarkError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        for name in ("budget", "q", "n_init", "num_restarts", "raw_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise BenchmarkError(f"{name} must be a positive integer, got {value!r}.")
+        if self.n_init > self.budget:
+            raise BenchmarkError(f"n_init must be at most budget={self.budget}, got {self.n_init}.")
+
+    @property
+    def num_objectives(self) -> int:
+        return 1 if self.ref_point is None else len(self.ref_point)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_bounds(bounds) -> Tensor:
+    """Validate ``d`` pairs ``(lower, upper)``; returns them as a ``2 x d`` float64 tensor."""
+    try:
+        t = torch.as_tensor(bounds, dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise BenchmarkError(f"bounds must be d pairs (lower, upper) of numbers, got {bounds!r}.") from err
+    if t.ndim != 2 or t.shape[-1] != 2 or t.shape[0] == 0:
+        raise BenchmarkError(f"bounds must be d pairs (lower, upper), got shape {tuple(t.shape)}.")
+    if not torch.isfinite(t).all() or not (t[:, 0] < t[:, 1]).all():
+        raise BenchmarkError(f"bounds must be finite with lower < upper in every dimension, got {bounds!r}.")
+    return t.T.contiguous()
+
+
+@dataclass
+class RunResult:
+    """Summary of a finished run (all rows, including those of earlier resumed sessions)."""
+
+    spec: RunSpec
+    evaluations: list[Evaluation]
+
+    @property
+    def failed(self) -> list[Evaluation]:
+        return [e for e in self.evaluations if e.status == "failed"]
+
+    def best(self) -> Evaluation | None:
+        """The best successful evaluation (first objective; min if ``minimize``)."""
+        ok = [e for e in self.evaluations if e.status == "ok"]
+        if not ok:
+            return None
+        sign = -1.0 if self.spec.minimize else 1.0
+        return max(ok, key=lambda e: sign * e.y[0])
+
+
+def evaluate(objective: Callable, x: list[float]) -> tuple[list[float] | None, float, str | None]:
+    """Call ``objective(x)``; returns ``(values or None, seconds, error message or None)``."""
+    t0 = time.perf_counter()
+    try:
+        raw = objective(x)
+        values = [float(v) for v in (raw if hasattr(raw, "__len__") else [raw])]
+        error = None
+    except Exception as err:  # noqa: BLE001 - a failing objective is recorded, not fatal
+        values = None
+        error = "".join(traceback.format_exception_only(type(err), err)).strip()
+    return values, time.perf_counter() - t0, error
+
+
+def fit_model(method: str, X: Tensor, Y: Tensor, previous=None):
+    """Fit the surrogate of ``method`` on unit-cube inputs ``n x d`` and targets ``n x m``."""
+    m = Y.shape[-1]
+    if method == "gp":
+        model = SingleTaskGP(X, Y, outcome_transform=Standardize(m))
+        fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+        return model
+    warm = previous if isinstance(previous, LaplaceModel) else None
+    model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **_LAPLACE_VARIANTS[method])
+    return fit_laplace_model(model)
+
+
+def propose(
+    spec: RunSpec,
+    X: Tensor,
+    Y: Tensor,
+    q: int,
+    X_pending: Tensor | None = None,
+    previous=None,
+    n_rows: int = 0,
+) -> tuple[Tensor, float, float, object]:
+    """Propose ``q`` unit-cube points from the data of a run.
+
+    Args:
+        spec: The run.
+        X: ``n x d`` successful inputs (unit cube).
+        Y: ``n x m`` their values, in the maximisation convention.
+        q: Number of points.
+        X_pending: ``p x d`` points being evaluated (unit cube), or ``None``.
+        previous: The previous iteration's model (warm start), or ``None``.
+        n_rows: Points proposed so far in the run (position in the Sobol sequence).
+
+    Returns:
+        ``(q x d candidates, fit seconds, acquisition seconds, model or None)``.
+    """
+    d = X.shape[-1] if X.numel() else len(spec.bounds)
+    if spec.method == "sobol" or X.shape[0] < 2:
+        engine = SobolEngine(d, scramble=True, seed=spec.seed)
+        engine.fast_forward(n_rows)
+        return engine.draw(q).to(torch.float64), 0.0, 0.0, None
+    torch.manual_seed(1_000_003 * spec.seed + n_rows)
+    t0 = time.perf_counter()
+    model = fit_model(spec.method, X, Y, previous)
+    t1 = time.perf_counter()
+    if spec.num_objectives == 1:
+        acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, X_pending=X_pending, prune_baseline=True)
+    else:
+        ref = torch.tensor(spec.ref_point, dtype=X.dtype)
+        acqf = qLogNoisyExpectedHypervolumeImprovement(
+            model, ref_point=ref, X_baseline=X, X_pending=X_pending, prune_baseline=True
+        )
+    unit = torch.stack([torch.zeros(d), torch.ones(d)]).to(X)
+    cand, _ = optimize_acqf(
+        acqf, bounds=unit, q=q, num_restarts=spec.num_restarts, raw_samples=spec.raw_samples
+    )
+    return cand.detach(), t1 - t0, time.perf_counter() - t1, model
+
+
+def initial_design(spec: RunSpec) -> Tensor:
+    """The run's ``n_init x d`` Sobol initial design in the unit cube (paired across methods)."""
+    engine = SobolEngine(len(spec.bounds), scramble=True, seed=spec.seed)
+    return engine.draw(spec.n_init).to(torch.float64)
+
+
+def to_unit(spec: RunSpec, X: Tensor) -> Tensor:
+    b = check_bounds(spec.bounds)
+    return (X - b[0]) / (b[1] - b[0])
+
+
+def from_unit(spec: RunSpec, U: Tensor) -> Tensor:
+    b = check_bounds(spec.bounds)
+    return b[0] + U.clamp(0, 1) * (b[1] - b[0])
+
+
+def training_data(spec: RunSpec, rows: list[Evaluation]) -> tuple[Tensor, Tensor]:
+    """Unit-cube inputs ``n x d`` and maximisation-convention targets ``n x m`` of the ``ok`` rows."""
+    ok = [r for r in rows if r.status == "ok" and len(r.y) == spec.num_objectives]
+    d = len(spec.bounds)
+    if not ok:
+        return torch.zeros(0, d, dtype=torch.float64), torch.zeros(
+            0, spec.num_objectives, dtype=torch.float64
+        )
+    X = to_unit(spec, torch.tensor([r.x for r in ok], dtype=torch.float64))
+    Y = torch.tensor([r.y for r in ok], dtype=torch.float64)
+    return X, -Y if spec.minimize else Y
+
+
+def _evaluate_row(store: StudyStore, spec: RunSpec, objective: Callable, row_id: int, x: list[float]) -> str:
+    y, seconds, error = evaluate(objective, x)
+    if error is None and y is not None and len(y) != spec.num_objectives:
+        y, error = None, f"objective returned {len(y)} values, expected {spec.num_objectives}"
+    return store.finish(row_id, y, seconds, error)
+
+
+def run_bo(
+    spec: RunSpec,
+    objective: Callable,
+    store: StudyStore,
+    progress: Callable[[Evaluation | None, str], None] | None = None,
+) -> RunResult:
+    """Run (or resume) one synchronous BO run, storing each evaluation as it completes.
+
+    Resuming: rows left ``running`` by a crash are evaluated first, then the run
+    continues from the stored data up to ``spec.budget`` rows; nothing stored is
+    proposed or evaluated again.
+
+    Args:
+        spec: The run.
+        objective: ``x (list of d floats) -> float or m floats``.
+        store: The study store (the study must exist, see ``StudyStore.create_study``).
+        progress: Called as ``progress(row, status)`` after each evaluation.
+
+    Returns:
+        The :class:`RunResult` with every row of the run.
+    """
+
+    def rows() -> list[Evaluation]:
+        return store.evaluations(spec.study, spec.problem, spec.method, spec.seed)
+
+    def run_rows(pending: list[Evaluation]) -> None:
+        for row in pending:
+            status = _evaluate_row(store, spec, objective, row.id, row.x)
+            if progress is not None:
+                progress(row, status)
+
+    key = (spec.study, spec.problem, spec.method, spec.seed)
+    run_rows([r for r in rows() if r.status == "running"])
+    existing = rows()
+    if len(existing) < spec.n_init:
+        X0 = from_unit(spec, initial_design(spec))
+        for i in range(len(existing), spec.n_init):
+            store.add_running(*key, 0, X0[i].tolist())
+        run_rows([r for r in rows() if r.status == "running"])
+    model = None
+    while len(existing := rows()) < spec.budget:
+        q = min(spec.q, spec.budget - len(existing))
+        X, Y = training_data(spec, existing)
+        iteration = max(r.iteration for r in existing) + 1
+        cand, fit_s, acq_s, model = propose(spec, X, Y, q, previous=model, n_rows=len(existing))
+        for x in from_unit(spec, cand):
+            store.add_running(*key, iteration, x.tolist(), fit_s, acq_s)
+        run_rows([r for r in rows() if r.status == "running"])
+    return RunResult(spec, rows())
+
+
+def spec_from_problem(
+    study: str, problem, method: str, seed: int, budget_scale: float = 1.0, **kw
+) -> RunSpec:
+    """The :class:`RunSpec` of a benchmark :class:`~labo.bench.problems.Problem` run."""
+    bounds = tuple((float(lo), float(hi)) for lo, hi in problem.bounds.T.tolist())
+    if not math.isfinite(budget_scale) or budget_scale <= 0:
+        raise BenchmarkError(f"budget_scale must be a positive number, got {budget_scale!r}.")
+    return RunSpec(
+        study=study,
+        problem=problem.name,
+        method=method,
+        seed=seed,
+        bounds=bounds,
+        budget=problem.scaled_budget(budget_scale),
+        q=problem.q,
+        n_init=problem.n_init,
+        ref_point=problem.ref_point,
+        **kw,
+    )

@@ -1,0 +1,342 @@
+"""The ``labo`` command line: demo, optimize, bench, plot, export.
+
+Run ``labo --help`` or ``labo COMMAND --help`` for the options. Every evaluation
+is written to an SQLite study store (``--db``, a path or ``sqlite:///`` URL)
+before the next point is proposed; ``--resume`` continues a study after a crash.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from tqdm import tqdm
+
+from labo.bench.plots import format_table, plot_study, summarize
+from labo.bench.problems import PROBLEM_NAMES, get_problem
+from labo.bench.runner import METHODS, RunSpec, check_bounds, run_bo, spec_from_problem
+from labo.bench.store import open_store
+from labo.exceptions import BenchmarkError, LaboError, ObjectiveImportError
+
+app = typer.Typer(
+    help="Bayesian optimisation with Laplace-approximated neural-network surrogates.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"Error: {err}", err=True)
+    raise typer.Exit(code=2)
+
+
+def parse_bounds(text: str) -> tuple[tuple[float, float], ...]:
+    """``"lo:hi,lo:hi,..."`` (or ``"lo:hi*d"`` for ``d`` equal dimensions) to ``d`` pairs."""
+    pairs = []
+    for part in text.replace(" ", "").split(","):
+        times = 1
+        if "*" in part:
+            part, count = part.split("*", 1)
+            times = int(count) if count.isdigit() and int(count) > 0 else -1
+        pieces = part.split(":")
+        try:
+            if len(pieces) != 2 or times < 1:
+                raise ValueError
+            pair = (float(pieces[0]), float(pieces[1]))
+        except ValueError:
+            raise BenchmarkError(
+                f"bounds must look like 'lo:hi,lo:hi' or 'lo:hi*d', got {text!r} (bad part {part!r})."
+            ) from None
+        pairs.extend([pair] * times)
+    check_bounds(pairs)
+    return tuple(pairs)
+
+
+def load_objective(target: str) -> Callable:
+    """Import ``MODULE:FUNCTION`` (the current directory is importable)."""
+    if target.count(":") != 1 or not all(target.split(":")):
+        raise ObjectiveImportError(f"objective must be given as MODULE:FUNCTION, got {target!r}.")
+    module_name, attr = target.split(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise ObjectiveImportError(f"cannot import module {module_name!r} of {target!r}: {err}") from err
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise ObjectiveImportError(
+            f"{module_name!r} has no callable named {attr!r} (got {type(function).__name__})."
+        )
+    return function
+
+
+def _progress_bar(total: int, desc: str) -> tuple[tqdm, Callable]:
+    bar = tqdm(total=total, desc=desc, unit="eval", dynamic_ncols=True)
+    failed = [0]
+
+    def update(row, status: str) -> None:
+        failed[0] += status == "failed"
+        bar.update(1)
+        if failed[0]:
+            bar.set_postfix(failed=failed[0])
+
+    return bar, update
+
+
+def _report(location: str, study: str, out: Path) -> None:
+    with open_store(location) as store:
+        summaries = summarize(store, study)
+        table = format_table(summaries)
+        png = plot_study(store, study, out / f"{study}.png")
+        json_path = store.export(study, out / f"{study}.json")
+    (out / f"{study}_table.md").write_text(table + "\n")
+    summary_json = out / f"{study}_summary.json"
+    summary_json.write_text(json.dumps([s.__dict__ for s in summaries], indent=1))
+    typer.echo("\n" + table + "\n")
+    typer.echo(f"Plot:     {png}")
+    typer.echo(f"Table:    {out / f'{study}_table.md'} (summary {summary_json})")
+    typer.echo(f"Export:   {json_path}")
+    typer.echo(f"Database: {location} (study {study!r}; `labo plot {study} --db {location}` redraws)")
+
+
+def _bench(
+    problems: list[str],
+    methods: list[str],
+    seeds: int,
+    budget_scale: float,
+    db: str,
+    study: str,
+    resume: bool,
+    out: Path,
+    workers: int,
+    scheduler: str | None,
+    num_restarts: int,
+    raw_samples: int,
+) -> None:
+    for name in problems:
+        get_problem(name)
+    if seeds < 1:
+        raise BenchmarkError(f"seeds must be a positive integer, got {seeds}.")
+    specs = [
+        spec_from_problem(
+            study, get_problem(p), m, s, budget_scale, num_restarts=num_restarts, raw_samples=raw_samples
+        )
+        for p in problems
+        for s in range(seeds)
+        for m in methods
+    ]
+    config = {
+        "kind": "bench",
+        "problems": problems,
+        "methods": methods,
+        "seeds": seeds,
+        "budget_scale": budget_scale,
+        "num_restarts": num_restarts,
+        "raw_samples": raw_samples,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open_store(db) as store:
+        store.create_study(study, config, resume)
+        done = {(r.problem, r.method, r.seed) for r in store.evaluations(study) if r.status != "running"}
+        counts = {k: 0 for k in done}
+        for r in store.evaluations(study):
+            if r.status != "running":
+                counts[(r.problem, r.method, r.seed)] += 1
+        todo = sum(sp.budget - counts.get((sp.problem, sp.method, sp.seed), 0) for sp in specs)
+        if workers > 1 or scheduler:
+            from labo.bench.distributed import make_client, run_many
+
+            bar = tqdm(total=len(specs), desc="runs", unit="run", dynamic_ncols=True)
+            with make_client(workers, scheduler) as client:
+                run_many(specs, db, client, on_done=lambda summary: bar.update(1))
+            bar.close()
+        else:
+            bar, update = _progress_bar(todo, "evaluations")
+            for spec in specs:
+                bar.set_description(f"{spec.problem}/{spec.method}/seed {spec.seed}")
+                run_bo(spec, _objective_of(spec.problem), store, progress=update)
+            bar.close()
+    typer.echo(f"Finished in {time.perf_counter() - t0:.0f} s.")
+    _report(db, study, out)
+
+
+def _objective_of(problem: str):
+    from labo.bench.problems import ProblemObjective
+
+    return ProblemObjective(problem)
+
+
+def _split(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [t for t in text.replace(" ", "").split(",") if t]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise BenchmarkError(
+            f"{what} must be a comma-separated subset of {', '.join(allowed)}, got {text!r}."
+        )
+    return items
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("labo-demo", help="Folder for the plot, table, export and database."),
+    seeds: int = typer.Option(2, help="Seeds per (problem, method)."),
+    budget_scale: float = typer.Option(0.2, help="Fraction of the suite's BO evaluations to run."),
+    resume: bool = typer.Option(False, help="Continue an interrupted demo instead of starting over."),
+) -> None:
+    """LaplaceModel vs SingleTaskGP vs Sobol on Branin and Hartmann6 (about 3 minutes on 2 cores).
+
+    A reduced version of `labo bench` (fewer seeds, a fraction of the budget, a lighter
+    acquisition optimisation: 4 restarts, 128 raw samples). Prints a table of final
+    log10 regret and seconds per iteration, and writes a PNG plot, the table, a JSON
+    export and the study database into OUT.
+    """
+    try:
+        db = str(Path(out) / "study.db")
+        if not resume and Path(db).exists():
+            Path(db).unlink()
+        problems, methods = ["branin", "hartmann6"], ["laplace", "gp", "sobol"]
+        _bench(problems, methods, seeds, budget_scale, db, "demo", resume, Path(out), 1, None, 4, 128)
+    except LaboError as err:
+        _fail(err)
+
+
+@app.command()
+def optimize(
+    objective: str = typer.Argument(
+        ..., help="Your function as MODULE:FUNCTION; it takes a list of d floats."
+    ),
+    bounds: str = typer.Option(..., help="Search box 'lo:hi,lo:hi,...' (or 'lo:hi*d' for d equal ranges)."),
+    budget: int = typer.Option(30, help="Total number of evaluations, initial design included."),
+    q: int = typer.Option(1, help="Points proposed per iteration (without workers)."),
+    workers: int = typer.Option(1, help="Parallel evaluations on a Dask LocalCluster (asynchronous BO)."),
+    scheduler: str = typer.Option(
+        None, help="Address of an existing Dask scheduler instead of a LocalCluster."
+    ),
+    minimize: bool = typer.Option(False, "--minimize/--maximize", help="Minimise instead of maximise."),
+    method: str = typer.Option("laplace", help=f"Surrogate: one of {', '.join(METHODS)}."),
+    n_init: int = typer.Option(0, help="Sobol initial design size (default: 2d, at most 20)."),
+    seed: int = typer.Option(0, help="Seed of the initial design and the acquisition optimisation."),
+    db: str = typer.Option("labo_studies.db", help="Study database: a file path or sqlite:/// URL."),
+    study: str = typer.Option("optimize", help="Study name inside the database."),
+    resume: bool = typer.Option(False, help="Continue an existing study (after a crash or kill)."),
+) -> None:
+    """Optimise your own Python function with BO (Laplace surrogate by default).
+
+    Example: labo optimize mymodule:loss --bounds "-5:10,0:15" --minimize --budget 40
+    """
+    try:
+        fn = load_objective(objective)
+        box = parse_bounds(bounds)
+        n0 = n_init or min(2 * len(box), 20, budget)
+        spec = RunSpec(study, objective, method, seed, box, budget, q, n0, minimize)
+        config = {"kind": "optimize", **spec.to_dict()}
+        config.pop("study")
+        with open_store(db) as store:
+            store.create_study(study, json.loads(json.dumps(config)), resume)
+            done = sum(r.status != "running" for r in store.evaluations(study, objective, method, seed))
+            bar, update = _progress_bar(budget - done, objective)
+            if workers > 1 or scheduler:
+                from labo.bench.distributed import make_client, run_async
+
+                with make_client(workers, scheduler) as client:
+                    result = run_async(spec, fn, store, client, workers, progress=update)
+            else:
+                result = run_bo(spec, fn, store, progress=update)
+            bar.close()
+    except LaboError as err:
+        _fail(err)
+    for row in result.failed[:5]:
+        typer.echo(f"failed evaluation at x={row.x}: {row.error}")
+    if result.failed:
+        typer.echo(f"{len(result.failed)} of {len(result.evaluations)} evaluations failed.")
+    best = result.best()
+    if best is None:
+        typer.echo("No successful evaluation.")
+        raise typer.Exit(code=1)
+    typer.echo(f"Best value: {best.y[0]:.6g} at x = {[round(v, 6) for v in best.x]}")
+    typer.echo(f"Database: {db} (study {study!r})")
+
+
+@app.command()
+def bench(
+    problems: str = typer.Option(
+        "branin,hartmann6", help=f"Comma-separated from: {', '.join(PROBLEM_NAMES)}."
+    ),
+    methods: str = typer.Option("laplace,gp,sobol", help=f"Comma-separated from: {', '.join(METHODS)}."),
+    seeds: int = typer.Option(10, help="Seeds 0..N-1 per (problem, method); paired across methods."),
+    budget_scale: float = typer.Option(
+        1.0, help="Scale the suite's BO evaluations (after the initial design)."
+    ),
+    workers: int = typer.Option(
+        1, help="Run (problem, method, seed) runs in parallel on a Dask LocalCluster."
+    ),
+    scheduler: str = typer.Option(None, help="Address of an existing Dask scheduler."),
+    db: str = typer.Option("labo_bench.db", help="Study database: a file path or sqlite:/// URL."),
+    study: str = typer.Option("bench", help="Study name inside the database."),
+    resume: bool = typer.Option(False, help="Continue an existing study."),
+    out: str = typer.Option("labo-bench", help="Folder for the plot, table and exports."),
+    num_restarts: int = typer.Option(10, help="optimize_acqf restarts (protocol: 10)."),
+    raw_samples: int = typer.Option(512, help="optimize_acqf raw samples (protocol: 512)."),
+) -> None:
+    """Run the benchmark suite: every problem x method x seed, then a regret table and plot."""
+    try:
+        names = _split(problems, PROBLEM_NAMES, "problems")
+        chosen = _split(methods, METHODS, "methods")
+        args = (
+            seeds,
+            budget_scale,
+            db,
+            study,
+            resume,
+            Path(out),
+            workers,
+            scheduler,
+            num_restarts,
+            raw_samples,
+        )
+        _bench(names, chosen, *args)
+    except LaboError as err:
+        _fail(err)
+
+
+@app.command()
+def plot(
+    study: str = typer.Argument(..., help="Study name."),
+    db: str = typer.Option("labo_bench.db", help="Study database: a file path or sqlite:/// URL."),
+    out: str = typer.Option(".", help="Folder for the PNG, table and JSON export."),
+) -> None:
+    """Redraw the plot and table of a stored study."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with open_store(db) as store:
+            store.study_config(study)
+        _report(db, study, Path(out))
+    except LaboError as err:
+        _fail(err)
+
+
+@app.command()
+def export(
+    study: str = typer.Argument(..., help="Study name."),
+    path: str = typer.Argument(..., help="Output file ending in .json or .csv."),
+    db: str = typer.Option("labo_studies.db", help="Study database: a file path or sqlite:/// URL."),
+) -> None:
+    """Export every evaluation of a study to JSON or CSV."""
+    try:
+        with open_store(db) as store:
+            written = store.export(study, path)
+    except LaboError as err:
+        _fail(err)
+    typer.echo(f"Wrote {written}")
+
+
+if __name__ == "__main__":
+    app()

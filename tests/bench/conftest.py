@@ -1,0 +1,39 @@
+import textwrap
+
+import pytest
+
+OBJECTIVES = '''
+import math
+import time
+
+
+def sphere(x):
+    """Maximum 0 at (0.3, ..., 0.3)."""
+    return -sum((v - 0.3) ** 2 for v in x)
+
+
+def slow_sphere(x):
+    time.sleep(0.3)
+    return -sum((v - 0.3) ** 2 for v in x)
+
+
+def flaky(x):
+    """Raises left of 0.25, NaN between 0.25 and 0.5, fine elsewhere."""
+    if x[0] < 0.25:
+        raise RuntimeError("simulated crash")
+    if x[0] < 0.5:
+        return math.nan
+    return -sum((v - 0.3) ** 2 for v in x)
+'''
+
+
+@pytest.fixture
+def objectives(tmp_path, monkeypatch):
+    """A module ``labo_test_objectives`` in tmp_path, importable (cwd and sys.path)."""
+    (tmp_path / "labo_test_objectives.py").write_text(textwrap.dedent(OBJECTIVES))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    import importlib
+
+    module = importlib.import_module("labo_test_objectives")
+    yield module
