@@ -18,7 +18,9 @@ Timings depend on the machine and its load (printed numbers are one run each,
 not medians); see docs/benchmarks.md for the measured BO-iteration benchmark.
 
 Run: ``python examples/high_dimensional.py [--sizes 300,1500] [--d 120]``
-(``--smoke`` for a quick check with n=60, ``--out DIR`` to write a JSON).
+(``--smoke`` for a quick check with n=60, ``--out DIR`` to write a JSON,
+``--device cuda`` to put data and models on a GPU: everything labo creates
+follows the device of the training data).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def make_objective(d: int, k: int = 8):
     W = torch.randn(d, k, generator=torch.Generator().manual_seed(123), dtype=torch.float64) / d**0.5
 
     def objective(X):
-        Z = (X - 0.5) @ W * 6
+        Z = (X - 0.5) @ W.to(X) * 6
         return (torch.sin(Z).sum(-1) - 0.1 * Z.pow(2).sum(-1)).unsqueeze(-1)
 
     return objective
@@ -61,39 +63,49 @@ def fit(kind: str, X, Y, previous=None):
     return model
 
 
-def timed(fn):
+def timed(fn, device: torch.device):
+    synchronize(device)
     t0 = time.perf_counter()
     out = fn()
+    synchronize(device)
     return out, time.perf_counter() - t0
 
 
-def run(kind: str, n: int, d: int, objective, restarts: int, raw: int) -> dict:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(kind: str, n: int, d: int, objective, restarts: int, raw: int, device: torch.device) -> dict:
     g = torch.Generator().manual_seed(n)
-    X = torch.rand(n + 4, d, generator=g, dtype=torch.float64)
-    X_new = torch.rand(1000, d, generator=g, dtype=torch.float64)
+    X = torch.rand(n + 4, d, generator=g, dtype=torch.float64).to(device)
+    X_new = torch.rand(1000, d, generator=g, dtype=torch.float64).to(device)
     X_test, Y_all = X_new[:500], objective(X)
     Y_test = objective(X_test)
-    model, fit_s = timed(lambda: fit(kind, X[:n], Y_all[:n]))
-    model, refit_s = timed(lambda: fit(kind, X, Y_all, previous=model))
+    model, fit_s = timed(lambda: fit(kind, X[:n], Y_all[:n]), device)
+    model, refit_s = timed(lambda: fit(kind, X, Y_all, previous=model), device)
 
     def posterior():
         with torch.no_grad():
             post = model.posterior(X_new.unsqueeze(-2))  # 1000 t-batches of one point
             return post.mean, post.variance
 
-    _, post_s = timed(posterior)
+    _, post_s = timed(posterior, device)
     with torch.no_grad():
         post = model.posterior(X_test.unsqueeze(-2), observation_noise=True)
         mean, var = post.mean.squeeze(-2), post.variance.squeeze(-2)
     rmse = float((mean - Y_test).pow(2).mean().sqrt())
     ll = float((-0.5 * (math.log(2 * math.pi) + var.log() + (Y_test - mean).pow(2) / var)).mean())
-    bounds = torch.stack([torch.zeros(d), torch.ones(d)]).double()
+    bounds = torch.stack([torch.zeros(d), torch.ones(d)]).to(X)
     acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True)
-    (cand, _), acq_s = timed(lambda: optimize_acqf(acqf, bounds, q=4, num_restarts=restarts, raw_samples=raw))
+    (cand, _), acq_s = timed(
+        lambda: optimize_acqf(acqf, bounds, q=4, num_restarts=restarts, raw_samples=raw), device
+    )
     return {
         "surrogate": kind,
         "n": n,
         "d": d,
+        "device": str(device),
         "fit_s": fit_s,
         "refit_s": refit_s,
         "posterior_1000_s": post_s,
@@ -110,18 +122,20 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="n=60, tiny acquisition budget (a CI check)")
     parser.add_argument("--sizes", default="300,1500", help="comma-separated training set sizes n")
     parser.add_argument("--d", type=int, default=120)
+    parser.add_argument("--device", default="cpu", help="torch device of the data and models, e.g. cuda")
     parser.add_argument("--out", type=Path, default=None, help="directory for high_dimensional.json")
     args = parser.parse_args(argv)
     sizes = [60] if args.smoke else [int(s) for s in args.sizes.split(",")]
     restarts, raw = (2, 32) if args.smoke else (10, 512)
     objective = make_objective(args.d)
-    print(f"d={args.d} inputs, 8 active directions; one run each (seconds)")
+    device = torch.device(args.device)
+    print(f"d={args.d} inputs, 8 active directions, device {device}; one run each (seconds)")
     print(f"{'surrogate':13} {'n':>5} {'fit':>7} {'refit':>7} {'post 1000':>9} {'acq':>7} "
           f"{'RMSE':>6} {'test ll':>8} {'best train':>10} {'best cand':>9}")  # fmt: skip
     rows = []
     for n in sizes:
         for kind in ("LaplaceModel", "SingleTaskGP"):
-            r = run(kind, n, args.d, objective, restarts, raw)
+            r = run(kind, n, args.d, objective, restarts, raw, device)
             rows.append(r)
             print(
                 f"{kind:13} {n:5d} {r['fit_s']:7.2f} {r['refit_s']:7.2f} {r['posterior_1000_s']:9.3f} "
