@@ -35,7 +35,28 @@ from labo.surrogates.model import LaplaceModel
 
 @dataclass
 class FitOptions:
-    """Knobs of :func:`fit_laplace_model` (defaults documented in the module docstring)."""
+    """Knobs of :func:`fit_laplace_model` (the procedure is in the module docstring).
+
+    A cheaper fit for quick experiments, e.g.
+    ``FitOptions(max_epochs_cold=300, hyper_steps_cold=30, rounds_cold=1)``.
+
+    Attributes:
+        lr: Adam learning rate of the MAP training of the network.
+        max_epochs_cold: Most training steps per round of a cold fit (fresh network).
+        max_epochs_warm: Most training steps of a warm refit.
+        patience: Stop training after this many steps without a relative improvement
+            of the loss larger than ``rel_tol``.
+        rel_tol: Relative improvement that counts for ``patience``.
+        rounds_cold: Rounds of train → Laplace fit → hyperparameter tuning (cold fit).
+        rounds_warm: The same for a warm refit.
+        hyper_steps_cold: Most Adam steps on log prior precision and log noise per
+            round (cold fit); they stop earlier once the marginal likelihood settles.
+        hyper_steps_warm: The same for a warm refit.
+        hyper_lr: Adam learning rate of the hyperparameter tuning.
+        seed: Seed of torch's global random generator, set before a cold fit (the
+            network's initial weights were drawn before, at construction); ``None``
+            leaves the generator alone.
+    """
 
     lr: float = 1e-2
     max_epochs_cold: int = 2000
@@ -117,7 +138,12 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     """MAP-train the network, fit the Laplace posterior and tune its hyperparameters.
 
     Warm-started when the model's network comes from a previous fit (see the
-    module docstring). Records timings and iteration counts in ``model.fit_info``.
+    module docstring). Records timings and iteration counts in ``model.fit_info``:
+    ``seconds``, ``train_steps`` (per round; a round that reached the step limit
+    did not stop early), ``lml_history``, ``prior_precision``, ``noise_std`` and
+    ``warm_start``. The tuned prior precision and noise are in standardised target
+    units (``model.y_scale``); ``model.likelihood.noise`` holds the noise variance in
+    the outcome-transformed units.
 
     Args:
         model: The ``LaplaceModel`` to fit (in place). A conditioned model is
@@ -126,6 +152,9 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
 
     Returns:
         The fitted model.
+
+    Raises:
+        ValueError: For a batched (fantasy) model: refit the model it came from.
     """
     opts = options or FitOptions()
     if model._conditioning is not None:

@@ -90,6 +90,24 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
     :func:`labo.surrogates.fit_laplace_model` (or BoTorch's
     ``fit_gpytorch_mll(LaplaceMarginalLogLikelihood(model))``) to fit.
 
+    Example::
+
+        model = LaplaceModel(train_X, train_Y, input_transform=Normalize(d),
+                             outcome_transform=Standardize(m))
+        fit_laplace_model(model)          # MAP training + marginal-likelihood tuning
+        posterior = model.posterior(X)    # X: batch_shape x q x d
+        # next BO iteration, with more data: start from this model's weights
+        model = LaplaceModel(X_more, Y_more, ..., warm_start=model)
+
+    After fitting, ``model.network`` is the trained network, ``model.laplace`` the
+    :class:`~labo.laplace.LaplaceApproximation` (tuned ``prior_precision`` and
+    ``noise_std``, in standardised target units) and ``model.fit_info`` records
+    the fit (seconds, training steps, marginal-likelihood history). Data, network
+    and posterior share one device and dtype (float32 or float64): pass CUDA
+    tensors to work on a GPU. Posterior function samples and Thompson sampling:
+    :mod:`labo.acquisition`. How to choose ``weights`` and ``structure``:
+    ``docs/guide.md``.
+
     The arguments after ``train_Yvar`` are meant to be passed by keyword; they are
     not keyword-only because Ax inspects the positional argument names to decide
     which transforms a model class accepts.
