@@ -36,7 +36,7 @@ class LaplaceApproximation(nn.Module):
         likelihood: ``"regression"`` (Gaussian, ``noise_std``) or ``"classification"``
             (softmax over K classes).
         weights: Which weights are Bayesian (``AllWeights()``, ``LastLayer()``, ``WeightMask``).
-        structure: ``Full()``, ``Diagonal()`` or ``Kron()``.
+        structure: ``Full()``, ``Diagonal()``, ``Kron()`` or ``Functional()``.
         prior_precision: Scalar, one value per selected parameter tensor, or one per weight.
         noise_std: Observation noise standard deviation (regression).
     """
@@ -279,18 +279,46 @@ def fit_laplace(
 ) -> LaplaceApproximation:
     """Fit a Laplace posterior around the network's current (MAP) weights; does not train.
 
+    Train the network first (minimise the negative log likelihood plus
+    ``½ λ ‖θ‖²``). ``fit_laplace`` computes the curvature (GGN) at the current
+    weights and returns ``N(θ̂, H⁻¹)`` over the selected weights, with
+    ``H = GGN / σ² + λ`` (regression) or ``GGN + λ`` (classification). Tune ``λ``
+    and ``σ`` afterwards with :func:`labo.laplace.optimize_hyperparameters`. The
+    posterior lives on the network's device and dtype.
+
+    Example::
+
+        la = fit_laplace(net, X, Y, weights=LastLayer(), structure=Full(), noise_std=0.1)
+        optimize_hyperparameters(la)           # maximise the log marginal likelihood
+        mean, cov = la.predictive(X_new)       # (m, K) and (m, K, m, K), latent f
+        var = la.predictive_variance(X_new)    # (m, K)
+
     Args:
         network: Network at its MAP weights, mapping ``(n, d)`` to ``(n, K)``.
-        X: Training inputs ``(n, d)``.
-        Y: Targets ``(n, K)`` for regression; integer labels ``(n,)`` for classification.
+        X: Training inputs ``(n, d)`` (or ``(n, *input_shape)``), in the network's dtype.
+        Y: Targets ``(n, K)`` for regression; integer labels ``(n,)`` in ``[0, K)`` for
+            classification (softmax over the K outputs).
         likelihood: ``"regression"`` or ``"classification"``.
-        weights: ``AllWeights()`` (default), ``LastLayer()`` or ``WeightMask({...})``.
-        structure: ``Kron()`` (default), ``Full()`` or ``Diagonal()``.
-        prior_precision: Float or tensor: scalar, per parameter tensor or per weight.
+        weights: ``AllWeights()`` (default), ``LastLayer()`` / ``LastLayer("name")`` or
+            ``WeightMask({param_name: bool tensor})``; strategies such as
+            ``labo.laplace.largest_variance`` build masks from a trained network.
+        structure: ``Kron()`` (default; K-FAC per ``nn.Linear`` layer), ``Full()``
+            (dense ``S x S``), ``Diagonal()`` or ``Functional()`` (the exact GGN computed
+            with ``nK x nK`` matrices: the cheap exact choice while ``n·K < S``).
+            Costs and advice: ``docs/guide.md``.
+        prior_precision: Float or tensor: scalar, one per selected parameter tensor
+            (in ``network.named_parameters()`` order) or one per selected weight ``(S,)``.
         noise_std: Gaussian noise standard deviation (regression).
 
     Returns:
         The fitted :class:`LaplaceApproximation`.
+
+    Raises:
+        LaboError: For bad data or hyperparameters, a subclass from :mod:`labo.exceptions`
+            (``InputShapeError``, ``LabelError``, ``HyperparameterError``, ...) whose
+            message names the argument.
+        TypeError: When ``weights`` or ``structure`` is not one of the options above.
+        ValueError: For an unknown ``likelihood``.
     """
     la = LaplaceApproximation(network, likelihood, weights, structure, prior_precision, noise_std)
     return la.fit(X, Y)
