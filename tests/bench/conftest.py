@@ -37,3 +37,13 @@ def objectives(tmp_path, monkeypatch):
 
     module = importlib.import_module("labo_test_objectives")
     yield module
+
+
+@pytest.fixture
+def fast_laplace(monkeypatch):
+    """Short LaplaceModel fits inside the runner (the runner's logic, not the fit, is under test)."""
+    from labo.bench import runner
+    from labo.surrogates import FitOptions, fit_laplace_model
+
+    options = FitOptions(max_epochs_cold=150, max_epochs_warm=50, rounds_cold=1, hyper_steps_cold=20)
+    monkeypatch.setattr(runner, "fit_laplace_model", lambda model: fit_laplace_model(model, options))

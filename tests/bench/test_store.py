@@ -26,7 +26,8 @@ def test_rows_round_trip_and_status(store):
     assert rows[0].x == [0.1, 0.2] and rows[0].y == [1.0] and rows[0].status == "ok"
     assert rows[0].fit_seconds == 1.5 and rows[0].acq_seconds == 2.5
     assert rows[1].y is None and rows[1].status == "failed" and "non-finite" in rows[1].error
-    assert store.evaluations("st", seed=1)[0].id == r3 and store.evaluations("st", seed=1)[0].status == "running"
+    (row3,) = store.evaluations("st", seed=1)
+    assert row3.id == r3 and row3.status == "running"
     assert store.finish(r3, None, 0.2, error="boom") == "failed"
     assert store.evaluations("st", seed=1)[0].error == "boom"
 
