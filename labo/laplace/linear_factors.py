@@ -20,22 +20,42 @@ forward on ``(rows, features)`` inputs; otherwise the Jacobian path is used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
 from labo.laplace.subsets import ResolvedSubset
 
 
-@dataclass
 class LayerFactors:
-    """Per-layer factors of the rows: inputs ``a (..., n, in)``, output gradients ``b (..., n, K, out)``."""
+    """Per-layer factors of the rows: inputs ``a (..., n, in)``, output gradients ``b (..., n, K, out)``.
 
-    name: str
-    a: Tensor
-    b: Tensor
-    has_bias: bool
+    For the output layer (its output is the network's output) the gradients are the
+    identity for every row; they are then not stored (``b=None``, ``identity`` is
+    True) and closed forms skip them, e.g. a last-layer Diagonal variance is one
+    ``(n x in) @ (in x K)`` product. ``b`` still reads as the expanded identity.
+    """
+
+    def __init__(self, name: str, a: Tensor, b: Tensor | None, has_bias: bool, n_out: int | None = None):
+        if b is None and n_out is None:
+            raise ValueError("LayerFactors with b=None (identity) need n_out.")
+        self.name, self.a, self._b, self.has_bias = name, a, b, has_bias
+        self.n_out = int(b.shape[-1]) if b is not None else int(n_out)
+
+    @property
+    def identity(self) -> bool:
+        return self._b is None
+
+    @property
+    def b(self) -> Tensor:
+        if self._b is not None:
+            return self._b
+        eye = torch.eye(self.n_out, dtype=self.a.dtype, device=self.a.device)
+        return eye.expand(*self.a.shape[:-1], self.n_out, self.n_out)
+
+    def reshape_rows(self, lead: torch.Size) -> LayerFactors:
+        """The same factors with the rows dimension reshaped to ``lead``."""
+        b = None if self._b is None else self._b.reshape(*lead, *self._b.shape[-2:])
+        return LayerFactors(self.name, self.a.reshape(*lead, self.a.shape[-1]), b, self.has_bias, self.n_out)
 
 
 def factor_plan(network: nn.Module, subset: ResolvedSubset) -> list[tuple[str, bool]] | None:
@@ -92,18 +112,23 @@ def linear_factors(
     if F.dim() != 2 or not all(s.requires_grad for s in s_list):
         return None
     K = F.shape[-1]
+    # The output layer's gradients are the identity: no backward pass for it.
+    inner = [i for i, s in enumerate(s_list) if s is not F]
     grads = []
-    with torch.enable_grad():
-        for k in range(K):
-            g = torch.autograd.grad(F[:, k].sum(), s_list, retain_graph=True, create_graph=create_graph)
-            grads.append(g)
+    if inner:
+        with torch.enable_grad():
+            for k in range(K):
+                targets = [s_list[i] for i in inner]
+                g = torch.autograd.grad(F[:, k].sum(), targets, retain_graph=True, create_graph=create_graph)
+                grads.append(dict(zip(inner, g, strict=True)))
     factors = []
     for i, (name, has_bias) in enumerate(plan):
         a = inputs[name][0]
-        b = torch.stack([grads[k][i] for k in range(K)], dim=1)  # (N, K, out)
+        b = torch.stack([grads[k][i] for k in range(K)], dim=1) if i in inner else None  # (N, K, out)
         if not create_graph:
-            a, b = a.detach(), b.detach()
-        factors.append(LayerFactors(name, a, b, has_bias))
+            a = a.detach()
+            b = None if b is None else b.detach()
+        factors.append(LayerFactors(name, a, b, has_bias, n_out=K))
     return (F if create_graph else F.detach()), factors
 
 

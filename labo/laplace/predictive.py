@@ -15,7 +15,7 @@ from torch.func import jvp, vmap
 
 from labo.exceptions import HyperparameterError
 from labo.laplace.jacobians import chunk_rows, output_and_jacobian
-from labo.laplace.linear_factors import LayerFactors, linear_factors
+from labo.laplace.linear_factors import linear_factors
 
 
 def _jacobians(la, X: Tensor) -> tuple[torch.Size, int, Tensor, Tensor]:
@@ -33,13 +33,7 @@ def _factors(la, rows: Tensor, lead: torch.Size, precision):
     if res is None:
         return None
     F, factors = res
-    shaped = [
-        LayerFactors(
-            f.name, f.a.reshape(*lead, f.a.shape[-1]), f.b.reshape(*lead, *f.b.shape[-2:]), f.has_bias
-        )
-        for f in factors
-    ]
-    return F.reshape(*lead, F.shape[-1]), shaped
+    return F.reshape(*lead, F.shape[-1]), [f.reshape_rows(lead) for f in factors]
 
 
 def glm_predictive(la, X: Tensor) -> tuple[Tensor, Tensor]:

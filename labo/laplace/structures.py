@@ -102,23 +102,66 @@ def augmented_inputs(lf) -> Tensor:
     return a
 
 
+class SharedRows:
+    """Output-side factor equal for every row: ``Pb[r] = M`` ``(K, out)`` (the output layer).
+
+    ``M=None`` is the identity; ``perm`` (optional) says ``M`` is a signed permutation,
+    ``M[k, perm[k]] = ±1``, so products with it are gathers.
+    """
+
+    def __init__(self, M: Tensor | None, perm: Tensor | None = None):
+        self.M, self.perm = M, perm
+
+
+def signed_permutation(Q: Tensor) -> Tensor | None:
+    """``perm`` with ``Q[k, perm[k]] = ±1`` if ``Q`` is a signed permutation matrix, else None."""
+    nz = Q != 0
+    if not bool((nz.sum(-1) == 1).all()) or not bool((nz.sum(-2) == 1).all()):
+        return None
+    perm = Q.abs().argmax(-1)
+    if not torch.allclose(Q.abs().gather(-1, perm.unsqueeze(-1)), torch.ones_like(Q[:, :1])):
+        return None
+    return perm
+
+
+def _shared_select(V: Tensor, shared: SharedRows) -> Tensor | None:
+    """``V[..., perm]`` (identity: ``V``) along the last dim, or None for a dense ``M``."""
+    if shared.M is None:
+        return V
+    if shared.perm is not None:
+        return V[..., shared.perm]
+    return None
+
+
 def layer_quad(terms) -> Tensor:
     """``Σ_l Σ_{g,i} Pb[m,k,g] Pa[m,i] w[g,i] Pb[n,l,g] Pa[n,i]`` as ``(..., n·K, n·K)``.
 
-    ``terms`` yields per layer ``Pa (..., n, in)``, ``Pb (..., n, K, out)`` and
-    ``w (out, in)``: the layer's Jacobian rows ``Pb ⊗ Pa`` in a basis where its
-    covariance block is diagonal with entries ``w`` (Kron: the eigenbasis; Diagonal:
-    the identity).
+    ``terms`` yields per layer ``Pa (..., n, in)``, ``Pb (..., n, K, out)`` (or
+    :class:`SharedRows` for the output layer) and ``w (out, in)``: the layer's Jacobian
+    rows ``Pb ⊗ Pa`` in a basis where its covariance block is diagonal with entries
+    ``w`` (Kron: the eigenbasis; Diagonal: the identity).
     """
     out = None
     for Pa, Pb, w in terms:
-        n, K, g = Pb.shape[-3:]
-        if n <= Pa.shape[-1]:  # few rows (a q-batch): pairwise contraction, O(n² (in + out))
+        n = Pa.shape[-2]
+        if isinstance(Pb, SharedRows):
+            V = torch.einsum("...mi,...ni,gi->...mng", Pa, Pa, w)
+            Vk = _shared_select(V, Pb)
+            if Vk is not None:  # cov[m,k,n,l] = δ_kl V[m,n,perm(k)]
+                K = Vk.shape[-1]
+                term = torch.diag_embed(Vk).transpose(-3, -2)
+            else:
+                K = Pb.M.shape[0]
+                term = torch.einsum("kg,...mng,lg->...mknl", Pb.M, V, Pb.M)
+            term = term.reshape(*term.shape[:-4], n * K, n * K)
+        elif n <= Pa.shape[-1]:  # few rows (a q-batch): pairwise contraction, O(n² (in + out))
+            K = Pb.shape[-2]
             V = torch.einsum("...mi,...ni,gi->...mng", Pa, Pa, w)
             term = torch.einsum("...mkg,...mng,...nlg->...mknl", Pb, V, Pb).reshape(
                 *Pb.shape[:-3], n * K, n * K
             )
         else:  # many rows: rotated per-row Jacobians, O(n · out · in) memory instead of O(n² out)
+            K = Pb.shape[-2]
             T = (Pb.unsqueeze(-1) * Pa.unsqueeze(-2).unsqueeze(-2)).reshape(*Pb.shape[:-3], n * K, -1)
             term = (T * w.reshape(-1)) @ T.transpose(-1, -2)
         out = term if out is None else out + term
@@ -126,10 +169,20 @@ def layer_quad(terms) -> Tensor:
 
 
 def layer_quad_diag(terms) -> Tensor:
-    """Diagonal ``(..., n·K)`` of :func:`layer_quad`, in ``O(n K (out · in))``."""
+    """Diagonal ``(..., n·K)`` of :func:`layer_quad`, in ``O(n K (out · in))``.
+
+    For the output layer (:class:`SharedRows`) it is ``(Pa² @ wᵀ)`` gathered or
+    multiplied by ``(M²)ᵀ``: the last-layer closed form, no ``K x K`` block per row.
+    """
     out = None
     for Pa, Pb, w in terms:
-        term = ((Pb.pow(2) @ w) * Pa.pow(2).unsqueeze(-2)).sum(-1)
+        if isinstance(Pb, SharedRows):
+            base = Pa.pow(2) @ w.transpose(-1, -2)  # (..., n, out)
+            term = _shared_select(base, Pb)
+            if term is None:
+                term = base @ Pb.M.pow(2).transpose(-1, -2)
+        else:
+            term = ((Pb.pow(2) @ w) * Pa.pow(2).unsqueeze(-2)).sum(-1)
         out = term if out is None else out + term
     return out.reshape(*out.shape[:-2], -1)
 
@@ -143,6 +196,56 @@ class FullPrecision:
         # never need them, and an S x S eigh costs seconds at S in the thousands)
         self._prior, self._scale, self._eig = prior, scale, eig
         self._L: Tensor | None = None
+        self._cov: Tensor | None = None
+        self.layer_index: list[Tensor] | None = None
+        self.supports_factors = False
+
+    def bind_layers(self, layer_index: list[Tensor]) -> FullPrecision:
+        """Enable the Jacobian-free path (see :meth:`DiagonalPrecision.bind_layers`)."""
+        self.layer_index = layer_index
+        self.supports_factors = sum(int(i.numel()) for i in layer_index) == self.H.shape[0]
+        return self
+
+    def _jacobian(self, factors) -> Tensor:
+        """Jacobian rows ``(..., n·K, S)`` assembled from the layers' outer products ``b ⊗ ã``."""
+        J = None
+        for lf, index in zip(factors, self.layer_index, strict=True):
+            a = augmented_inputs(lf)
+            blk = (lf.b.unsqueeze(-1) * a.unsqueeze(-2).unsqueeze(-2)).flatten(-2)  # (..., n, K, out·in)
+            if J is None:
+                J = blk.new_zeros(*blk.shape[:-1], self.H.shape[0])
+            J = J.index_copy(-1, index, blk)
+        return J.reshape(*J.shape[:-3], -1, J.shape[-1])
+
+    def _output_layer_cov(self, factors) -> Tensor | None:
+        """``Σ`` as ``(K, in, K, in)`` when the only Bayesian layer is the output layer, else None."""
+        if len(factors) != 1 or not factors[0].identity:
+            return None
+        index, K = self.layer_index[0], factors[0].n_out
+        if self._cov is None:
+            self._cov = self.covariance()
+        return self._cov[index][:, index].reshape(K, -1, K, index.numel() // K)
+
+    def quad_factors(self, factors) -> Tensor:
+        """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)``; last layer: ``ã Σ_{k,l} ãᵀ`` from the blocks of ``Σ``."""
+        S4 = self._output_layer_cov(factors)
+        if S4 is None:
+            return self.quad(self._jacobian(factors))
+        a = augmented_inputs(factors[0])
+        n, K = a.shape[-2], S4.shape[0]
+        tmp = torch.einsum("kilj,...nj->...kiln", S4, a)
+        out = torch.einsum("...mi,...kiln->...mknl", a, tmp)
+        return out.reshape(*out.shape[:-4], n * K, n * K)
+
+    def quad_diag_factors(self, factors) -> Tensor:
+        """Diagonal ``(..., n·K)`` of :meth:`quad_factors`; last layer: ``ã Σ_kk ãᵀ`` per output."""
+        S4 = self._output_layer_cov(factors)
+        if S4 is None:
+            return self.quad_diag(self._jacobian(factors))
+        a = augmented_inputs(factors[0])
+        Sd = S4.diagonal(dim1=0, dim2=2)  # (in, in, K)
+        out = torch.einsum("...ri,ijk,...rj->...rk", a, Sd, a)
+        return out.reshape(*out.shape[:-2], -1)
 
     @property
     def L(self) -> Tensor:
@@ -207,7 +310,12 @@ class DiagonalPrecision:
     def layer_terms(self, factors):
         """Per layer ``(ã, b, 1/h)`` in the ``(out, in + bias)`` layout (see :func:`layer_quad`)."""
         for lf, index in zip(factors, self.layer_index, strict=True):
-            yield augmented_inputs(lf), lf.b, 1.0 / self.h[index].reshape(lf.b.shape[-1], -1)
+            Pb = SharedRows(None) if lf.identity else lf.b
+            yield (
+                augmented_inputs(lf),
+                Pb,
+                1.0 / self.h[index].reshape(lf.n_out if lf.identity else lf.b.shape[-1], -1),
+            )
 
     def quad_factors(self, factors) -> Tensor:
         """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` from per-layer factors of the rows."""
@@ -260,11 +368,14 @@ class KronPrecision:
         self.dtype, self.device = prior.dtype, prior.device
         # Jacobian-free path (labo.laplace.linear_factors) when every weight is in a block.
         self.supports_factors = r_index.numel() == 0
+        # Output-layer G factors are often (signed) permutations: regression's G ∝ I.
+        self._perms = [signed_permutation(QG) for _, QG, _, _ in self.blocks]
 
     def layer_terms(self, factors):
         """Per layer ``(Pa, Pb, w)``: rotated factors and inverse eigenvalues (see :func:`layer_quad`)."""
-        for lf, (_, QG, QA, e) in zip(factors, self.blocks, strict=True):
-            yield augmented_inputs(lf) @ QA, lf.b @ QG, 1.0 / e
+        for lf, (_, QG, QA, e), perm in zip(factors, self.blocks, self._perms, strict=True):
+            Pb = SharedRows(QG, perm) if lf.identity else lf.b @ QG
+            yield augmented_inputs(lf) @ QA, Pb, 1.0 / e
 
     def quad_factors(self, factors) -> Tensor:
         """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` from per-layer factors of the rows."""

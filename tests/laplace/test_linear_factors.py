@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from labo.laplace import AllWeights, Diagonal, Functional, Kron, LastLayer, WeightMask, fit_laplace
+from labo.laplace import AllWeights, Diagonal, Full, Functional, Kron, LastLayer, WeightMask, fit_laplace
 from labo.laplace.linear_factors import factor_plan, linear_factors
 from tests.conftest import make_problem
 
@@ -18,10 +18,11 @@ def _both(la, X):
 
 
 @pytest.mark.parametrize("n_rows", [3, 9])
-@pytest.mark.parametrize("structure", [Kron(), Diagonal(), Functional()], ids=repr)
+@pytest.mark.parametrize("structure", [Kron(), Diagonal(), Full(), Functional()], ids=repr)
 @pytest.mark.parametrize("weights", [AllWeights(), LastLayer()], ids=repr)
 @pytest.mark.parametrize(
-    ("likelihood", "sizes"), [("regression", (3, 6, 5, 1)), ("classification", (3, 6, 4))]
+    ("likelihood", "sizes"),
+    [("regression", (3, 6, 5, 1)), ("regression", (3, 6, 5, 3)), ("classification", (3, 6, 4))],
 )
 def test_factor_path_equals_jacobian_path(structure, weights, likelihood, sizes, n_rows):
     net, X, Y = make_problem(likelihood, sizes, n=15)
