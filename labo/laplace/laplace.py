@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from labo.exceptions import HyperparameterError, InputShapeError
 from labo.laplace import marglik, predictive
+from labo.laplace.curvature import kfac_layer_plan
 from labo.laplace.jacobians import network_output
 from labo.laplace.likelihoods import check_likelihood, check_targets, log_likelihood
 from labo.laplace.linear_factors import factor_plan
@@ -61,6 +62,10 @@ class LaplaceApproximation(nn.Module):
             raise TypeError(f"structure must be Full(), Diagonal() or Kron(), got {structure!r}.")
         self.subset = self.weights.resolve(network)
         self.factor_plan = factor_plan(network, self.subset)
+        # (out, in + bias) positions of each planned layer's [W, b] (Diagonal's Jacobian-free path)
+        self._layer_index = (
+            [index for _, index in kfac_layer_plan(network, self.subset)[0]] if self.factor_plan else None
+        )
         p = next(network.parameters())
         self._dtype, self._device = p.dtype, p.device
         self.curvature = self.structure.build(network, self.subset).to(self._dtype).to(self._device)
@@ -124,9 +129,12 @@ class LaplaceApproximation(nn.Module):
 
     def _precision(self, prior: Tensor, noise: Tensor):
         """The posterior precision operator for given hyperparameters."""
-        return self.curvature.precision(
+        precision = self.curvature.precision(
             self._expand_prior(prior), self._scale(noise), prior_is_scalar=prior.dim() == 0
         )
+        if self._layer_index is not None and hasattr(precision, "bind_layers"):
+            precision.bind_layers([i.to(self._device) for i in self._layer_index])
+        return precision
 
     def posterior_precision(self):
         """The posterior precision operator at the current hyperparameters.
