@@ -1,0 +1,68 @@
+import math
+
+import pytest
+import torch
+
+from labo.bench.plots import curves, format_table, plot_study, summarize
+from labo.bench.problems import get_problem
+from labo.bench.store import open_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    with open_store(tmp_path / "p.db") as s:
+        s.create_study("st", {"kind": "bench"}, resume=False)
+        yield s
+
+
+def _add(store, problem, method, seed, xs, ys, iteration=0, fit=None, acq=None):
+    for x, y in zip(xs, ys, strict=True):
+        rid = store.add_running("st", problem, method, seed, iteration, x, fit, acq)
+        store.finish(rid, y, 0.01, None if y is not None else "boom")
+
+
+def test_regret_curves_equal_brute_force(store):
+    problem = get_problem("branin")
+    g = torch.Generator().manual_seed(0)
+    for seed in range(3):
+        X = problem.bounds[0] + torch.rand(6, 2, generator=g, dtype=torch.float64) * (
+            problem.bounds[1] - problem.bounds[0]
+        )
+        Y = problem.function(X)
+        ys = [[float(v)] for v in Y[:, 0]]
+        ys[2] = None  # a failed evaluation counts but improves nothing
+        _add(store, "branin", "sobol", seed, X.tolist()[:4], ys[:4])
+        _add(store, "branin", "sobol", seed, X.tolist()[4:], ys[4:], iteration=1, fit=0.5, acq=1.5)
+    out = curves(store, "st")[("branin", "sobol")]
+    rows = {s: store.evaluations("st", seed=s) for s in range(3)}
+    finals = []
+    for seed, curve in out.items():
+        expected, best = [], -math.inf
+        for r in rows[seed]:
+            if r.status == "ok":
+                best = max(best, r.y[0])
+            expected.append(math.log10(problem.optimum - best))
+        assert curve == pytest.approx(expected)
+        finals.append(expected[-1])
+    (summary,) = summarize(store, "st")
+    mean = sum(finals) / 3
+    se = math.sqrt(sum((f - mean) ** 2 for f in finals) / 2 / 3)
+    assert summary.final_mean == pytest.approx(mean) and summary.final_se == pytest.approx(se)
+    assert summary.fit_seconds == pytest.approx(0.5) and summary.acq_seconds == pytest.approx(1.5)
+    assert summary.failed == 3 and summary.seeds == 3
+    table = format_table([summary])
+    assert f"{mean:.2f} ± {se:.2f} (log10 regret)" in table and "| 0.50 | 1.50 | 3 |" in table
+
+
+def test_user_objective_curve_is_best_value(store):
+    _add(store, "my:f", "laplace", 0, [[0.0], [1.0], [2.0]], [[3.0], [1.0], [5.0]])
+    assert curves(store, "st")[("my:f", "laplace")][0] == [3.0, 3.0, 5.0]
+    (summary,) = summarize(store, "st")
+    assert summary.metric == "best value" and math.isnan(summary.final_se)
+
+
+def test_plot_writes_png(store, tmp_path):
+    _add(store, "branin", "gp", 0, [[0.0, 0.0], [1.0, 1.0]], [[-10.0], [-5.0]])
+    _add(store, "my:f", "gp", 0, [[0.0]], [[1.0]])
+    path = plot_study(store, "st", tmp_path / "sub" / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
