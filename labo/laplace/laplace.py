@@ -223,18 +223,29 @@ class LaplaceApproximation(nn.Module):
         """Laplace log marginal likelihood (see :mod:`labo.laplace.marglik`)."""
         return marglik.log_marginal_likelihood(self, prior_precision, noise_std)
 
-    def predictive(self, X: Tensor) -> tuple[Tensor, Tensor]:
+    def predictive(self, X: Tensor, mode: str = "auto") -> tuple[Tensor, Tensor]:
         """GLM predictive of the latent function: mean ``(..., n, K)``, cov ``(..., n, K, n, K)``.
 
         The covariance is joint over the ``n`` inputs and ``K`` outputs of each
         batch element and never across batch elements. Differentiable w.r.t. ``X``
         and the hyperparameters.
-        """
-        return predictive.glm_predictive(self, X)
 
-    def predictive_variance(self, X: Tensor) -> Tensor:
-        """Marginal GLM variances ``(..., n, K)``, without forming the joint covariance."""
-        return predictive.glm_variance(self, X)
+        Args:
+            X: Inputs ``(..., n, *input_shape)``.
+            mode: How ``J S Jᵀ`` is computed (same result up to round-off):
+                ``"auto"``, ``"factors"`` (closed forms, whole Linear layers only),
+                ``"jacobian"`` (``vmap`` over outputs) or ``"loop"`` (one output at a
+                time, memory independent of K). See :mod:`labo.laplace.jsjt`.
+        """
+        return predictive.glm_predictive(self, X, mode)
+
+    def predictive_variance(self, X: Tensor, mode: str = "auto") -> Tensor:
+        """Marginal GLM variances ``(..., n, K)``, without forming the joint covariance.
+
+        ``mode`` as in :meth:`predictive`; ``"loop"`` keeps peak memory at one
+        output's ``(rows, S)`` Jacobian, for many outputs (classes).
+        """
+        return predictive.glm_variance(self, X, mode)
 
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Draws ``(n_samples, S)`` of the selected weights from the posterior."""

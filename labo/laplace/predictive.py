@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vmap
 
-from labo.exceptions import HyperparameterError
-from labo.laplace.jacobians import chunk_rows, output_and_jacobian
+from labo.exceptions import HyperparameterError, StructureError
+from labo.laplace.jacobians import chunk_rows, network_output, output_and_jacobian
+from labo.laplace.jsjt import auto_mode, check_mode, loop_joint, loop_variance
 from labo.laplace.linear_factors import linear_factors
 
 
@@ -36,20 +37,41 @@ def _factors(la, rows: Tensor, lead: torch.Size, precision):
     return F.reshape(*lead, F.shape[-1]), [f.reshape_rows(lead) for f in factors]
 
 
-def glm_predictive(la, X: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean ``(..., n, K)`` and joint covariance ``(..., n, K, n, K)``."""
+def _mode(la, mode: str, precision, has_factors: bool) -> str:
+    check_mode(mode)
+    if mode == "factors" and not has_factors:
+        raise StructureError(
+            "mode='factors' needs whole Linear layers as Bayesian weights and a Full, Diagonal, Kron "
+            f"or Functional posterior; got weights={la.weights!r}, structure={la.structure!r}."
+        )
+    if mode == "auto":
+        return auto_mode(has_factors, int(la.n_outputs), la.n_weights)
+    return mode
+
+
+def glm_predictive(la, X: Tensor, mode: str = "auto") -> tuple[Tensor, Tensor]:
+    """Mean ``(..., n, K)`` and joint covariance ``(..., n, K, n, K)``; ``mode``: see :mod:`jsjt`."""
     precision = la.posterior_precision()
     lead, rows = la.split_inputs(X)
-    fac = _factors(la, rows, lead, precision)
-    if fac is not None:
-        F, factors = fac
-        n, K = F.shape[-2:]
-        cov = precision.quad_factors(factors)
-        return F, cov.reshape(*lead[:-1], n, K, n, K)
+    has_factors = la.factor_plan is not None and getattr(precision, "supports_factors", False)
+    mode = _mode(la, mode, precision, has_factors)
+    if mode == "factors":
+        fac = _factors(la, rows, lead, precision)
+        if fac is not None:
+            F, factors = fac
+            n, K = F.shape[-2:]
+            cov = precision.quad_factors(factors)
+            return F, cov.reshape(*lead[:-1], n, K, n, K)
+        mode = "jacobian"  # the network's layers did not run as planned (e.g. reused)
+    if mode == "loop":
+        K = int(la.n_outputs)
+        F = network_output(la.network, rows)
+        cov = loop_joint(la, rows, lead[:-1], lead[-1], precision, K)
+        return F.reshape(*lead, K), cov
     lead, K, F, J = _jacobians(la, X)
     batch, n = lead[:-1], lead[-1]
     Jb = J.reshape(*batch, n * K, la.n_weights)
-    cov = la.posterior_precision().quad(Jb)
+    cov = precision.quad(Jb)
     return F.reshape(*lead, K), cov.reshape(*batch, n, K, n, K)
 
 
@@ -71,15 +93,21 @@ def glm_layer_terms(la, X: Tensor):
     return F, list(precision.layer_terms(factors))
 
 
-def glm_variance(la, X: Tensor) -> Tensor:
-    """Marginal variances ``(..., n, K)``; rows are processed in memory-bounded chunks."""
+def glm_variance(la, X: Tensor, mode: str = "auto") -> Tensor:
+    """Marginal variances ``(..., n, K)``, never the joint covariance; ``mode``: see :mod:`jsjt`."""
     lead, rows = la.split_inputs(X)
     precision = la.posterior_precision()
     K = int(la.n_outputs)
-    fac = _factors(la, rows, lead, precision)
-    if fac is not None:
-        F, factors = fac
-        return precision.quad_diag_factors(factors).reshape(*lead, K)
+    has_factors = la.factor_plan is not None and getattr(precision, "supports_factors", False)
+    mode = _mode(la, mode, precision, has_factors)
+    if mode == "factors":
+        fac = _factors(la, rows, lead, precision)
+        if fac is not None:
+            F, factors = fac
+            return precision.quad_diag_factors(factors).reshape(*lead, K)
+        mode = "jacobian"
+    if mode == "loop":
+        return loop_variance(la, rows, precision, K).reshape(*lead, K)
     step = chunk_rows(rows.shape[0], K * la.n_weights)
     parts = []
     for start in range(0, rows.shape[0], step):
