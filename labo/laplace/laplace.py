@@ -247,6 +247,17 @@ class LaplaceApproximation(nn.Module):
         """
         return predictive.glm_variance(self, X, mode)
 
+    def predictive_probs(
+        self,
+        X: Tensor,
+        link: str = "probit",
+        n_samples: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Class probabilities ``(..., n, K)`` (classification): ``link="probit"`` from the
+        marginal variances only, or ``"mc"`` from ``n_samples`` linearised function samples."""
+        return predictive.class_probabilities(self, X, link, n_samples, generator)
+
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Draws ``(n_samples, S)`` of the selected weights from the posterior."""
         return predictive.sample_weights(self, n_samples, generator)

@@ -148,4 +148,41 @@ def predictive_samples(
     return out.reshape(n_samples, *lead, out.shape[-1])
 
 
-__all__ = ["glm_predictive", "glm_layer_terms", "glm_variance", "sample_weights", "predictive_samples"]
+def class_probabilities(
+    la,
+    X: Tensor,
+    link: str = "probit",
+    n_samples: int = 100,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Predictive class probabilities ``(..., n, K)`` of a classification posterior.
+
+    ``link="probit"``: ``softmax(f / sqrt(1 + π/8 · var))`` (MacKay's probit
+    approximation), which needs only the marginal variances (never a ``K x K``
+    block). ``link="mc"``: the mean of ``softmax`` over ``n_samples`` linearised
+    function samples ``f(x) + J(x)(θ_s − θ̂)``, drawn by ``jvp`` in weight space at a
+    cost independent of K.
+    """
+    if la.likelihood != "classification":
+        raise HyperparameterError(
+            f"class_probabilities needs a classification posterior, got likelihood={la.likelihood!r}."
+        )
+    if link == "probit":
+        lead, rows = la.split_inputs(X)
+        F = network_output(la.network, rows).reshape(*lead, -1)
+        var = glm_variance(la, X)
+        return torch.softmax(F / torch.sqrt(1 + torch.pi / 8 * var), dim=-1)
+    if link == "mc":
+        samples = predictive_samples(la, X, n_samples, generator, linearized=True)
+        return torch.softmax(samples, dim=-1).mean(0)
+    raise HyperparameterError(f"link must be 'probit' or 'mc', got {link!r}.")
+
+
+__all__ = [
+    "class_probabilities",
+    "glm_predictive",
+    "glm_layer_terms",
+    "glm_variance",
+    "sample_weights",
+    "predictive_samples",
+]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from labo.exceptions import StructureError
+from labo.exceptions import HyperparameterError, StructureError
 from labo.laplace import AllWeights, Diagonal, Full, Functional, Kron, LastLayer, WeightMask, fit_laplace
 from labo.laplace.jsjt import auto_mode
 from tests._reference import dense_precision, dense_predictive
@@ -59,3 +59,27 @@ def test_mode_errors_and_auto_rule():
     assert auto_mode(True, 10, 10) == "factors"
     assert auto_mode(False, 2, 1000) == "jacobian"
     assert auto_mode(False, 10_000, 100_000) == "loop"
+
+
+def test_class_probabilities_probit_and_mc():
+    net, X, Y = make_problem("classification", (3, 5, 3), n=10)
+    la = fit_laplace(net, X, Y, "classification", AllWeights(), Full(), 0.7)
+    H = dense_precision(net, X, Y, "classification", AllWeights(), "full", torch.tensor(0.7), None)
+    Xt = torch.randn(4, 3, dtype=torch.float64)
+    F, cov = dense_predictive(net, Xt, AllWeights(), H)
+    var = torch.stack([torch.diagonal(cov[i, :, i, :]) for i in range(4)])
+    probit = torch.softmax(F / torch.sqrt(1 + torch.pi / 8 * var), -1)
+    torch.testing.assert_close(la.predictive_probs(Xt), probit, rtol=1e-8, atol=1e-10)
+    # MC: the mean of softmax over samples of N(F, cov_i) per row, up to sampling error
+    g = torch.Generator().manual_seed(0)
+    mc = la.predictive_probs(Xt, link="mc", n_samples=20000, generator=g)
+    z = torch.randn(20000, 4, 3, dtype=torch.float64, generator=g)
+    Ls = torch.stack([torch.linalg.cholesky(cov[i, :, i, :] + 1e-12 * torch.eye(3)) for i in range(4)])
+    ref = torch.softmax(F + torch.einsum("rkl,srl->srk", Ls, z), -1).mean(0)
+    torch.testing.assert_close(mc.sum(-1), torch.ones(4, dtype=torch.float64))
+    assert (mc - ref).abs().max() < 0.01
+    la_reg = fit_laplace(*make_problem("regression", (3, 5, 1), n=10), "regression", AllWeights(), Full())
+    with pytest.raises(HyperparameterError, match="classification"):
+        la_reg.predictive_probs(Xt)
+    with pytest.raises(HyperparameterError, match="link"):
+        la.predictive_probs(Xt, link="logit")
