@@ -32,7 +32,7 @@ class ModelFunctionSamples:
     standardisation and outcome transform (undone on the outputs) and output subsets.
 
     Args:
-        model: A fitted ``LaplaceModel`` (not conditioned on extra observations).
+        model: A fitted ``LaplaceModel`` (possibly conditioned on unbatched observations).
         samples: Function samples of ``model.laplace`` (z-space, transformed inputs).
     """
 
@@ -87,9 +87,14 @@ def model_function_samples(
     if not getattr(model, "is_fitted", False):
         raise NotFittedError("model_function_samples needs a fitted LaplaceModel (fit_laplace_model).")
     if getattr(model, "_conditioning", None) is not None:
-        raise NotImplementedError(
-            "Function samples of a conditioned (fantasy) LaplaceModel are not supported; "
-            "draw them from the unconditioned model."
+        if model.batch_shape != torch.Size([]):
+            raise NotImplementedError(
+                f"Function samples of a batched conditioned (fantasy) LaplaceModel (batch_shape "
+                f"{tuple(model.batch_shape)}) are not supported; condition on unbatched data."
+            )
+        # exact samples of the conditioned linearised posterior (e.g. with pending points)
+        return ModelFunctionSamples(
+            model, model._conditioned_laplace().sample_functions(num_samples, generator)
         )
     return ModelFunctionSamples(model, sample_functions(model.laplace, num_samples, generator))
 

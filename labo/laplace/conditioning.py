@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from labo.exceptions import HyperparameterError, InputShapeError, NonFiniteInputError
+from labo.laplace.function_samples import FunctionSamples
 from labo.laplace.functional import FunctionalPrecision
 from labo.laplace.jacobians import output_and_jacobian
 from labo.laplace.linear_factors import LayerFactors, linear_factors
@@ -270,6 +271,22 @@ class ConditionedLaplace:
             var = self.precision.quad_diag(J.reshape(*lead[:-1], -1, la.n_weights))
         b = torch.broadcast_shapes(var.shape[:-1], self.batch_shape)
         return var.expand(*b, var.shape[-1]).reshape(*b, lead[-1], -1)
+
+    def sample_functions(self, num_samples: int, generator: torch.Generator | None = None) -> FunctionSamples:
+        """Posterior functions of the conditioned posterior (unbatched conditioning only).
+
+        ``f_s(x) = f(x; θ̂) + J(x)(θ̄ − θ̂ + δ_s)`` with ``δ_s ~ N(0, H'⁻¹)``; see
+        :mod:`labo.laplace.function_samples`.
+        """
+        if self.batch_shape != torch.Size([]):
+            raise NotImplementedError(
+                f"sample_functions of a batched conditioned posterior (batch {tuple(self.batch_shape)}): "
+                "condition on unbatched data."
+            )
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise HyperparameterError(f"num_samples must be a positive int, got {num_samples!r}.")
+        deltas = self.delta + self.precision.sample(num_samples, generator)
+        return FunctionSamples(self.la, deltas.detach())
 
 
 def condition(la, X_c: Tensor, Y_c: Tensor, noise: Tensor | float | None = None) -> ConditionedLaplace:

@@ -101,7 +101,23 @@ def test_bad_input(model_2d):
     with pytest.raises(HyperparameterError, match="num_restarts"):
         optimize_function_samples(samples, BOUNDS2, num_restarts=0)
     cond = model_2d.condition_on_observations(
-        torch.rand(2, 2, dtype=torch.float64), torch.rand(2, 1).double()
+        torch.rand(3, 2, 2, dtype=torch.float64), torch.rand(3, 2, 1, dtype=torch.float64)
     )
-    with pytest.raises(NotImplementedError, match="conditioned"):
+    with pytest.raises(NotImplementedError, match="batched conditioned"):
         model_function_samples(cond, 2)
+
+
+def test_conditioned_model_samples_match_its_posterior(model_2d):
+    """Samples of a model conditioned on (pending) points follow the conditioned posterior."""
+    Xp = torch.tensor([[0.5, 0.5], [2.0, 1.0]], dtype=torch.float64)
+    cond = model_2d.condition_on_observations(Xp, model_2d.posterior(Xp).mean.detach() + 1.0)
+    X = torch.tensor([[0.5, 0.6], [1.5, 2.5]], dtype=torch.float64)
+    n = 4000
+    with torch.no_grad():
+        y = model_function_samples(cond, n, torch.Generator().manual_seed(5))(X)[..., 0]
+        post = cond.posterior(X)
+    mean, var = post.mean[..., 0], post.variance[..., 0]
+    assert ((y.mean(0) - mean).abs() <= 5 * (var / n).sqrt()).all()
+    assert ((y.var(0) - var).abs() <= 5 * var * (2 / n) ** 0.5).all()
+    # and differ from the unconditioned model's near the conditioning points
+    assert (post.variance < model_2d.posterior(X).variance).all()

@@ -155,6 +155,22 @@ def test_woodbury_samples_have_the_conditioned_covariance():
     assert ((emp - cov).abs() <= 5 * sd).all()
 
 
+@pytest.mark.parametrize("structure", [Functional(), Kron()], ids=repr)
+def test_conditioned_function_samples_match_conditioned_predictive(structure):
+    la, net, X, Y, Xc, Yc, Xt = _setup(structure, K=1)
+    post = condition(la, Xc, Yc)
+    n = 20000
+    s = post.sample_functions(n, torch.Generator().manual_seed(1))(Xt)[..., 0]  # n x 4
+    mean, cov = post.predictive(Xt)
+    mean, cov = mean[:, 0], cov.reshape(4, 4)
+    emp = (s - mean).T @ (s - mean) / n
+    sd = torch.sqrt((cov.diagonal().outer(cov.diagonal()) + cov.pow(2)) / n)
+    assert ((emp - cov).abs() <= 5 * sd).all()
+    assert ((s.mean(0) - mean).abs() <= 5 * (cov.diagonal() / n).sqrt()).all()
+    with pytest.raises(NotImplementedError, match="batched"):
+        condition(la, Xc, Yc.expand(2, 3, 1)).sample_functions(2)
+
+
 def test_sequential_block_updates_equal_one_update():
     la, net, X, Y, Xc, Yc, Xt = _setup(Functional(), n_c=4)
     joint = condition(la, Xc, Yc)
