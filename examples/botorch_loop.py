@@ -9,7 +9,11 @@ passes ``warm_start=`` so that each refit starts from the previous network
 weights and hyperparameters instead of training from scratch.
 
 Prints, per iteration and surrogate, the best value found so far and the time
-spent fitting and optimising the acquisition function.
+spent fitting and optimising the acquisition function. The example shows the
+mechanics, not a win: in a full run (15 iterations of q=2 after 12 Sobol points,
+seed 0) the GP reached 3.12 and LaplaceModel 1.65 (the optimum is 3.32), at
+about the same time per iteration (warm refits of about 0.5 s). With 12-42 points
+in 6 dimensions a GP is hard to beat; docs/guide.md says where LaplaceModel pays off.
 
 Run: ``python examples/botorch_loop.py`` (add ``--smoke`` for a 2-iteration check,
 ``--surrogate laplace`` to run one surrogate only, ``--out DIR`` to write a JSON

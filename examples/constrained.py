@@ -98,7 +98,12 @@ def fit_feasibility(X: Tensor, labels: Tensor, steps: int) -> LaplaceApproximati
 
 
 def probability_feasible(la: LaplaceApproximation, X: Tensor) -> Tensor:
-    """``batch x q x 2`` inputs -> ``batch x q`` probabilities, differentiable in ``X``."""
+    """``batch x q x 2`` inputs -> ``batch x q`` probabilities, differentiable in ``X``.
+
+    With two classes only the logit difference matters, and its variance needs the
+    covariance between the two logits, which ``la.predictive_probs(X)`` (the
+    multi-class probit from marginal variances only) leaves out.
+    """
     mean, cov = la.predictive(X)  # batch x q x 2 and batch x q x 2 x q x 2
     q = X.shape[-2]
     idx = torch.arange(q)

@@ -13,7 +13,8 @@ and outside the data: it should grow from the first to the last.
 
 Classification: an MLP 2-16-16-2 is trained on two Gaussian blobs; the Laplace
 posterior over its logits (Kron, all weights; Full, last layer) gives class
-probabilities by the probit approximation ``softmax(μ / sqrt(1 + π σ² / 8))``.
+probabilities by the probit approximation ``softmax(μ / sqrt(1 + π σ² / 8))``
+(``la.predictive_probs(X)``; ``link="mc"`` averages over function samples instead).
 The Laplace probabilities are less extreme than the MAP network's, most of all
 between the blobs and away from the data (how much depends on the tuned prior;
 tanh networks saturate, so far away neither goes back to 0.5).
@@ -119,13 +120,6 @@ def regression(smoke: bool):
     return X, Y, X_test, net(X_test).detach().squeeze(-1), bands
 
 
-def probit_probabilities(la, X):
-    """Class probabilities from the Gaussian over logits: softmax(μ / sqrt(1 + π σ² / 8))."""
-    mean = la.network(X)
-    var = la.predictive_variance(X)
-    return torch.softmax(mean / (1 + math.pi * var / 8).sqrt(), -1)
-
-
 def classification(smoke: bool):
     g = torch.Generator().manual_seed(2)
     n = 100
@@ -143,8 +137,8 @@ def classification(smoke: bool):
         fits[key] = la
     with torch.no_grad():
         p_map = torch.softmax(net(X_probe), -1).max(-1).values
-        p_kron = probit_probabilities(fits["kron"], X_probe).max(-1).values
-        p_last = probit_probabilities(fits["last"], X_probe).max(-1).values
+        p_kron = fits["kron"].predictive_probs(X_probe).max(-1).values
+        p_last = fits["last"].predictive_probs(X_probe).max(-1).values
     for x, a, b, c in zip(X_probe.tolist(), p_map, p_kron, p_last, strict=True):
         print(f"({x[0]:4.1f}, {x[1]:4.1f}) | {float(a):9.3f} | {float(b):9.3f} | {float(c):16.3f}")
     return X, labels, fits["kron"]
@@ -174,7 +168,7 @@ def plot(path: Path, reg, cls):
     grid = torch.linspace(-6, 6, 80, dtype=torch.float64)
     G = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), -1).reshape(-1, 2)
     with torch.no_grad():
-        conf = probit_probabilities(la, G).max(-1).values.reshape(80, 80)
+        conf = la.predictive_probs(G).max(-1).values.reshape(80, 80)
     ax = axes[-1]
     im = ax.contourf(grid, grid, conf, levels=20, vmin=0.5, vmax=1.0)
     ax.scatter(Xc[:, 0], Xc[:, 1], c=labels, s=6, cmap="coolwarm")
