@@ -31,6 +31,22 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _main(
+    threads: int = typer.Option(
+        1,
+        help="torch threads of this process. The surrogates are small: one thread is fastest; "
+        "use --workers for parallelism.",
+    ),
+) -> None:
+    """Bayesian optimisation with Laplace-approximated neural-network surrogates."""
+    if threads < 1:
+        _fail(BenchmarkError(f"threads must be a positive integer, got {threads}."))
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _fail(err: Exception) -> None:
     typer.echo(f"Error: {err}", err=True)
     raise typer.Exit(code=2)

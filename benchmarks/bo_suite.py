@@ -1,0 +1,83 @@
+"""The BO benchmark suite (issue 7): labo's surrogates vs SingleTaskGP vs Sobol, side by side.
+
+Runs every (problem, method, seed) with the suite's protocol (``labo.bench.runner``),
+stores every evaluation in an SQLite study, then prints the table of final log10
+regret (mean ± standard error over seeds) and seconds per iteration, and writes
+``benchmarks/results/bo_suite_<tag>.json`` (summary + config) and ``.png`` (curves).
+
+Example (the full protocol takes hours on 2 cores; the documented runs are reduced):
+
+    .venv/bin/python benchmarks/bo_suite.py --problems branin,hartmann6 \
+        --methods laplace,gp,sobol --seeds 3 --budget-scale 0.3 --tag small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from labo.bench.plots import format_table, plot_study, summarize
+from labo.bench.problems import ProblemObjective, get_problem
+from labo.bench.runner import run_bo, spec_from_problem
+from labo.bench.store import open_store
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--problems", default="branin,hartmann6")
+    parser.add_argument("--methods", default="laplace,gp,sobol")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--budget-scale", type=float, default=1.0)
+    parser.add_argument("--num-restarts", type=int, default=10)
+    parser.add_argument("--raw-samples", type=int, default=512)
+    parser.add_argument("--tag", default="suite")
+    parser.add_argument("--db", default=None, help="study database (default: results/bo_suite_<tag>.db)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (as `labo --threads`)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    db = args.db or str(RESULTS / f"bo_suite_{args.tag}.db")
+    problems, methods = args.problems.split(","), args.methods.split(",")
+    config = {k: v for k, v in vars(args).items() if k not in ("db", "resume", "threads")}
+    t0 = time.perf_counter()
+    with open_store(db) as store:
+        store.create_study(args.tag, config, args.resume)
+        for name in problems:
+            problem = get_problem(name)
+            for seed in range(args.seeds):
+                for method in methods:  # methods side by side on the same seed (paired design)
+                    spec = spec_from_problem(
+                        args.tag, problem, method, seed, args.budget_scale,
+                        num_restarts=args.num_restarts, raw_samples=args.raw_samples,
+                    )  # fmt: skip
+                    t_run = time.perf_counter()
+                    run_bo(spec, ProblemObjective(name), store)
+                    print(f"{name} {method} seed {seed}: {time.perf_counter() - t_run:.1f} s", flush=True)
+        summaries = summarize(store, args.tag)
+        png = plot_study(store, args.tag, RESULTS / f"bo_suite_{args.tag}.png")
+    table = format_table(summaries)
+    print(table)
+    payload = {
+        "config": config,
+        "seconds_total": time.perf_counter() - t0,
+        "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version()},
+        "summary": [s.__dict__ for s in summaries],
+    }
+    out = RESULTS / f"bo_suite_{args.tag}.json"
+    out.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {out} and {png} (database {db})")
+
+
+if __name__ == "__main__":
+    main()
