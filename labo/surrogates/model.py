@@ -41,7 +41,7 @@ from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, WeightMas
 from labo.laplace.conditioning import ConditionedLaplace, condition
 from labo.laplace.functional import Functional, prefer_functional
 from labo.laplace.predictive import glm_layer_terms
-from labo.laplace.structures import Structure
+from labo.laplace.structures import SharedRows, Structure
 from labo.laplace.subnetworks import WeightStrategy, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
@@ -81,6 +81,14 @@ def _check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | 
             raise NonFiniteInputError(
                 f"train_Yvar must be finite and non-negative; min {float(train_Yvar.min()):.3g}."
             )
+
+
+def _one_output_rows(Pa: Tensor, Pb) -> Tensor:
+    """Output-side factors ``(..., n, out)`` of a one-output model's layer term."""
+    if isinstance(Pb, SharedRows):  # output layer: the same row for every input
+        M = torch.ones(1, 1, dtype=Pa.dtype, device=Pa.device) if Pb.M is None else Pb.M
+        return M[0].expand(*Pa.shape[:-1], M.shape[-1])
+    return Pb[..., 0, :]
 
 
 class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
@@ -450,7 +458,7 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         if outcome_transform is not None:
             mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
             var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
-        terms = [(Pa, Pb[..., 0, :], w * var_scale) for Pa, Pb, w in terms]
+        terms = [(Pa, _one_output_rows(Pa, Pb), w * var_scale) for Pa, Pb, w in terms]
         covar = LayerFactorCovariance.symmetric(terms)
         return GPyTorchPosterior(distribution=MultivariateNormal(mean, covar))
 
