@@ -186,6 +186,53 @@ def kfac_layer_plan(network: nn.Module, subset: ResolvedSubset) -> tuple[list, T
     return blocks, rest_idx
 
 
+def _kfac_from_linear_factors(network, layer_names, likelihood, X, n_outputs, noise_var):
+    """K-FAC ``(A, G)`` from one forward and K backward passes per chunk of rows (see
+    :mod:`labo.laplace.linear_factors`), or None where those factors do not apply.
+
+    ``G = Σ_n B_nᵀ Λ_n B_n`` is contracted without per-row ``K x K`` matrices; for the
+    output layer ``B_n = I`` and ``G = Σ_n Λ_n`` needs no backward pass at all.
+    """
+    modules = dict(network.named_modules())
+    plan = [(n, modules[n].bias is not None) for n in layer_names]
+    per_row = n_outputs * sum(modules[n].out_features for n in layer_names)
+    step = chunk_rows(X.shape[0], per_row)
+    A = [None] * len(plan)
+    G = [None] * len(plan)
+    for start in range(0, X.shape[0], step):
+        res = linear_factors(network, plan, X[start : start + step])
+        if res is None:
+            return None
+        F, factors = res
+        p = torch.softmax(F, dim=-1) if likelihood == "classification" else None
+        v = None if noise_var is None else noise_var[start : start + step]
+        for i, lf in enumerate(factors):
+            a = lf.a
+            if lf.has_bias:
+                a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
+            if p is not None:  # Λ_n = diag(p) - p pᵀ
+                if lf.identity:
+                    g = torch.diag(p.sum(0)) - p.T @ p
+                else:
+                    Bp = torch.einsum("nk,nko->no", p, lf.b)
+                    g = torch.einsum("nk,nko,nkq->oq", p, lf.b, lf.b) - Bp.T @ Bp
+            elif v is not None:  # Λ_n = diag(1 / v_n)
+                g = (
+                    torch.diag((1 / v).sum(0))
+                    if lf.identity
+                    else torch.einsum("nko,nk,nkq->oq", lf.b, 1 / v, lf.b)
+                )
+            else:  # Λ_n = I
+                if lf.identity:
+                    g = a.shape[0] * torch.eye(lf.n_out, dtype=a.dtype, device=a.device)
+                else:
+                    g = torch.einsum("nko,nkq->oq", lf.b, lf.b)
+            A[i] = a.T @ a if A[i] is None else A[i] + a.T @ a
+            G[i] = g if G[i] is None else G[i] + g
+    n = X.shape[0]
+    return [(a / n, g) for a, g in zip(A, G, strict=True)]
+
+
 def kfac_factors(
     network: nn.Module,
     layer_names: list[str],
@@ -201,6 +248,9 @@ def kfac_factors(
     """
     if not layer_names:
         return []
+    fast = _kfac_from_linear_factors(network, layer_names, likelihood, X, n_outputs, noise_var)
+    if fast is not None:
+        return fast
     modules = dict(network.named_modules())
     layers = [(n, modules[n]) for n in layer_names]
     params = {n: p.detach() for n, p in network.named_parameters()}
