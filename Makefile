@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python examples/quickstart.py
+	$(VENV)/bin/labo demo
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

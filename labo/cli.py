@@ -203,8 +203,8 @@ def _split(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
 @app.command()
 def demo(
     out: str = typer.Option("labo-demo", help="Folder for the plot, table, export and database."),
-    seeds: int = typer.Option(2, help="Seeds per (problem, method)."),
-    budget_scale: float = typer.Option(0.2, help="Fraction of the suite's BO evaluations to run."),
+    seeds: int = typer.Option(3, help="Seeds per (problem, method)."),
+    budget_scale: float = typer.Option(0.25, help="Fraction of the suite's BO evaluations to run."),
     resume: bool = typer.Option(False, help="Continue an interrupted demo instead of starting over."),
 ) -> None:
     """LaplaceModel vs SingleTaskGP vs Sobol on Branin and Hartmann6 (about 3 minutes on 2 cores).
