@@ -195,8 +195,11 @@ def _kfac_from_linear_factors(network, layer_names, likelihood, X, n_outputs, no
     """
     modules = dict(network.named_modules())
     plan = [(n, modules[n].bias is not None) for n in layer_names]
-    per_row = n_outputs * sum(modules[n].out_features for n in layer_names)
-    step = chunk_rows(X.shape[0], per_row)
+    # Memory per row: the output gradients of the inner layers (the output layer stores none).
+    outs = [modules[n].out_features for n in layer_names]
+    if outs[-1] == n_outputs:
+        outs = outs[:-1]
+    step = chunk_rows(X.shape[0], max(1, n_outputs * sum(outs)))
     A = [None] * len(plan)
     G = [None] * len(plan)
     for start in range(0, X.shape[0], step):

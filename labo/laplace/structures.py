@@ -111,6 +111,14 @@ class SharedRows:
 
     def __init__(self, M: Tensor | None, perm: Tensor | None = None):
         self.M, self.perm = M, perm
+        self._M2: Tensor | None = None
+
+    @property
+    def M2(self) -> Tensor:
+        """``M ∘ M``, computed once (a ``K x K`` product per call otherwise)."""
+        if self._M2 is None:
+            self._M2 = self.M.pow(2)
+        return self._M2
 
 
 def signed_permutation(Q: Tensor) -> Tensor | None:
@@ -180,7 +188,7 @@ def layer_quad_diag(terms) -> Tensor:
             base = Pa.pow(2) @ w.transpose(-1, -2)  # (..., n, out)
             term = _shared_select(base, Pb)
             if term is None:
-                term = base @ Pb.M.pow(2).transpose(-1, -2)
+                term = base @ Pb.M2.transpose(-1, -2)
         else:
             term = ((Pb.pow(2) @ w) * Pa.pow(2).unsqueeze(-2)).sum(-1)
         out = term if out is None else out + term
@@ -369,12 +377,12 @@ class KronPrecision:
         # Jacobian-free path (labo.laplace.linear_factors) when every weight is in a block.
         self.supports_factors = r_index.numel() == 0
         # Output-layer G factors are often (signed) permutations: regression's G ∝ I.
-        self._perms = [signed_permutation(QG) for _, QG, _, _ in self.blocks]
+        self._shared = [SharedRows(QG, signed_permutation(QG)) for _, QG, _, _ in self.blocks]
 
     def layer_terms(self, factors):
         """Per layer ``(Pa, Pb, w)``: rotated factors and inverse eigenvalues (see :func:`layer_quad`)."""
-        for lf, (_, QG, QA, e), perm in zip(factors, self.blocks, self._perms, strict=True):
-            Pb = SharedRows(QG, perm) if lf.identity else lf.b @ QG
+        for lf, (_, QG, QA, e), shared in zip(factors, self.blocks, self._shared, strict=True):
+            Pb = shared if lf.identity else lf.b @ QG
             yield augmented_inputs(lf) @ QA, Pb, 1.0 / e
 
     def quad_factors(self, factors) -> Tensor:
