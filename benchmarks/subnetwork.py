@@ -265,6 +265,8 @@ def run_bo(args) -> list[dict]:
             row = bo_run(method, seed, args, dims)
             row["wall_s"] = time.perf_counter() - t0
             rows.append(row)
+            out = {"env": environment(), "config": vars(args), "rows": rows, "complete": False}
+            Path(BO_OUT).write_text(json.dumps(out, indent=1))  # partial results survive a kill
             print(
                 f"seed {seed} {method:12s} final regret {row['final_regret']:.3f}  "
                 f"fit {row['fit_s_mean']:.2f}s acq {row['acq_s_mean']:.2f}s per iteration "
@@ -317,9 +319,8 @@ def main():
         Path(SCALING_OUT).write_text(json.dumps({"env": environment(), "rows": rows}, indent=1))
     if args.part in ("bo", "all"):
         rows = run_bo(args)
-        Path(BO_OUT).write_text(
-            json.dumps({"env": environment(), "config": vars(args), "rows": rows}, indent=1)
-        )
+        out = {"env": environment(), "config": vars(args), "rows": rows, "complete": True}
+        Path(BO_OUT).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
