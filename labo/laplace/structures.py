@@ -229,10 +229,10 @@ class FullPrecision:
         """``Σ`` as ``(K, in, K, in)`` when the only Bayesian layer is the output layer, else None."""
         if len(factors) != 1 or not factors[0].identity:
             return None
-        index, K = self.layer_index[0], factors[0].n_out
-        if self._cov is None:
-            self._cov = self.covariance()
-        return self._cov[index][:, index].reshape(K, -1, K, index.numel() // K)
+        if self._cov is None:  # Σ's (K, in, K, in) blocks, gathered once per posterior
+            index, K = self.layer_index[0], factors[0].n_out
+            self._cov = self.covariance()[index][:, index].reshape(K, -1, K, index.numel() // K)
+        return self._cov
 
     def quad_factors(self, factors) -> Tensor:
         """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)``; last layer: ``ã Σ_{k,l} ãᵀ`` from the blocks of ``Σ``."""
@@ -251,7 +251,7 @@ class FullPrecision:
         if S4 is None:
             return self.quad_diag(self._jacobian(factors))
         a = augmented_inputs(factors[0])
-        Sd = S4.diagonal(dim1=0, dim2=2)  # (in, in, K)
+        Sd = S4.diagonal(dim1=0, dim2=2)  # (in, in, K): Σ_kk blocks
         out = torch.einsum("...ri,ijk,...rj->...rk", a, Sd, a)
         return out.reshape(*out.shape[:-2], -1)
 
@@ -302,6 +302,7 @@ class DiagonalPrecision:
         self.h = scale * c + prior
         self.layer_index: list[Tensor] | None = None
         self.supports_factors = False
+        self._w: list[Tensor] | None = None
 
     def bind_layers(self, layer_index: list[Tensor]) -> DiagonalPrecision:
         """Enable the Jacobian-free path.
@@ -317,13 +318,13 @@ class DiagonalPrecision:
 
     def layer_terms(self, factors):
         """Per layer ``(ã, b, 1/h)`` in the ``(out, in + bias)`` layout (see :func:`layer_quad`)."""
-        for lf, index in zip(factors, self.layer_index, strict=True):
-            Pb = SharedRows(None) if lf.identity else lf.b
-            yield (
-                augmented_inputs(lf),
-                Pb,
-                1.0 / self.h[index].reshape(lf.n_out if lf.identity else lf.b.shape[-1], -1),
-            )
+        if self._w is None:  # the layers' covariance blocks 1/h in the (out, in + bias) layout
+            self._w = [
+                1.0 / self.h[index].reshape(lf.n_out if lf.identity else lf.b.shape[-1], -1)
+                for lf, index in zip(factors, self.layer_index, strict=True)
+            ]
+        for lf, w in zip(factors, self._w, strict=True):
+            yield augmented_inputs(lf), SharedRows(None) if lf.identity else lf.b, w
 
     def quad_factors(self, factors) -> Tensor:
         """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` from per-layer factors of the rows."""
@@ -378,12 +379,17 @@ class KronPrecision:
         self.supports_factors = r_index.numel() == 0
         # Output-layer G factors are often (signed) permutations: regression's G ∝ I.
         self._shared = [SharedRows(QG, signed_permutation(QG)) for _, QG, _, _ in self.blocks]
+        self._inv_e: list[Tensor] | None = None
 
     def layer_terms(self, factors):
         """Per layer ``(Pa, Pb, w)``: rotated factors and inverse eigenvalues (see :func:`layer_quad`)."""
-        for lf, (_, QG, QA, e), shared in zip(factors, self.blocks, self._shared, strict=True):
+        if self._inv_e is None:
+            self._inv_e = [1.0 / e for _, _, _, e in self.blocks]
+        for lf, (_, QG, QA, _), shared, w in zip(
+            factors, self.blocks, self._shared, self._inv_e, strict=True
+        ):
             Pb = shared if lf.identity else lf.b @ QG
-            yield augmented_inputs(lf) @ QA, Pb, 1.0 / e
+            yield augmented_inputs(lf) @ QA, Pb, w
 
     def quad_factors(self, factors) -> Tensor:
         """``J H⁻¹ Jᵀ`` ``(..., n·K, n·K)`` from per-layer factors of the rows."""
