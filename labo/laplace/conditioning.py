@@ -11,7 +11,7 @@ one Newton step of the linearised model. Two exact updates, no refactorisation:
 
 * function space (``Functional()``): ``H'`` has ``q`` more GGN rows; its ``N x N``
   Cholesky factor grows by a block from triangular solves (``O(N² q)``), see
-  ``FunctionalPrecision.extend``. Used when the conditioning inputs are not batched.
+  :mod:`labo.laplace.functional_update`. Used when the conditioning inputs are not batched.
 * weight space (every structure, batched inputs): Woodbury,
   ``H'⁻¹ = H⁻¹ − U C⁻¹ Uᵀ`` with ``U = H⁻¹ J_cᵀ`` (``q`` solves) and the ``q x q``
   matrix ``C = J_c U + V`` (:class:`WoodburyPrecision`).
@@ -30,6 +30,7 @@ from torch import Tensor
 from labo.exceptions import HyperparameterError, InputShapeError, NonFiniteInputError
 from labo.laplace.function_samples import FunctionSamples
 from labo.laplace.functional import FunctionalPrecision
+from labo.laplace.functional_update import extend_functional
 from labo.laplace.jacobians import output_and_jacobian
 from labo.laplace.linear_factors import LayerFactors, linear_factors
 from labo.laplace.predictive import _factors
@@ -212,7 +213,7 @@ class ConditionedLaplace:
                 if res is not None:
                     rs = row_scale.reshape(n_c, K, 1)
                     new_factors = [LayerFactors(f.name, f.a, f.b * rs, f.has_bias) for f in res[1]]
-            self.precision = base.extend(J_c * row_scale.unsqueeze(-1), new_factors)
+            self.precision = extend_functional(base, J_c * row_scale.unsqueeze(-1), new_factors)
             self.delta = self.precision.solve((J_c / v.unsqueeze(-1)).T @ resid.reshape(-1, n_c * K).T).T
             self.delta = self.delta.reshape(*resid.shape[:-1], S)
         else:

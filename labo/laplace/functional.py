@@ -17,7 +17,7 @@ With a scalar prior the eigenvalues ``g`` of ``R Rᵀ`` are computed once, after
 which ``log det H`` costs ``O(N)`` per hyperparameter step.
 
 New observations extend ``R`` by rows and the Cholesky factor of ``M`` by a block
-(``FunctionalPrecision.extend``, ``O(N² q)``: exact conditioning, see
+(``O(N² q)``: exact conditioning, see ``labo.laplace.functional_update`` and
 ``labo.laplace.conditioning``). For large ``n``, ``Functional(context_points=M)`` uses
 only ``M`` context points chosen greedily or at random (:func:`select_context`): an
 approximation whose error against the exact posterior is reported in
@@ -140,47 +140,6 @@ class FunctionalPrecision:
 
     def precision(self) -> Tensor:
         return self.scale * self.R.T @ self.R + torch.diag(self.prior)
-
-    def extend(self, R_new: Tensor, new_factors: list[LayerFactors] | None = None) -> FunctionalPrecision:
-        """The precision with more data rows, ``H + s · R_newᵀ R_new``, by a Cholesky block update.
-
-        The new ``M`` is ``[[M, B R_newᵀ], [R_new Bᵀ, R_new Λ₀⁻¹ R_newᵀ + I/s]]``; its
-        Cholesky factor keeps ``L`` and adds the block ``C = (L⁻¹ B R_newᵀ)ᵀ`` (triangular
-        solves, ``O(N² q)``) and ``L₂₂ = chol(M₂₂ − C Cᵀ)`` (``O(N q² + q³)``) instead of
-        refactorising in ``O((N + q)³)``. Equals refitting on the union of the rows.
-
-        Args:
-            R_new: New GGN square-root rows ``(q, S)`` (for Gaussian observations with noise
-                variances ``v``: ``J / sqrt(s v)`` row-wise).
-            new_factors: Per-layer factors of the new rows with the same row scaling (keeps
-                the Jacobian-free path); ignored when this precision has none.
-        """
-        q, N = R_new.shape[0], self.R.shape[0]
-        new = FunctionalPrecision.__new__(FunctionalPrecision)
-        new.prior, new.scale, new._eig, new.dinv = self.prior, self.scale, None, self.dinv
-        new.layer_priors = self.layer_priors
-        new.train_factors = None
-        eye = torch.eye(q, dtype=R_new.dtype, device=R_new.device)
-        B_new = R_new * self.dinv
-        if self.train_factors is not None and new_factors is not None:
-            M12 = kernel_from_factors(self.train_factors, new_factors, self.layer_priors).reshape(N, q)
-            M22 = kernel_from_factors(new_factors, new_factors, self.layer_priors).reshape(q, q)
-            new.train_factors = [
-                LayerFactors(a.name, torch.cat([a.a, b.a]), torch.cat([a.b, b.b]), a.has_bias)
-                for a, b in zip(self.train_factors, new_factors, strict=True)
-            ]
-        else:
-            M12 = self.B @ R_new.T
-            M22 = B_new @ R_new.T
-        M22 = M22 + eye / self.scale
-        C = torch.linalg.solve_triangular(self.L, M12, upper=False).T  # (q, N)
-        L22 = robust_cholesky(M22 - C @ C.T)
-        new.R = torch.cat([self.R, R_new])
-        new.B = torch.cat([self.B, B_new])
-        new.M = torch.cat([torch.cat([self.M, M12], 1), torch.cat([M12.T, M22], 1)])
-        zeros = torch.zeros(N, q, dtype=R_new.dtype, device=R_new.device)
-        new._L = torch.cat([torch.cat([self.L, zeros], 1), torch.cat([C, L22], 1)])
-        return new
 
     def covariance(self) -> Tensor:
         return torch.diag(self.dinv) - self.B.T @ torch.cholesky_solve(self.B, self.L)

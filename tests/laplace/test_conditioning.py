@@ -12,6 +12,7 @@ from labo.exceptions import HyperparameterError, InputShapeError, NonFiniteInput
 from labo.laplace import AllWeights, Diagonal, Full, Functional, Kron, WeightMask, fit_laplace
 from labo.laplace.conditioning import WoodburyPrecision, condition
 from labo.laplace.functional import FunctionalPrecision
+from labo.laplace.functional_update import ExtendedFunctionalPrecision, extend_functional
 from tests._reference import dense_precision, subset_jacobian
 from tests.conftest import make_problem
 
@@ -69,7 +70,7 @@ def test_condition_equals_dense_update(structure, weights):
     torch.testing.assert_close(post.precision.logdet(), torch.linalg.slogdet(H2)[1], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(post.precision.precision(), H2, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(post.precision.covariance(), torch.linalg.inv(H2), rtol=1e-7, atol=1e-9)
-    kind = FunctionalPrecision if isinstance(structure, Functional) else WoodburyPrecision
+    kind = ExtendedFunctionalPrecision if isinstance(structure, Functional) else WoodburyPrecision
     assert isinstance(post.precision, kind)
 
 
@@ -176,8 +177,13 @@ def test_sequential_block_updates_equal_one_update():
     joint = condition(la, Xc, Yc)
     first = condition(la, Xc[:2], Yc[:2])
     # GGN rows of the new points: J / sqrt(s v) = J, since s = 1/σ² and v = σ²
-    second = first.precision.extend(subset_jacobian(net, Xc[2:], la.weights)[1].reshape(-1, la.n_weights))
+    second = extend_functional(
+        first.precision, subset_jacobian(net, Xc[2:], la.weights)[1].reshape(-1, la.n_weights)
+    )
+    assert len(second.blocks) == 3  # training rows, then two updates: no N x S copies
     torch.testing.assert_close(second.L, joint.precision.L, rtol=1e-9, atol=1e-11)
+    V = torch.randn(la.n_weights, 2, dtype=torch.float64)
+    torch.testing.assert_close(second.solve(V), joint.precision.solve(V), rtol=1e-8, atol=1e-10)
     Jt = subset_jacobian(net, Xt, la.weights)[1].reshape(8, -1)
     torch.testing.assert_close(second.quad(Jt), joint.predictive(Xt)[1].reshape(8, 8), rtol=1e-8, atol=1e-10)
 
