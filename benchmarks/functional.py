@@ -2,7 +2,8 @@
 
 MLPs at their random initialisation (the cost does not depend on the weights), float64,
 d = 10, one output: ``small`` 10-100-100-1 (P = 11,301) and ``large`` 10-300-300-1
-(P = 93,901). Every measurement runs in its own subprocess so that its peak memory
+(P = 93,901). Every measurement runs in its own subprocess (one torch thread by default, see
+``--threads``) so that its peak memory
 (peak RSS minus the RSS after building the data) is its own; a run past ``--cap``
 seconds is killed and reported as such.
 
@@ -38,6 +39,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -161,25 +163,30 @@ def child_conditioning(structure: str) -> dict:
     la = fit_laplace(net, X, Y, structure=structure_of(structure), prior_precision=1.0, noise_std=0.1)
     la.posterior_precision()
     condition(la, Xc[:1], Yc[:1]).predictive(X_test[:4])  # warm-up (first torch.func calls)
-    t0 = time.perf_counter()
-    post = condition(la, Xc, Yc)
-    t1 = time.perf_counter()
-    _, cov_c = post.predictive(X_test)
-    t2 = time.perf_counter()
-    union = fit_laplace(
-        net, torch.cat([X, Xc]), torch.cat([Y, Yc]), structure=structure_of(structure), noise_std=0.1
-    )
-    union.posterior_precision()
-    t3 = time.perf_counter()
-    _, cov_r = union.predictive(X_test)
-    t4 = time.perf_counter()
+    runs = []
+    for _ in range(3):  # median of 3: the shared machine's load varies
+        t0 = time.perf_counter()
+        post = condition(la, Xc, Yc)
+        t1 = time.perf_counter()
+        _, cov_c = post.predictive(X_test)
+        t2 = time.perf_counter()
+        union = fit_laplace(
+            net, torch.cat([X, Xc]), torch.cat([Y, Yc]), structure=structure_of(structure), noise_std=0.1
+        )
+        union.posterior_precision()
+        t3 = time.perf_counter()
+        _, cov_r = union.predictive(X_test)
+        t4 = time.perf_counter()
+        runs.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+    c, cp, r, rp = (statistics.median(x) for x in zip(*runs, strict=True))
     res = {
-        "condition_s": t1 - t0,
-        "condition_predict_s": t2 - t1,
-        "refit_s": t3 - t2,
-        "refit_predict_s": t4 - t3,
-        "speedup_update": (t3 - t2) / (t1 - t0),
-        "speedup_with_predictive": (t4 - t2) / (t2 - t0),
+        "condition_s": c,
+        "condition_predict_s": cp,
+        "refit_s": r,
+        "refit_predict_s": rp,
+        "speedup_update": r / c,
+        "speedup_with_predictive": (r + rp) / (c + cp),
+        "runs": runs,
     }
     res["max_abs_cov_diff_vs_refit"] = float((cov_c.reshape(100, 100) - cov_r.reshape(100, 100)).abs().max())
     return res
@@ -271,7 +278,7 @@ def part_scaling(cap: float, structures=("Functional", "Kron", "Full"), previous
 
 
 def part_conditioning(cap: float) -> list[dict]:
-    print("\n## conditioning on q = 4 points at n = 1000 (P = 11,301) vs refit on the union")
+    print("\n## conditioning on q = 4 points at n = 1000 (P = 11,301) vs refit on the union (median of 3)")
     rows = []
     for structure in ("Functional", "Kron"):
         res = run_child(cap, "conditioning", structure)
@@ -330,11 +337,18 @@ def main():
         default="Functional,Kron,Full",
         help="scaling part: structures to run; the others' rows are kept from the existing --out JSON",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (default 1: on a shared, oversubscribed machine MKL's threaded "
+        "eigh slows down 100x or more)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = json.loads(args.child)
-        torch.set_num_threads(2)
+        torch.set_num_threads(int(os.environ.get("LABO_BENCH_THREADS", "1")))
         print(json.dumps(CHILDREN[kind](*rest)))
         return
     parts = ["conditioning", "context", "scaling"] if args.part == "all" else [args.part]
@@ -343,12 +357,17 @@ def main():
         "conditioning": part_conditioning,
         "context": part_context,
     }
+    os.environ["LABO_BENCH_THREADS"] = str(args.threads)
     if args.quick:
         os.environ["LABO_BENCH_QUICK"] = "1"
         print("--quick: tiny sizes, the numbers mean nothing")
     out_path = Path(args.out)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
-    results["machine"] = {"platform": platform.platform(), "torch": torch.__version__, "threads": 2}
+    results["machine"] = {
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+    }
     for part in parts:
         if part == "scaling":
             results[part] = part_scaling(args.cap, args.structures.split(","), results.get("scaling", []))
