@@ -6,6 +6,8 @@ Public API::
     from labo.laplace import AllWeights, LastLayer, WeightMask
 """
 
+from labo.laplace.conditioning import ConditionedLaplace, condition
+from labo.laplace.function_samples import FunctionSamples, sample_functions
 from labo.laplace.functional import Functional
 from labo.laplace.laplace import LaplaceApproximation, fit_laplace
 from labo.laplace.marglik import log_marginal_likelihood, optimize_hyperparameters
@@ -24,6 +26,8 @@ from labo.laplace.subsets import AllWeights, LastLayer, WeightMask, WeightSubset
 
 __all__ = [
     "AllWeights",
+    "ConditionedLaplace",
+    "FunctionSamples",
     "Diagonal",
     "Full",
     "Functional",
@@ -35,6 +39,7 @@ __all__ = [
     "WeightStrategy",
     "WeightSubset",
     "by_module",
+    "condition",
     "fit_laplace",
     "largest_magnitude",
     "largest_variance",
@@ -42,6 +47,7 @@ __all__ = [
     "log_marginal_likelihood",
     "optimize_hyperparameters",
     "random_weights",
+    "sample_functions",
     "union",
     "union_of",
 ]

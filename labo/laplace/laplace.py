@@ -280,6 +280,26 @@ class LaplaceApproximation(nn.Module):
         """
         return predictive.predictive_samples(self, X, n_samples, generator, linearized)
 
+    def condition(self, X_new: Tensor, Y_new: Tensor, noise=None):
+        """The posterior conditioned on new observations, exactly, at the same linearisation.
+
+        A Gaussian update (block Cholesky in function space, Woodbury in weight space)
+        in ``O(n² q)``, no refit; see :func:`labo.laplace.conditioning.condition`.
+
+        Args:
+            X_new: ``(..., q, d)`` new inputs.
+            Y_new: ``(..., q, K)`` new targets; a batch of targets for the same inputs
+                (fantasies) shares one factorisation.
+            noise: Noise variances broadcastable to the targets (default ``noise_std²``).
+
+        Returns:
+            A :class:`labo.laplace.conditioning.ConditionedLaplace` with ``predictive``,
+            ``predictive_variance`` and ``sample_functions``.
+        """
+        from labo.laplace.conditioning import condition
+
+        return condition(self, X_new, Y_new, noise)
+
     def sample_functions(self, num_samples: int, generator: torch.Generator | None = None):
         """``num_samples`` deterministic posterior functions ``f_s(x) = f(x) + J(x)(θ_s − θ̂)``.
 

@@ -204,3 +204,13 @@ def test_bad_input():
     lac = fit_laplace(netc, Xk, Yk, "classification", structure=Full())
     with pytest.raises(ValueError, match="regression"):
         condition(lac, Xk[:2], torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_condition_method_and_public_names():
+    """``la.condition`` is ``condition(la, ...)``; the names are exported from labo.laplace."""
+    import labo.laplace as L
+
+    la, net, X, Y, Xc, Yc, Xt = _setup(Full())
+    a, b = la.condition(Xc, Yc).predictive(Xt), condition(la, Xc, Yc).predictive(Xt)
+    torch.testing.assert_close(a, b)
+    assert L.condition is condition and callable(L.sample_functions) and L.ConditionedLaplace
