@@ -1,0 +1,65 @@
+"""The core and the model on a CUDA device: same numbers as on the CPU, outputs on the device.
+
+Skipped where CUDA is absent (CI runs on CPUs); run on a GPU machine with
+``python -m pytest tests/cuda -q``.
+"""
+
+import copy
+
+import pytest
+import torch
+from botorch.acquisition import qLogNoisyExpectedImprovement
+from botorch.models.transforms import Normalize, Standardize
+from botorch.optim import optimize_acqf
+
+from labo.laplace import AllWeights, Diagonal, Full, Functional, Kron, LastLayer, fit_laplace
+from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
+from tests.conftest import make_problem
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("structure", [Full(), Diagonal(), Kron(), Functional()], ids=repr)
+@pytest.mark.parametrize("weights", [AllWeights(), LastLayer()], ids=repr)
+@pytest.mark.parametrize(
+    ("likelihood", "sizes"), [("regression", (3, 8, 8, 2)), ("classification", (3, 8, 4))]
+)
+def test_core_on_cuda_equals_cpu(structure, weights, likelihood, sizes):
+    net, X, Y = make_problem(likelihood, sizes, n=20)
+    Xt = torch.randn(2, 5, sizes[0], dtype=torch.float64)
+    la_cpu = fit_laplace(net, X, Y, likelihood, weights, structure, 0.7, 0.3)
+    net_gpu = copy.deepcopy(net).to(CUDA)
+    la_gpu = fit_laplace(net_gpu, X.to(CUDA), Y.to(CUDA), likelihood, weights, structure, 0.7, 0.3)
+    Xg = Xt.to(CUDA).requires_grad_(True)
+    mean, cov = la_gpu.predictive(Xg)
+    var = la_gpu.predictive_variance(Xg)
+    lml = la_gpu.log_marginal_likelihood()
+    assert mean.device.type == cov.device.type == var.device.type == lml.device.type == "cuda"
+    m_ref, c_ref = la_cpu.predictive(Xt)
+    torch.testing.assert_close(mean.cpu(), m_ref, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(cov.cpu(), c_ref, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(lml.cpu(), la_cpu.log_marginal_likelihood(), rtol=1e-8, atol=1e-8)
+    (g,) = torch.autograd.grad(cov.sum() + var.sum(), Xg)
+    Xc = Xt.clone().requires_grad_(True)
+    _, c2 = la_cpu.predictive(Xc)
+    (g_ref,) = torch.autograd.grad(c2.sum() + la_cpu.predictive_variance(Xc).sum(), Xc)
+    torch.testing.assert_close(g.cpu(), g_ref, rtol=1e-7, atol=1e-9)
+    samples = la_gpu.predictive_samples(Xg.detach(), 8, torch.Generator(device=CUDA).manual_seed(0))
+    assert samples.device.type == "cuda" and torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("n", [20, 300])  # Functional by default at n=20, Kron (lazy covariance) at 300
+def test_model_fit_and_qlognei_on_cuda(n):
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    X = torch.rand(n, 4, dtype=torch.float64, device=CUDA, generator=g)
+    Y = torch.sin(6 * X).sum(-1, keepdim=True)
+    model = LaplaceModel(X, Y, input_transform=Normalize(4), outcome_transform=Standardize(1))
+    fit_laplace_model(model, FitOptions(max_epochs_cold=200, hyper_steps_cold=20))
+    post = model.posterior(torch.rand(3, 70, 4, dtype=torch.float64, device=CUDA))
+    assert post.mean.device.type == "cuda" and post.variance.device.type == "cuda"
+    acq = qLogNoisyExpectedImprovement(model, X_baseline=X)
+    bounds = torch.stack([torch.zeros(4), torch.ones(4)]).double().to(CUDA)
+    cand, val = optimize_acqf(acq, bounds=bounds, q=2, num_restarts=2, raw_samples=32)
+    assert cand.device.type == "cuda" and torch.isfinite(val).all()
+    assert ((cand >= 0) & (cand <= 1)).all()
