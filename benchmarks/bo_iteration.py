@@ -24,12 +24,12 @@ def objective(X):
     import torch
 
     g = torch.Generator().manual_seed(123)
-    W = torch.randn(X.shape[-1], 8, generator=g, dtype=X.dtype) / X.shape[-1] ** 0.5
+    W = (torch.randn(X.shape[-1], 8, generator=g, dtype=X.dtype) / X.shape[-1] ** 0.5).to(X.device)
     Z = (X - 0.5) @ W * 6
     return (torch.sin(Z).sum(-1) - 0.1 * Z.pow(2).sum(-1)).unsqueeze(-1)
 
 
-def run_one(method: str, n: int, d: int) -> dict:
+def run_one(method: str, n: int, d: int, device: str = "cpu") -> dict:
     import resource
 
     import torch
@@ -38,9 +38,10 @@ def run_one(method: str, n: int, d: int) -> dict:
     from botorch.optim import optimize_acqf
 
     torch.manual_seed(0)
-    X = torch.rand(n, d, dtype=torch.float64)
+    X = torch.rand(n, d, dtype=torch.float64).to(device)
     Y = objective(X)
-    bounds = torch.stack([torch.zeros(d), torch.ones(d)]).double()
+    bounds = torch.stack([torch.zeros(d), torch.ones(d)]).double().to(device)
+    sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)
     out = {"method": method, "n": n, "d": d}
     t0 = time.perf_counter()
     if method == "LaplaceModel":
@@ -63,14 +64,19 @@ def run_one(method: str, n: int, d: int) -> dict:
 
         model = SingleTaskGP(X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1))
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    sync()
     out["fit_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True)
     cand, _ = optimize_acqf(acqf, bounds=bounds, q=4, num_restarts=10, raw_samples=512)
+    sync()
     out["acq_s"] = time.perf_counter() - t0
     out["iteration_s"] = out["fit_s"] + out["acq_s"]
     out["best_candidate_value"] = float(objective(cand).max())
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if X.is_cuda:
+        out["device"] = torch.cuda.get_device_name()
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -80,17 +86,18 @@ def main():
     parser.add_argument("--methods", default="LaplaceModel,SingleTaskGP")
     parser.add_argument("--cap", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--out", default="benchmarks/results/bo_iteration.json")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (data and models on it)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        method, n, d = args.one.split(":")
-        print(json.dumps(run_one(method, int(n), int(d))))
+        method, n, d, device = args.one.split(":")
+        print(json.dumps(run_one(method, int(n), int(d), device)))
         return
     rows = []
     for size in args.sizes.split(","):
         n, d = map(int, size.split("x"))
         for method in args.methods.split(","):
-            cmd = [sys.executable, __file__, "--one", f"{method}:{n}:{d}"]
+            cmd = [sys.executable, __file__, "--one", f"{method}:{n}:{d}:{args.device}"]
             t0 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.cap)
