@@ -112,6 +112,23 @@ class SharedRows:
     def __init__(self, M: Tensor | None, perm: Tensor | None = None):
         self.M, self.perm = M, perm
         self._M2: Tensor | None = None
+        self._V: tuple[Tensor, Tensor] | None = None
+
+    def variance_weights(self, w: Tensor) -> Tensor:
+        """``V[k, i] = Σ_g M[k, g]² w[g, i]`` ``(K, in)``, computed once per ``w``.
+
+        The marginal variance of output ``k`` is then ``Σ_i Pa[r, i]² V[k, i]``: one
+        ``(n x in) @ (in x K)`` product per call, whatever the basis ``M``.
+        """
+        if self._V is None or self._V[0] is not w:
+            if self.M is None:
+                V = w
+            elif self.perm is not None:
+                V = w[self.perm]
+            else:
+                V = self.M2 @ w
+            self._V = (w, V)
+        return self._V[1]
 
     @property
     def M2(self) -> Tensor:
@@ -179,16 +196,14 @@ def layer_quad(terms) -> Tensor:
 def layer_quad_diag(terms) -> Tensor:
     """Diagonal ``(..., n·K)`` of :func:`layer_quad`, in ``O(n K (out · in))``.
 
-    For the output layer (:class:`SharedRows`) it is ``(Pa² @ wᵀ)`` gathered or
-    multiplied by ``(M²)ᵀ``: the last-layer closed form, no ``K x K`` block per row.
+    For the output layer (:class:`SharedRows`) it is ``Pa² @ Vᵀ`` with the per-posterior
+    ``V = M² w`` (:meth:`SharedRows.variance_weights`): the last-layer closed form, one
+    ``(n x in) @ (in x K)`` product per call and no ``K x K`` block per row.
     """
     out = None
     for Pa, Pb, w in terms:
         if isinstance(Pb, SharedRows):
-            base = Pa.pow(2) @ w.transpose(-1, -2)  # (..., n, out)
-            term = _shared_select(base, Pb)
-            if term is None:
-                term = base @ Pb.M2.transpose(-1, -2)
+            term = Pa.pow(2) @ Pb.variance_weights(w).transpose(-1, -2)  # (..., n, K)
         else:
             term = ((Pb.pow(2) @ w) * Pa.pow(2).unsqueeze(-2)).sum(-1)
         out = term if out is None else out + term
