@@ -207,7 +207,8 @@ def thompson_candidates(
     if isinstance(q, bool) or not isinstance(q, int) or q < 1:
         raise HyperparameterError(f"q must be a positive int, got {q!r}.")
     samples = model_function_samples(model, q, generator)
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    gen_device = generator.device if generator is not None else "cpu"
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=gen_device))
     X, _ = optimize_function_samples(
         samples, bounds, objective, maximize, num_restarts, raw_samples, seed, options
     )

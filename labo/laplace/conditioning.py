@@ -35,6 +35,7 @@ from labo.laplace.jacobians import output_and_jacobian
 from labo.laplace.linear_factors import LayerFactors, linear_factors
 from labo.laplace.predictive import _factors
 from labo.laplace.structures import robust_cholesky
+from labo.laplace.validation import randn
 
 
 def jvp_from_factors(la, factors: list[LayerFactors], V: Tensor) -> Tensor:
@@ -132,7 +133,7 @@ class WoodburyPrecision:
         """Matheron's rule: ``δ' = δ − U C⁻¹ (J_c δ + ε)``, ``δ ~ N(0, H⁻¹)``: ``(n, S)`` (unbatched)."""
         delta = self.base.sample(n, generator)  # (n, S)
         kw = {"generator": generator, "dtype": delta.dtype, "device": delta.device}
-        eps = torch.randn(n, self.noise.shape[-1], **kw) * self.noise.sqrt()
+        eps = randn(n, self.noise.shape[-1], **kw) * self.noise.sqrt()
         a = torch.cholesky_solve((delta @ self.Jc.T + eps).T, self.L_C)  # (m, n)
         return delta - (self.U @ a).T
 

@@ -41,6 +41,7 @@ from labo.laplace.linear_factors import (
 )
 from labo.laplace.structures import Curvature, Structure, robust_cholesky
 from labo.laplace.subsets import ResolvedSubset
+from labo.laplace.validation import randn
 
 
 class FunctionalPrecision:
@@ -133,8 +134,8 @@ class FunctionalPrecision:
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         S, N = self.R.shape[1], self.R.shape[0]
         kw = {"generator": generator, "dtype": self.R.dtype, "device": self.R.device}
-        z0 = torch.randn(S, n, **kw) * self.dinv.sqrt().unsqueeze(-1)
-        eps = torch.randn(N, n, **kw) / self.scale.sqrt()
+        z0 = randn(S, n, **kw) * self.dinv.sqrt().unsqueeze(-1)
+        eps = randn(N, n, **kw) / self.scale.sqrt()
         u = self.R @ z0 + eps
         return (z0 - self.B.T @ torch.cholesky_solve(u, self.L)).T
 

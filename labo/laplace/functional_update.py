@@ -24,6 +24,7 @@ from torch import Tensor
 from labo.laplace.functional import FunctionalPrecision
 from labo.laplace.linear_factors import LayerFactors, kernel_from_factors
 from labo.laplace.structures import robust_cholesky
+from labo.laplace.validation import randn
 
 
 class ExtendedFunctionalPrecision(FunctionalPrecision):
@@ -87,8 +88,8 @@ class ExtendedFunctionalPrecision(FunctionalPrecision):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         S = self.dinv.shape[0]
         kw = {"generator": generator, "dtype": self.dinv.dtype, "device": self.dinv.device}
-        z0 = torch.randn(S, n, **kw) * self.dinv.sqrt().unsqueeze(-1)
-        eps = torch.randn(self.n_rows, n, **kw) / self.scale.sqrt()
+        z0 = randn(S, n, **kw) * self.dinv.sqrt().unsqueeze(-1)
+        eps = randn(self.n_rows, n, **kw) / self.scale.sqrt()
         u = self._rows_times(z0) + eps
         return (z0 - self._B_transpose_times(torch.cholesky_solve(u, self.L))).T
 

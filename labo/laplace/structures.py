@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from labo.exceptions import NotFittedError, NumericalError, NumericalWarning
 from labo.laplace.curvature import ggn, kfac_factors, kfac_layer_plan
 from labo.laplace.subsets import ResolvedSubset
+from labo.laplace.validation import randn
 
 # Relative jitter levels tried, in order, when a Cholesky factorisation fails.
 JITTERS = (1e-10, 1e-8, 1e-6, 1e-4)
@@ -300,7 +301,7 @@ class FullPrecision:
         return self._whiten(J).pow(2).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(self.H.shape[0], n, generator=generator, dtype=self.H.dtype, device=self.H.device)
+        z = randn(self.H.shape[0], n, generator=generator, dtype=self.H.dtype, device=self.H.device)
         return torch.linalg.solve_triangular(self.L.T, z, upper=True).T
 
     def precision(self) -> Tensor:
@@ -362,7 +363,7 @@ class DiagonalPrecision:
         return (J.pow(2) / self.h).sum(-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, self.h.shape[0], generator=generator, dtype=self.h.dtype, device=self.h.device)
+        z = randn(n, self.h.shape[0], generator=generator, dtype=self.h.dtype, device=self.h.device)
         return z / self.h.sqrt()
 
     def precision(self) -> Tensor:
@@ -462,7 +463,7 @@ class KronPrecision:
         return self._apply(V, -1.0)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(self.S, n, generator=generator, dtype=self.dtype, device=self.device)
+        z = randn(self.S, n, generator=generator, dtype=self.dtype, device=self.device)
         out = torch.zeros_like(z)
         r_index, h = self.rest
         out[r_index] = z[r_index] / h.sqrt().unsqueeze(-1)

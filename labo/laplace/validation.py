@@ -56,3 +56,13 @@ def as_positive_tensor(
     if not torch.isfinite(t).all() or not (t > 0).all():
         raise HyperparameterError(f"{name} must be positive and finite, got {t.detach().tolist()}.")
     return t
+
+
+def randn(*shape: int, generator: torch.Generator | None, dtype: torch.dtype, device) -> Tensor:
+    """Standard normal draws on ``device``, taken from ``generator``'s own device.
+
+    A CPU generator then gives the same numbers whatever the device of the
+    posterior, and a CUDA generator works for CUDA posteriors.
+    """
+    source = generator.device if generator is not None else device
+    return torch.randn(*shape, generator=generator, dtype=dtype, device=source).to(device)

@@ -63,3 +63,20 @@ def test_model_fit_and_qlognei_on_cuda(n):
     cand, val = optimize_acqf(acq, bounds=bounds, q=2, num_restarts=2, raw_samples=32)
     assert cand.device.type == "cuda" and torch.isfinite(val).all()
     assert ((cand >= 0) & (cand <= 1)).all()
+
+
+@pytest.mark.parametrize("gen_device", ["cpu", "cuda"])
+def test_samples_and_thompson_with_generators_on_cuda(gen_device):
+    from labo.acquisition import thompson_candidates
+
+    net, X, Y = make_problem("regression", (3, 8, 1), n=20)
+    X, Y, net = X.to(CUDA), Y.to(CUDA), copy.deepcopy(net).to(CUDA)
+    model = LaplaceModel(X, Y, network=net)
+    fit_laplace_model(model, FitOptions(max_epochs_cold=100, hyper_steps_cold=10))
+    gen = torch.Generator(device=gen_device).manual_seed(0)
+    draws = model.laplace.sample_parameters(4, gen)
+    assert draws.device.type == "cuda"
+    bounds = torch.stack([X.min(0).values, X.max(0).values])
+    gen = torch.Generator(device=gen_device).manual_seed(0)
+    cand = thompson_candidates(model, bounds, q=2, num_restarts=2, raw_samples=16, generator=gen)
+    assert cand.shape == (2, 3) and cand.device.type == "cuda"
