@@ -36,11 +36,15 @@ def test_async_bo_keeps_both_workers_busy_with_pending_points(tmp_path, objectiv
     rows = result.evaluations
     assert len(rows) == 8 and all(r.status == "ok" for r in rows) and calls == ["ok"] * 8
     assert len(seen) == 4
-    # Every proposal after the initial design was made while the other worker was busy:
-    # one point pending, and it is a stored point still being evaluated.
+    # Proposals are made while the other worker is busy: its point is pending (a stored
+    # point still being evaluated). Only when both workers finished at the same moment
+    # (the two initial evaluations start together) is a proposal made with none pending,
+    # and then the next one has the first as pending.
     stored = torch.tensor([r.x for r in rows], dtype=torch.float64)
-    for _, X_pending in seen:
-        assert X_pending is not None and X_pending.shape == (1, 2)
+    with_pending = [p for _, p in seen if p is not None]
+    assert len(with_pending) >= len(seen) - 1
+    for X_pending in with_pending:
+        assert X_pending.shape == (1, 2)
         assert torch.cdist(X_pending, stored).min() < 1e-9
     # The two workers overlap: the next proposal is stored before the previous one finishes.
     bo = [r for r in rows if r.iteration > 0]
