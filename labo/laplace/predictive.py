@@ -37,8 +37,10 @@ def _factors(la, rows: Tensor, lead: torch.Size, precision):
     return F.reshape(*lead, F.shape[-1]), [f.reshape_rows(lead) for f in factors]
 
 
-def _mode(la, mode: str, precision, has_factors: bool) -> str:
+def _mode(la, mode: str, precision) -> str:
+    """The backend mode to use (see :mod:`labo.laplace.jsjt`), checked against the posterior."""
     check_mode(mode)
+    has_factors = la.factor_plan is not None and getattr(precision, "supports_factors", False)
     if mode == "factors" and not has_factors:
         raise StructureError(
             "mode='factors' needs whole Linear layers as Bayesian weights and a Full, Diagonal, Kron "
@@ -53,8 +55,7 @@ def glm_predictive(la, X: Tensor, mode: str = "auto") -> tuple[Tensor, Tensor]:
     """Mean ``(..., n, K)`` and joint covariance ``(..., n, K, n, K)``; ``mode``: see :mod:`jsjt`."""
     precision = la.posterior_precision()
     lead, rows = la.split_inputs(X)
-    has_factors = la.factor_plan is not None and getattr(precision, "supports_factors", False)
-    mode = _mode(la, mode, precision, has_factors)
+    mode = _mode(la, mode, precision)
     if mode == "factors":
         fac = _factors(la, rows, lead, precision)
         if fac is not None:
@@ -98,8 +99,7 @@ def glm_variance(la, X: Tensor, mode: str = "auto") -> Tensor:
     lead, rows = la.split_inputs(X)
     precision = la.posterior_precision()
     K = int(la.n_outputs)
-    has_factors = la.factor_plan is not None and getattr(precision, "supports_factors", False)
-    mode = _mode(la, mode, precision, has_factors)
+    mode = _mode(la, mode, precision)
     if mode == "factors":
         fac = _factors(la, rows, lead, precision)
         if fac is not None:
