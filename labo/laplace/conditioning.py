@@ -33,8 +33,8 @@ from labo.laplace.functional import FunctionalPrecision
 from labo.laplace.functional_update import extend_functional
 from labo.laplace.jacobians import output_and_jacobian
 from labo.laplace.linear_factors import LayerFactors, linear_factors
+from labo.laplace.precisions import robust_cholesky
 from labo.laplace.predictive import _factors
-from labo.laplace.structures import robust_cholesky
 from labo.laplace.validation import randn
 
 

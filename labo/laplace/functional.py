@@ -39,7 +39,8 @@ from labo.laplace.linear_factors import (
     linear_factors,
     per_tensor_prior,
 )
-from labo.laplace.structures import Curvature, Structure, robust_cholesky
+from labo.laplace.precisions import robust_cholesky
+from labo.laplace.structures import Curvature, Structure
 from labo.laplace.subsets import ResolvedSubset
 from labo.laplace.validation import randn
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from labo.laplace.functional import FunctionalPrecision
 from labo.laplace.linear_factors import LayerFactors, kernel_from_factors
-from labo.laplace.structures import robust_cholesky
+from labo.laplace.precisions import robust_cholesky
 from labo.laplace.validation import randn
 
 

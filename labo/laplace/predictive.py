@@ -81,7 +81,7 @@ def glm_layer_terms(la, X: Tensor):
 
     Available for weight-space structures with a Jacobian-free path (Kron, Diagonal)
     when the selected weights are whole Linear layers: the joint covariance is then
-    ``structures.layer_quad`` of the terms, which callers may keep unevaluated.
+    ``layer_quads.layer_quad`` of the terms, which callers may keep unevaluated.
     """
     precision = la.posterior_precision()
     if not hasattr(precision, "layer_terms"):

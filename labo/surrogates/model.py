@@ -40,8 +40,9 @@ from labo.exceptions import (
 from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, WeightMask
 from labo.laplace.conditioning import ConditionedLaplace, condition
 from labo.laplace.functional import Functional, prefer_functional
+from labo.laplace.layer_quads import SharedRows
 from labo.laplace.predictive import glm_layer_terms
-from labo.laplace.structures import SharedRows, Structure
+from labo.laplace.structures import Structure
 from labo.laplace.subnetworks import WeightStrategy, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs

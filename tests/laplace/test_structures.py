@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labo.laplace.functional import FunctionalPrecision
-from labo.laplace.structures import DiagonalPrecision, FullPrecision, KronPrecision
+from labo.laplace.precisions import DiagonalPrecision, FullPrecision, KronPrecision
 
 
 def _spd(n, seed, rank=None):
