@@ -25,8 +25,14 @@ matrix, built on first use and kept.
 from __future__ import annotations
 
 import torch
+from botorch.models.transforms.outcome import Standardize
+from botorch.posteriors.gpytorch import GPyTorchPosterior
+from gpytorch.distributions import MultivariateNormal
 from linear_operator.operators import DenseLinearOperator, LinearOperator
 from torch import Tensor
+
+from labo.laplace.layer_quads import SharedRows
+from labo.laplace.predictive import glm_layer_terms
 
 _FIELDS = 5  # per layer: a_L, b_L, a_R, b_R, w
 
@@ -130,4 +136,35 @@ class LayerFactorCovariance(LinearOperator):
         return self.__class__(*[t.expand(*batch_shape, *t.shape[-2:]) for t in self._args])
 
 
-__all__ = ["LayerFactorCovariance"]
+def _one_output_rows(Pa: Tensor, Pb) -> Tensor:
+    """Output-side factors ``(..., n, out)`` of a one-output model's layer term."""
+    if isinstance(Pb, SharedRows):  # output layer: the same row for every input
+        M = torch.ones(1, 1, dtype=Pa.dtype, device=Pa.device) if Pb.M is None else Pb.M
+        return M[0].expand(*Pa.shape[:-1], M.shape[-1])
+    return Pb[..., 0, :]
+
+
+def one_output_posterior(la, X_tf: Tensor, y_mean: Tensor, y_scale: Tensor, outcome_transform):
+    """The GLM posterior of a one-output model with a :class:`LayerFactorCovariance`, or None.
+
+    ``y_mean``/``y_scale`` undo the model's internal standardisation; a BoTorch
+    ``Standardize`` outcome transform is folded in too (any other transform: None,
+    the caller takes the dense path). None also where the structure has no
+    per-layer factors (Functional, Full, partial masks).
+    """
+    if outcome_transform is not None and type(outcome_transform) is not Standardize:
+        return None
+    res = glm_layer_terms(la, X_tf)
+    if res is None:
+        return None
+    F, terms = res
+    mean = y_mean + y_scale * F[..., 0]
+    var_scale = y_scale.pow(2)
+    if outcome_transform is not None:
+        mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
+        var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
+    terms = [(Pa, _one_output_rows(Pa, Pb), w * var_scale) for Pa, Pb, w in terms]
+    return GPyTorchPosterior(distribution=MultivariateNormal(mean, LayerFactorCovariance.symmetric(terms)))
+
+
+__all__ = ["LayerFactorCovariance", "one_output_posterior"]

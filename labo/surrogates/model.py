@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from botorch.models.gpytorch import GPyTorchModel
 from botorch.models.model import FantasizeMixin
-from botorch.models.transforms.outcome import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from gpytorch.constraints import GreaterThan
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
@@ -40,13 +39,11 @@ from labo.exceptions import (
 from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, WeightMask
 from labo.laplace.conditioning import ConditionedLaplace, condition
 from labo.laplace.functional import Functional, prefer_functional
-from labo.laplace.layer_quads import SharedRows
-from labo.laplace.predictive import glm_layer_terms
 from labo.laplace.structures import Structure
 from labo.laplace.subnetworks import WeightStrategy, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
-from labo.surrogates.lazy_covariance import LayerFactorCovariance
+from labo.surrogates.lazy_covariance import one_output_posterior
 from labo.surrogates.networks import default_network
 
 # The default structure is Functional() up to this many training rows n·m, then Kron().
@@ -82,14 +79,6 @@ def _check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | 
             raise NonFiniteInputError(
                 f"train_Yvar must be finite and non-negative; min {float(train_Yvar.min()):.3g}."
             )
-
-
-def _one_output_rows(Pa: Tensor, Pb) -> Tensor:
-    """Output-side factors ``(..., n, out)`` of a one-output model's layer term."""
-    if isinstance(Pb, SharedRows):  # output layer: the same row for every input
-        M = torch.ones(1, 1, dtype=Pa.dtype, device=Pa.device) if Pb.M is None else Pb.M
-        return M[0].expand(*Pa.shape[:-1], M.shape[-1])
-    return Pb[..., 0, :]
 
 
 class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
@@ -448,20 +437,7 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         if X_tf.shape[-2] < LAZY_MIN_ROWS:
             return None
         outcome_transform = getattr(self, "outcome_transform", None)
-        if outcome_transform is not None and type(outcome_transform) is not Standardize:
-            return None
-        res = glm_layer_terms(self.laplace, X_tf)
-        if res is None:
-            return None
-        F, terms = res
-        mean = self.y_mean + self.y_scale * F[..., 0]
-        var_scale = self.y_scale.pow(2)
-        if outcome_transform is not None:
-            mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
-            var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
-        terms = [(Pa, _one_output_rows(Pa, Pb), w * var_scale) for Pa, Pb, w in terms]
-        covar = LayerFactorCovariance.symmetric(terms)
-        return GPyTorchPosterior(distribution=MultivariateNormal(mean, covar))
+        return one_output_posterior(self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform)
 
     def _subset_index(self, output_indices) -> list[int]:
         n = len(self._outputs)
