@@ -144,17 +144,82 @@ def _one_output_rows(Pa: Tensor, Pb) -> Tensor:
     return Pb[..., 0, :]
 
 
-def one_output_posterior(la, X_tf: Tensor, y_mean: Tensor, y_scale: Tensor, outcome_transform):
+def shared_prefix_rows(X: Tensor) -> int:
+    """Number of leading rows of ``X (..., R, d)`` shared by every t-batch and safe to compute once.
+
+    BoTorch's noisy acquisition functions (qNEI, qLogNEI, qNEHVI) evaluate the posterior
+    of ``cat([X_baseline.expand(...), X], -2)``: the same baseline rows in every t-batch.
+    Their factors can be computed once and broadcast. That is exact for the values; for
+    gradients it is exact only when nothing differentiates with respect to those rows,
+    so under autograd the rows are shared only where ``X`` is such a ``cat`` whose first
+    piece does not require grad (and whose second piece, a leaf, gives the split);
+    without autograd any prefix of rows equal in every t-batch is shared. Costs one
+    comparison of the prefix (one host sync on a GPU). Returns 0 when nothing is shared.
+    """
+    if X.dim() < 3 or X.shape[:-2].numel() < 2 or X.shape[-2] < 2:
+        return 0
+    R = X.shape[-2]
+    limit = R - 1
+    if torch.is_grad_enabled() and X.requires_grad:
+        limit = _no_grad_cat_prefix(X)
+        if limit <= 0:
+            return 0
+    flat = X.reshape(-1, R, X.shape[-1])[:, :limit]
+    equal = (flat == flat[:1]).all(-1).all(0)
+    return int(equal.to(torch.int64).cumprod(0).sum())
+
+
+def _no_grad_cat_prefix(X: Tensor) -> int:
+    """Rows of the first piece of ``X = cat([A, B], -2)`` when ``A`` does not require grad, else 0."""
+    fn = X.grad_fn
+    if fn is None or type(fn).__name__ != "CatBackward0" or len(fn.next_functions) != 2:
+        return 0
+    dim = getattr(fn, "_saved_dim", None)
+    if dim is None or dim not in (X.dim() - 2, -2, 2**64 - 2):
+        return 0
+    (first, _), (second, _) = fn.next_functions
+    if first is not None or type(second).__name__ != "AccumulateGrad":
+        return 0
+    return X.shape[-2] - second.variable.shape[-2]
+
+
+def _layer_terms_shared(la, X_tf: Tensor, shared: int):
+    """``glm_layer_terms`` with the first ``shared`` rows computed once for every t-batch."""
+    if shared <= 0:
+        return glm_layer_terms(la, X_tf)
+    lead = X_tf.shape[:-2]
+    first = X_tf[(0,) * len(lead)][:shared]
+    head, tail = glm_layer_terms(la, first), glm_layer_terms(la, X_tf[..., shared:, :])
+    if head is None or tail is None:
+        return None
+
+    def join(a: Tensor, b: Tensor) -> Tensor:
+        return torch.cat([a.expand(*lead, *a.shape), b], dim=-2)
+
+    F = join(head[0], tail[0])
+    terms = []
+    for (Pa0, Pb0, w), (Pa1, Pb1, _) in zip(head[1], tail[1], strict=True):
+        Pb = Pb1 if isinstance(Pb1, SharedRows) else join(Pb0.flatten(-2), Pb1.flatten(-2)).unflatten(
+            -1, Pb1.shape[-2:]
+        )
+        terms.append((join(Pa0, Pa1), Pb, w))
+    return F, terms
+
+
+def one_output_posterior(
+    la, X_tf: Tensor, y_mean: Tensor, y_scale: Tensor, outcome_transform, shared_rows: int = 0
+):
     """The GLM posterior of a one-output model with a :class:`LayerFactorCovariance`, or None.
 
     ``y_mean``/``y_scale`` undo the model's internal standardisation; a BoTorch
     ``Standardize`` outcome transform is folded in too (any other transform: None,
     the caller takes the dense path). None also where the structure has no
-    per-layer factors (Functional, Full, partial masks).
+    per-layer factors (Functional, Full, partial masks). The first ``shared_rows`` rows
+    are the same in every t-batch (:func:`shared_prefix_rows`) and computed once.
     """
     if outcome_transform is not None and type(outcome_transform) is not Standardize:
         return None
-    res = glm_layer_terms(la, X_tf)
+    res = _layer_terms_shared(la, X_tf, shared_rows)
     if res is None:
         return None
     F, terms = res
@@ -167,4 +232,4 @@ def one_output_posterior(la, X_tf: Tensor, y_mean: Tensor, y_scale: Tensor, outc
     return GPyTorchPosterior(distribution=MultivariateNormal(mean, LayerFactorCovariance.symmetric(terms)))
 
 
-__all__ = ["LayerFactorCovariance", "one_output_posterior"]
+__all__ = ["LayerFactorCovariance", "one_output_posterior", "shared_prefix_rows"]

@@ -43,7 +43,7 @@ from labo.laplace.structures import Structure
 from labo.laplace.subnetworks import WeightStrategy, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
-from labo.surrogates.lazy_covariance import one_output_posterior
+from labo.surrogates.lazy_covariance import one_output_posterior, shared_prefix_rows
 from labo.surrogates.networks import default_network
 
 # The default structure is Functional() up to this many training rows n·m, then Kron().
@@ -374,7 +374,7 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         self.eval()
         X_tf = self.transform_inputs(X)
         if observation_noise is False and output_indices is None:
-            lazy = self._lazy_posterior(X_tf)
+            lazy = self._lazy_posterior(X_tf, X)
             if lazy is not None:
                 return lazy if posterior_transform is None else posterior_transform(lazy)
         mean_z, cov_z = self._z_predictive(X_tf)
@@ -425,19 +425,23 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         one interleaved joint covariance, not the block-diagonal one it expects)."""
         return self.num_outputs == 1
 
-    def _lazy_posterior(self, X_tf: Tensor) -> GPyTorchPosterior | None:
+    def _lazy_posterior(self, X_tf: Tensor, X: Tensor) -> GPyTorchPosterior | None:
         """One-output posterior over many points with a factored (lazy) covariance, or None.
 
         Used for ``q >= LAZY_MIN_ROWS`` points when the structure allows it (see
         :mod:`labo.surrogates.lazy_covariance`): BoTorch's cached-root acquisition
-        functions then read only the rows of the new candidates.
+        functions then read only the rows of the new candidates, and the baseline rows
+        they repeat in every t-batch are computed once (``shared_prefix_rows`` of the
+        untransformed ``X``).
         """
         if self._conditioning is not None or self._outputs is not None or self.num_outputs != 1:
             return None
         if X_tf.shape[-2] < LAZY_MIN_ROWS:
             return None
         outcome_transform = getattr(self, "outcome_transform", None)
-        return one_output_posterior(self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform)
+        return one_output_posterior(
+            self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform, shared_prefix_rows(X)
+        )
 
     def _subset_index(self, output_indices) -> list[int]:
         n = len(self._outputs)

@@ -7,7 +7,7 @@ from botorch.sampling import SobolQMCNormalSampler
 
 from labo.laplace import Diagonal, Full, Kron
 from labo.surrogates import model as model_module
-from labo.surrogates.lazy_covariance import LayerFactorCovariance
+from labo.surrogates.lazy_covariance import LayerFactorCovariance, shared_prefix_rows
 from tests.surrogates.conftest import fitted_model
 
 
@@ -74,3 +74,46 @@ def test_cached_root_qlognei_matches_uncached():
         assert acq._cache_root is cache_root
         vals.append(acq(X))
     torch.testing.assert_close(vals[0], vals[1], rtol=0.05, atol=0.05)
+
+
+def test_shared_baseline_rows_are_computed_once_and_exact(monkeypatch):
+    """qNEI-style inputs ``cat([X_base.expand(...), X])``: the baseline rows are shared across
+    t-batches (computed once); values, covariance rows and x-gradients equal the unshared path."""
+    model = fitted_model(n=40, structure=Kron())
+    base = torch.rand(30, 3, dtype=torch.float64)
+    Xc = torch.rand(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    X_full = torch.cat([base.expand(6, 30, 3), Xc], dim=-2)
+    assert shared_prefix_rows(X_full) == 30
+    post = model.posterior(X_full)
+    rows = post.distribution.lazy_covariance_matrix[..., -4:, :].to_dense()
+    g = torch.autograd.grad(rows.pow(2).sum() + post.mean.pow(2).sum(), Xc)[0]
+    with monkeypatch.context() as m:
+        m.setattr(model_module, "shared_prefix_rows", lambda X: 0)
+        ref = model.posterior(X_full)
+        ref_rows = ref.distribution.lazy_covariance_matrix[..., -4:, :].to_dense()
+        g_ref = torch.autograd.grad(ref_rows.pow(2).sum() + ref.mean.pow(2).sum(), Xc)[0]
+    torch.testing.assert_close(post.mean, ref.mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rows, ref_rows, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_shared_rows_only_where_gradients_cannot_tell():
+    base = torch.rand(5, 3, dtype=torch.float64)
+    # a leaf whose leading rows happen to agree across t-batches: each copy has its own gradient
+    leaf = torch.cat([base.expand(4, 5, 3), torch.rand(4, 2, 3, dtype=torch.float64)], -2)
+    assert shared_prefix_rows(leaf.clone().requires_grad_(True)) == 0
+    # without autograd any common prefix is shared (values only)
+    assert shared_prefix_rows(leaf) == 5
+    with torch.no_grad():
+        assert shared_prefix_rows(leaf.clone().requires_grad_(True)) == 5
+    # the baseline piece requires grad: not shared
+    b = base.clone().requires_grad_(True)
+    Xc = torch.rand(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert shared_prefix_rows(torch.cat([b.expand(4, 5, 3), Xc], -2)) == 0
+    # the prefix differs between t-batches: only the common rows
+    other = torch.cat([base.expand(4, 5, 3).clone(), Xc], -2)
+    with torch.no_grad():
+        other[1, 3] += 1.0
+    assert shared_prefix_rows(other.detach()) == 3
+    # one t-batch: nothing to share
+    assert shared_prefix_rows(leaf[:1]) == 0
