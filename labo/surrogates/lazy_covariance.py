@@ -199,8 +199,10 @@ def _layer_terms_shared(la, X_tf: Tensor, shared: int):
     F = join(head[0], tail[0])
     terms = []
     for (Pa0, Pb0, w), (Pa1, Pb1, _) in zip(head[1], tail[1], strict=True):
-        Pb = Pb1 if isinstance(Pb1, SharedRows) else join(Pb0.flatten(-2), Pb1.flatten(-2)).unflatten(
-            -1, Pb1.shape[-2:]
+        Pb = (
+            Pb1
+            if isinstance(Pb1, SharedRows)
+            else join(Pb0.flatten(-2), Pb1.flatten(-2)).unflatten(-1, Pb1.shape[-2:])
         )
         terms.append((join(Pa0, Pa1), Pb, w))
     return F, terms
