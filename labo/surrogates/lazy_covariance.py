@@ -183,55 +183,145 @@ def _no_grad_cat_prefix(X: Tensor) -> int:
     return X.shape[-2] - second.variable.shape[-2]
 
 
-def _layer_terms_shared(la, X_tf: Tensor, shared: int):
-    """``glm_layer_terms`` with the first ``shared`` rows computed once for every t-batch."""
-    if shared <= 0:
-        return glm_layer_terms(la, X_tf)
+class SharedHeadCovariance(LinearOperator):
+    """The covariance of rows ``[head; tail]`` whose ``N`` head rows are the same in every t-batch.
+
+    Per layer it holds the head factors once (``a_h (N, in)``, ``b_h (N, out)``) and the
+    tail factors per t-batch (``a_t (..., q, in)``, ``b_t (..., q, out)``), with ``w (out, in)``
+    as in :class:`LayerFactorCovariance`. The rows BoTorch's cached-root path reads,
+    ``C[..., -q:, :]``, are then one product with the head's rotated Jacobian rows
+    ``T_h = b_h ⊗ a_h (N, out · in)``, formed once: ``C[tail, head] = (b_t ⊗ a_t · w) T_hᵀ``.
+    Everything else goes through the equivalent :class:`LayerFactorCovariance` over the
+    joined rows, built on first use.
+    """
+
+    def __init__(self, *tensors: Tensor):
+        if not tensors or len(tensors) % _FIELDS:
+            raise ValueError(f"Expected 5 tensors per layer, got {len(tensors)}.")
+        super().__init__(*tensors)
+        self._layers = [tensors[k : k + _FIELDS] for k in range(0, len(tensors), _FIELDS)]
+        self._joined: LayerFactorCovariance | None = None
+        self._head_rows: list[Tensor | None] = [None] * len(self._layers)
+
+    def _size(self) -> torch.Size:
+        aH, _, aT, _, _ = self._layers[0]
+        R = aH.shape[-2] + aT.shape[-2]
+        return torch.Size((*aT.shape[:-2], R, R))
+
+    def joined(self) -> LayerFactorCovariance:
+        """The same covariance as a :class:`LayerFactorCovariance` over the joined rows."""
+        if self._joined is None:
+            terms = []
+            for aH, bH, aT, bT, w in self._layers:
+                lead = aT.shape[:-2]
+                a = torch.cat([aH.expand(*lead, *aH.shape), aT], dim=-2)
+                b = torch.cat([bH.expand(*lead, *bH.shape), bT], dim=-2)
+                terms.append((a, b, w))
+            self._joined = LayerFactorCovariance.symmetric(terms)
+        return self._joined
+
+    def to_dense(self) -> Tensor:
+        return self.joined().to_dense()
+
+    def _matmul(self, rhs: Tensor) -> Tensor:
+        return self.joined()._matmul(rhs)
+
+    def _diagonal(self) -> Tensor:
+        return self.joined()._diagonal()
+
+    def _transpose_nonbatch(self) -> LinearOperator:
+        return self.joined()._transpose_nonbatch()
+
+    def _get_indices(self, row_index, col_index, *batch_indices) -> Tensor:
+        return self.joined()._get_indices(row_index, col_index, *batch_indices)
+
+    def _expand_batch(self, batch_shape: torch.Size) -> LinearOperator:
+        return self.joined()._expand_batch(batch_shape)
+
+    def _getitem(self, row_index, col_index, *batch_indices) -> LinearOperator:
+        N, R = self._layers[0][0].shape[-2], self.shape[-1]
+        everything = slice(None, None, None)
+        if (
+            isinstance(row_index, slice)
+            and col_index == everything
+            and all(b == everything for b in batch_indices)
+        ):
+            start, stop, step = row_index.indices(R)
+            if step == 1 and N <= start < stop:
+                return DenseLinearOperator(self._tail_rows(start - N, stop - N))
+        return self.joined()._getitem(row_index, col_index, *batch_indices)
+
+    def _tail_rows(self, lo: int, hi: int) -> Tensor:
+        """``C[..., N + lo : N + hi, :]`` as a dense ``(..., hi - lo, N + q)`` tensor."""
+        out = None
+        for k, (aH, bH, aT, bT, w) in enumerate(self._layers):
+            if self._head_rows[k] is None:
+                self._head_rows[k] = (bH.unsqueeze(-1) * aH.unsqueeze(-2)).flatten(-2)  # (N, out·in)
+            a, b = aT[..., lo:hi, :], bT[..., lo:hi, :]
+            Y = (b.unsqueeze(-1) * a.unsqueeze(-2) * w).flatten(-2)  # (..., r, out·in)
+            head = Y @ self._head_rows[k].transpose(-1, -2)
+            term = torch.cat([head, _cross(a, b, aT, bT, w)], dim=-1)
+            out = term if out is None else out + term
+        return out
+
+
+def _split_terms(la, X_tf: Tensor, shared: int, detach_head: bool):
+    """Mean and per-layer ``(a, b, w)`` of the head (first ``shared`` rows, once) and the tail."""
     lead = X_tf.shape[:-2]
     first = X_tf[(0,) * len(lead)][:shared]
-    head, tail = glm_layer_terms(la, first), glm_layer_terms(la, X_tf[..., shared:, :])
+    head = glm_layer_terms(la, first.detach() if detach_head else first)
+    tail = glm_layer_terms(la, X_tf[..., shared:, :])
     if head is None or tail is None:
         return None
-
-    def join(a: Tensor, b: Tensor) -> Tensor:
-        return torch.cat([a.expand(*lead, *a.shape), b], dim=-2)
-
-    F = join(head[0], tail[0])
-    terms = []
-    for (Pa0, Pb0, w), (Pa1, Pb1, _) in zip(head[1], tail[1], strict=True):
-        Pb = (
-            Pb1
-            if isinstance(Pb1, SharedRows)
-            else join(Pb0.flatten(-2), Pb1.flatten(-2)).unflatten(-1, Pb1.shape[-2:])
-        )
-        terms.append((join(Pa0, Pa1), Pb, w))
-    return F, terms
+    F = torch.cat([head[0].expand(*lead, *head[0].shape), tail[0]], dim=-2)
+    return F, head[1], tail[1]
 
 
 def one_output_posterior(
-    la, X_tf: Tensor, y_mean: Tensor, y_scale: Tensor, outcome_transform, shared_rows: int = 0
+    la,
+    X_tf: Tensor,
+    y_mean: Tensor,
+    y_scale: Tensor,
+    outcome_transform,
+    shared_rows: int = 0,
+    detach_head: bool = False,
 ):
-    """The GLM posterior of a one-output model with a :class:`LayerFactorCovariance`, or None.
+    """The GLM posterior of a one-output model with a factored (lazy) covariance, or None.
 
     ``y_mean``/``y_scale`` undo the model's internal standardisation; a BoTorch
     ``Standardize`` outcome transform is folded in too (any other transform: None,
     the caller takes the dense path). None also where the structure has no
     per-layer factors (Functional, Full, partial masks). The first ``shared_rows`` rows
-    are the same in every t-batch (:func:`shared_prefix_rows`) and computed once.
+    are the same in every t-batch (:func:`shared_prefix_rows`): computed once, from the
+    first t-batch (detached with ``detach_head``, for rows no gradient may reach), and
+    kept in a :class:`SharedHeadCovariance`.
     """
     if outcome_transform is not None and type(outcome_transform) is not Standardize:
         return None
-    res = _layer_terms_shared(la, X_tf, shared_rows)
-    if res is None:
-        return None
-    F, terms = res
-    mean = y_mean + y_scale * F[..., 0]
     var_scale = y_scale.pow(2)
     if outcome_transform is not None:
-        mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
         var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
-    terms = [(Pa, _one_output_rows(Pa, Pb), w * var_scale) for Pa, Pb, w in terms]
-    return GPyTorchPosterior(distribution=MultivariateNormal(mean, LayerFactorCovariance.symmetric(terms)))
+    if shared_rows > 0:
+        res = _split_terms(la, X_tf, shared_rows, detach_head)
+        if res is None:
+            return None
+        F, head, tail = res
+        tensors = []
+        for (Pa0, Pb0, w), (Pa1, Pb1, _) in zip(head, tail, strict=True):
+            tensors += [Pa0, _one_output_rows(Pa0, Pb0), Pa1, _one_output_rows(Pa1, Pb1), w * var_scale]
+        covar = SharedHeadCovariance(*tensors)
+    else:
+        res = glm_layer_terms(la, X_tf)
+        if res is None:
+            return None
+        F, terms = res
+        covar = LayerFactorCovariance.symmetric(
+            [(Pa, _one_output_rows(Pa, Pb), w * var_scale) for Pa, Pb, w in terms]
+        )
+    mean = y_mean + y_scale * F[..., 0]
+    if outcome_transform is not None:
+        mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
+    return GPyTorchPosterior(distribution=MultivariateNormal(mean, covar))
 
 
-__all__ = ["LayerFactorCovariance", "one_output_posterior", "shared_prefix_rows"]
+__all__ = ["LayerFactorCovariance", "SharedHeadCovariance", "one_output_posterior", "shared_prefix_rows"]

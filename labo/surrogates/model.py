@@ -439,8 +439,13 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         if X_tf.shape[-2] < LAZY_MIN_ROWS:
             return None
         outcome_transform = getattr(self, "outcome_transform", None)
+        shared = shared_prefix_rows(X)
+        transform = getattr(self, "input_transform", None)
+        # The shared rows carry no gradient (shared_prefix_rows) unless a learnable
+        # input transform reaches them.
+        detach = transform is None or not any(p.requires_grad for p in transform.parameters())
         return one_output_posterior(
-            self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform, shared_prefix_rows(X)
+            self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform, shared, detach
         )
 
     def _subset_index(self, output_indices) -> list[int]:

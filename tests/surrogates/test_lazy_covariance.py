@@ -7,7 +7,7 @@ from botorch.sampling import SobolQMCNormalSampler
 
 from labo.laplace import Diagonal, Full, Kron
 from labo.surrogates import model as model_module
-from labo.surrogates.lazy_covariance import LayerFactorCovariance, shared_prefix_rows
+from labo.surrogates.lazy_covariance import LayerFactorCovariance, SharedHeadCovariance, shared_prefix_rows
 from tests.surrogates.conftest import fitted_model
 
 
@@ -85,7 +85,19 @@ def test_shared_baseline_rows_are_computed_once_and_exact(monkeypatch):
     X_full = torch.cat([base.expand(6, 30, 3), Xc], dim=-2)
     assert shared_prefix_rows(X_full) == 30
     post = model.posterior(X_full)
-    rows = post.distribution.lazy_covariance_matrix[..., -4:, :].to_dense()
+    covar = post.distribution.lazy_covariance_matrix
+    assert isinstance(covar, SharedHeadCovariance)
+    rows = covar[..., -4:, :].to_dense()
+    # every other access goes through the joined factors: check them against the dense matrix
+    C = _dense_posterior(model, X_full, monkeypatch).distribution.covariance_matrix
+    torch.testing.assert_close(covar.to_dense(), C, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(rows, C[..., -4:, :], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(covar[..., 31:33, :].to_dense(), C[..., 31:33, :], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(covar[2, 3:9, 10:].to_dense(), C[2, 3:9, 10:], rtol=1e-10, atol=1e-12)
+    rhs = torch.randn(6, 34, 2, dtype=torch.float64)
+    torch.testing.assert_close(covar @ rhs, C @ rhs, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(covar.diagonal(dim1=-1, dim2=-2), C.diagonal(dim1=-1, dim2=-2))
+    torch.testing.assert_close(covar.mT[..., -2:, :].to_dense(), C[..., -2:, :], rtol=1e-10, atol=1e-12)
     g = torch.autograd.grad(rows.pow(2).sum() + post.mean.pow(2).sum(), Xc)[0]
     with monkeypatch.context() as m:
         m.setattr(model_module, "shared_prefix_rows", lambda X: 0)
@@ -117,3 +129,31 @@ def test_shared_rows_only_where_gradients_cannot_tell():
     assert shared_prefix_rows(other.detach()) == 3
     # one t-batch: nothing to share
     assert shared_prefix_rows(leaf[:1]) == 0
+
+
+def test_qlognei_value_and_gradient_with_shared_baseline(monkeypatch):
+    """BoTorch's qLogNEI (cached root) gives the same values and x-gradients whether the
+    baseline rows are shared across t-batches or recomputed in each."""
+    model = fitted_model(n=60, structure=Kron())
+    acq = qLogNoisyExpectedImprovement(
+        model,
+        X_baseline=model.train_inputs[0],
+        prune_baseline=False,
+        sampler=SobolQMCNormalSampler(torch.Size([64]), seed=0),
+    )
+    X = torch.rand(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    def spy(X_full):
+        calls.append(shared_prefix_rows(X_full))
+        return calls[-1]
+
+    monkeypatch.setattr(model_module, "shared_prefix_rows", spy)
+    value = acq(X)
+    (grad,) = torch.autograd.grad(value.sum(), X)
+    assert calls == [60]
+    monkeypatch.setattr(model_module, "shared_prefix_rows", lambda X_full: 0)
+    ref = acq(X)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), X)
+    torch.testing.assert_close(value, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-10)
