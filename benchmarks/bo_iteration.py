@@ -1,5 +1,7 @@
 """One BO iteration, LaplaceModel vs SingleTaskGP, measured side by side (issue 4).
 
+Methods: ``LaplaceModel`` (its default: Functional up to 250 rows, Kron beyond),
+``LaplaceModel-ll`` (last-layer weights, default structure) and ``SingleTaskGP``.
 One iteration = refit the surrogate on the current data + optimise
 qLogNoisyExpectedImprovement (q=4, num_restarts=10, raw_samples=512). For
 LaplaceModel the refit is warm-started from the model of the previous iteration
@@ -44,15 +46,19 @@ def run_one(method: str, n: int, d: int, device: str = "cpu") -> dict:
     sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)
     out = {"method": method, "n": n, "d": d}
     t0 = time.perf_counter()
-    if method == "LaplaceModel":
+    if method.startswith("LaplaceModel"):
+        from labo.laplace import LastLayer
         from labo.surrogates import LaplaceModel, fit_laplace_model
 
-        prev = LaplaceModel(X[:-4], Y[:-4], input_transform=Normalize(d), outcome_transform=Standardize(1))
+        variant = {"LaplaceModel": {}, "LaplaceModel-ll": {"weights": LastLayer()}}[method]
+        prev = LaplaceModel(
+            X[:-4], Y[:-4], input_transform=Normalize(d), outcome_transform=Standardize(1), **variant
+        )
         fit_laplace_model(prev)
         out["cold_fit_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         model = LaplaceModel(
-            X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1), warm_start=prev
+            X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1), warm_start=prev, **variant
         )
         fit_laplace_model(model)
         out["train_steps"] = model.fit_info["train_steps"]
@@ -83,7 +89,9 @@ def run_one(method: str, n: int, d: int, device: str = "cpu") -> dict:
 def main():
     parser = argparse.ArgumentParser(description="One BO iteration: LaplaceModel vs SingleTaskGP")
     parser.add_argument("--sizes", default="50x6,500x20,2000x100,5000x100")
-    parser.add_argument("--methods", default="LaplaceModel,SingleTaskGP")
+    parser.add_argument(
+        "--methods", default="LaplaceModel,SingleTaskGP", help="also LaplaceModel-ll (last-layer weights)"
+    )
     parser.add_argument("--cap", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--out", default="benchmarks/results/bo_iteration.json")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (data and models on it)")
