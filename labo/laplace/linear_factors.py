@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from labo.laplace.subsets import ResolvedSubset
 
@@ -100,9 +101,14 @@ def linear_factors(
 
     handles = [modules[n].register_forward_hook(make_hook(n)) for n, _ in plan]
     create_graph = X.requires_grad and torch.is_grad_enabled()
+    # The weights are constants here (the MAP): run on detached parameters so that no
+    # gradient flows into (and accumulates in) the network's .grad; the graph only needs
+    # the layer outputs, which depend on the inputs.
+    params = {name: p.detach() for name, p in network.named_parameters()}
     try:
         with torch.enable_grad():
-            F = network(X)
+            X_in = X if X.requires_grad else X.detach().requires_grad_(True)
+            F = functional_call(network, params, (X_in,))
     finally:
         for h in handles:
             h.remove()

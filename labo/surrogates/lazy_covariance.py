@@ -153,17 +153,21 @@ def shared_prefix_rows(X: Tensor) -> int:
     gradients it is exact only when nothing differentiates with respect to those rows,
     so under autograd the rows are shared only where ``X`` is such a ``cat`` whose first
     piece does not require grad (and whose second piece, a leaf, gives the split);
-    without autograd any prefix of rows equal in every t-batch is shared. Costs one
-    comparison of the prefix (one host sync on a GPU). Returns 0 when nothing is shared.
+    without autograd any prefix of rows equal in every t-batch is shared. With one
+    t-batch, the first piece of such a ``cat`` (its rows are kept across calls by
+    :class:`HeadCache`). Costs one comparison of the prefix (one host sync on a GPU).
+    Returns 0 when nothing is shared.
     """
-    if X.dim() < 3 or X.shape[:-2].numel() < 2 or X.shape[-2] < 2:
+    if X.dim() < 3 or X.shape[-2] < 2:
         return 0
-    R = X.shape[-2]
+    R, batches = X.shape[-2], X.shape[:-2].numel()
     limit = R - 1
     if torch.is_grad_enabled() and X.requires_grad:
         limit = _no_grad_cat_prefix(X)
-        if limit <= 0:
-            return 0
+        if limit <= 0 or batches == 1:
+            return max(limit, 0)
+    elif batches < 2:
+        return 0
     flat = X.reshape(-1, R, X.shape[-1])[:, :limit]
     equal = (flat == flat[:1]).all(-1).all(0)
     return int(equal.to(torch.int64).cumprod(0).sum())
@@ -195,13 +199,15 @@ class SharedHeadCovariance(LinearOperator):
     joined rows, built on first use.
     """
 
-    def __init__(self, *tensors: Tensor):
+    def __init__(self, *tensors: Tensor, head_rows: list | None = None):
         if not tensors or len(tensors) % _FIELDS:
             raise ValueError(f"Expected 5 tensors per layer, got {len(tensors)}.")
         super().__init__(*tensors)
         self._layers = [tensors[k : k + _FIELDS] for k in range(0, len(tensors), _FIELDS)]
         self._joined: LayerFactorCovariance | None = None
-        self._head_rows: list[Tensor | None] = [None] * len(self._layers)
+        # T_h per layer, filled on first use; a list shared with a HeadCache entry is
+        # filled once for all posteriors over the same head rows.
+        self._head_rows = [None] * len(self._layers) if head_rows is None else head_rows
 
     def _size(self) -> torch.Size:
         aH, _, aT, _, _ = self._layers[0]
@@ -265,16 +271,58 @@ class SharedHeadCovariance(LinearOperator):
         return out
 
 
-def _split_terms(la, X_tf: Tensor, shared: int, detach_head: bool):
-    """Mean and per-layer ``(a, b, w)`` of the head (first ``shared`` rows, once) and the tail."""
+class HeadCache:
+    """The head rows' factors kept across posterior calls.
+
+    During acquisition optimisation BoTorch sends the same baseline rows with every
+    evaluation. Where they carry no gradient (``detach_head``), their mean, per-layer
+    factors and rotated Jacobian rows are a function of their values, the network's
+    weights and the posterior precision only: kept here and reused while all three
+    are unchanged (values compared exactly; weights by their version counters;
+    the precision by identity, which a refit or new hyperparameters replace).
+    """
+
+    def __init__(self):
+        self._entry = None
+
+    def get(self, la, X_head: Tensor):
+        """``(F, terms, head_rows)`` for ``X_head (N, d)``, computed without autograd; or None."""
+        precision = la.posterior_precision()
+        versions = tuple(p._version for p in la.network.parameters())
+        e = self._entry
+        if (
+            e is not None
+            and e[1] is precision
+            and e[2] == versions
+            and e[0].shape == X_head.shape
+            and e[0].device == X_head.device
+            and torch.equal(e[0], X_head)
+        ):
+            return e[3]
+        with torch.no_grad():
+            head = glm_layer_terms(la, X_head)
+        if head is None:
+            return None
+        value = (head[0], head[1], [None] * len(head[1]))
+        self._entry = (X_head.detach().clone(), precision, versions, value)
+        return value
+
+
+def _split_terms(la, X_tf: Tensor, shared: int, detach_head: bool, cache: HeadCache | None):
+    """Mean, per-layer ``(a, b, w)`` of the head (first ``shared`` rows, once) and of the tail,
+    and the head's rotated rows (a list to fill, shared with the cache)."""
     lead = X_tf.shape[:-2]
     first = X_tf[(0,) * len(lead)][:shared]
-    head = glm_layer_terms(la, first.detach() if detach_head else first)
+    if detach_head and cache is not None:
+        head = cache.get(la, first.detach())
+    else:
+        head = glm_layer_terms(la, first.detach() if detach_head else first)
+        head = None if head is None else (*head, [None] * len(head[1]))
     tail = glm_layer_terms(la, X_tf[..., shared:, :])
     if head is None or tail is None:
         return None
     F = torch.cat([head[0].expand(*lead, *head[0].shape), tail[0]], dim=-2)
-    return F, head[1], tail[1]
+    return F, head[1], tail[1], head[2]
 
 
 def one_output_posterior(
@@ -285,6 +333,7 @@ def one_output_posterior(
     outcome_transform,
     shared_rows: int = 0,
     detach_head: bool = False,
+    cache: HeadCache | None = None,
 ):
     """The GLM posterior of a one-output model with a factored (lazy) covariance, or None.
 
@@ -294,7 +343,8 @@ def one_output_posterior(
     per-layer factors (Functional, Full, partial masks). The first ``shared_rows`` rows
     are the same in every t-batch (:func:`shared_prefix_rows`): computed once, from the
     first t-batch (detached with ``detach_head``, for rows no gradient may reach), and
-    kept in a :class:`SharedHeadCovariance`.
+    kept in a :class:`SharedHeadCovariance`; with ``detach_head`` a ``cache`` keeps them
+    across calls.
     """
     if outcome_transform is not None and type(outcome_transform) is not Standardize:
         return None
@@ -302,14 +352,14 @@ def one_output_posterior(
     if outcome_transform is not None:
         var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
     if shared_rows > 0:
-        res = _split_terms(la, X_tf, shared_rows, detach_head)
+        res = _split_terms(la, X_tf, shared_rows, detach_head, cache)
         if res is None:
             return None
-        F, head, tail = res
+        F, head, tail, head_rows = res
         tensors = []
         for (Pa0, Pb0, w), (Pa1, Pb1, _) in zip(head, tail, strict=True):
             tensors += [Pa0, _one_output_rows(Pa0, Pb0), Pa1, _one_output_rows(Pa1, Pb1), w * var_scale]
-        covar = SharedHeadCovariance(*tensors)
+        covar = SharedHeadCovariance(*tensors, head_rows=head_rows)
     else:
         res = glm_layer_terms(la, X_tf)
         if res is None:
@@ -324,4 +374,10 @@ def one_output_posterior(
     return GPyTorchPosterior(distribution=MultivariateNormal(mean, covar))
 
 
-__all__ = ["LayerFactorCovariance", "SharedHeadCovariance", "one_output_posterior", "shared_prefix_rows"]
+__all__ = [
+    "HeadCache",
+    "LayerFactorCovariance",
+    "SharedHeadCovariance",
+    "one_output_posterior",
+    "shared_prefix_rows",
+]

@@ -43,7 +43,7 @@ from labo.laplace.structures import Structure
 from labo.laplace.subnetworks import WeightStrategy, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
-from labo.surrogates.lazy_covariance import one_output_posterior, shared_prefix_rows
+from labo.surrogates.lazy_covariance import HeadCache, one_output_posterior, shared_prefix_rows
 from labo.surrogates.networks import default_network
 
 # The default structure is Functional() up to this many training rows n·m, then Kron().
@@ -444,8 +444,9 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         # The shared rows carry no gradient (shared_prefix_rows) unless a learnable
         # input transform reaches them.
         detach = transform is None or not any(p.requires_grad for p in transform.parameters())
+        cache = self.__dict__.setdefault("_head_cache", HeadCache())
         return one_output_posterior(
-            self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform, shared, detach
+            self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform, shared, detach, cache
         )
 
     def _subset_index(self, output_indices) -> list[int]:

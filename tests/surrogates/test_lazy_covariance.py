@@ -157,3 +157,39 @@ def test_qlognei_value_and_gradient_with_shared_baseline(monkeypatch):
     (ref_grad,) = torch.autograd.grad(ref.sum(), X)
     torch.testing.assert_close(value, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-8, atol=1e-10)
+
+
+def test_head_cache_reuses_only_identical_rows_and_model_state():
+    """One t-batch per call (BoTorch's late L-BFGS iterations): the baseline rows' factors are
+    kept across calls, and recomputed when the rows, the weights or the posterior change."""
+    model = fitted_model(n=40, structure=Kron())
+    base = torch.rand(25, 3, dtype=torch.float64)
+
+    def rows_and_grad(head):
+        Xc = torch.rand(1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        Xc.requires_grad_(True)
+        X_full = torch.cat([head.expand(1, *head.shape), Xc], dim=-2)
+        assert shared_prefix_rows(X_full) == head.shape[0]
+        post = model.posterior(X_full)
+        rows = post.distribution.lazy_covariance_matrix[..., -3:, :].to_dense()
+        (g,) = torch.autograd.grad(rows.sum() + post.mean.sum(), Xc)
+        return post.mean.detach(), rows.detach(), g, X_full.detach()
+
+    first = rows_and_grad(base)
+    cache = model.__dict__["_head_cache"]
+    entry = cache._entry
+    again = rows_and_grad(base.clone())
+    assert cache._entry is entry  # reused: equal values
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # different rows: recomputed, and equal to the dense posterior
+    other = rows_and_grad(base + 0.01)
+    assert cache._entry is not entry
+    C = model.posterior(other[3]).distribution.covariance_matrix  # one t-batch, no grad: unshared
+    torch.testing.assert_close(other[1], C[..., -3:, :], rtol=1e-10, atol=1e-12)
+    # new weights: recomputed
+    entry = cache._entry
+    with torch.no_grad():
+        next(model.network.parameters()).mul_(1.01)
+    rows_and_grad(base + 0.01)
+    assert cache._entry is not entry
