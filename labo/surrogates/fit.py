@@ -69,10 +69,18 @@ class FitOptions:
     hyper_steps_warm: int = 50
     hyper_lr: float = 0.1
     seed: int | None = 0
+    cosine: bool = False
+    lr_warm: float = 1e-2
 
 
-def train_map(model: LaplaceModel, X: Tensor, Z: Tensor, opts: FitOptions, max_epochs: int) -> dict:
-    """Full-batch Adam on the negative log joint; returns steps taken and final loss."""
+def train_map(
+    model: LaplaceModel, X: Tensor, Z: Tensor, opts: FitOptions, max_epochs: int, lr: float | None = None
+) -> dict:
+    """Full-batch Adam on the negative log joint; returns steps taken and the final loss.
+
+    The network ends at the lowest-loss weights seen (early stopping restores them), so a
+    warm refit never returns weights worse than it started from.
+    """
     la = model.laplace
     net = model.network
     params = [p for p in net.parameters() if p.requires_grad]
@@ -84,10 +92,8 @@ def train_map(model: LaplaceModel, X: Tensor, Z: Tensor, opts: FitOptions, max_e
     if model.train_Yvar is not None:
         weights = 1.0 / (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12)
     n = X.shape[0]
-    opt = torch.optim.Adam(params, lr=opts.lr)
-    best, since_best, steps, loss_value = float("inf"), 0, 0, float("nan")
-    for steps in range(1, max_epochs + 1):  # noqa: B007 - steps is reported
-        opt.zero_grad()
+
+    def objective() -> Tensor:
         resid2 = (net(X) - Z).pow(2)
         data = 0.5 * (resid2 * weights).sum() if weights is not None else 0.5 * (resid2 / noise_var).sum()
         sel = torch.cat([_selected(p, s) for p, s in _selected_pairs(net, subset)])
@@ -101,17 +107,40 @@ def train_map(model: LaplaceModel, X: Tensor, Z: Tensor, opts: FitOptions, max_e
             start=torch.zeros((), dtype=X.dtype, device=X.device),
         )
         rest = rest - _partial_selected_sq(net, subset)
-        loss = (data + prior + 0.5 * other_prior * rest) / n
+        return (data + prior + 0.5 * other_prior * rest) / n
+
+    lr = opts.lr if lr is None else lr
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_epochs, eta_min=lr * 1e-2)
+        if opts.cosine
+        else None
+    )
+    best, since_best, steps = float("inf"), 0, 0
+    lowest, lowest_params = float("inf"), None
+    for steps in range(1, max_epochs + 1):  # noqa: B007 - steps is reported
+        opt.zero_grad()
+        loss = objective()
         loss.backward()
-        opt.step()
         loss_value = float(loss.detach())
+        if loss_value < lowest:  # the weights before this step
+            lowest, lowest_params = loss_value, [p.detach().clone() for p in params]
+        opt.step()
+        if sched is not None:
+            sched.step()
         if best == float("inf") or loss_value < best - opts.rel_tol * abs(best):
             best, since_best = loss_value, 0
         else:
             since_best += 1
             if since_best >= opts.patience:
                 break
-    return {"steps": steps, "loss": loss_value}
+    with torch.no_grad():
+        final = float(objective())
+        if lowest_params is not None and lowest < final:
+            for p, q in zip(params, lowest_params, strict=True):
+                p.copy_(q)
+            final = lowest
+    return {"steps": steps, "loss": final}
 
 
 def _selected_pairs(net, subset):
@@ -175,7 +204,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     train_steps, history = [], []
     fixed_noise = model.train_Yvar is not None
     for _ in range(rounds):
-        info = train_map(model, X, Z, opts, max_epochs)
+        info = train_map(model, X, Z, opts, max_epochs, lr=opts.lr_warm if warm else opts.lr)
         la = model.select_weights(X, Z)  # a weight strategy picks the subnetwork of the trained net
         train_steps.append(info["steps"])
         if fixed_noise:

@@ -189,6 +189,26 @@ def test_warm_refit_is_cheaper():
     torch.testing.assert_close(warm.laplace.prior_precision, warm.fit_info["prior_precision"])
 
 
+def test_map_training_ends_at_the_lowest_loss_weights():
+    """Early stopping restores the best weights seen: a warm restart with a large step size
+    (Adam's first steps move every weight by about lr) never ends worse than it started."""
+    from labo.surrogates.fit import FitOptions, train_map
+
+    model = fitted_model(n=40)
+    with torch.no_grad():
+        X = model.transform_inputs(model.train_inputs[0])
+    Z = (model.train_targets - model.y_mean) / model.y_scale
+    start = train_map(model, X, Z, FitOptions(), max_epochs=0)["loss"]
+    before = [p.detach().clone() for p in model.network.parameters()]
+    info = train_map(model, X, Z, FitOptions(lr=0.5, patience=5), max_epochs=50)
+    assert info["loss"] <= start
+    after = train_map(model, X, Z, FitOptions(), max_epochs=0)["loss"]
+    assert after == pytest.approx(info["loss"], rel=1e-12)
+    if info["loss"] == start:  # nothing better was found: the weights are the starting ones
+        for p, q in zip(model.network.parameters(), before, strict=True):
+            torch.testing.assert_close(p.detach(), q)
+
+
 def test_constant_targets_and_duplicate_inputs_fit():
     X = torch.rand(6, 2, dtype=torch.float64).repeat(2, 1)
     Y = torch.full((12, 1), 3.0, dtype=torch.float64)
