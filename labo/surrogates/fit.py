@@ -56,6 +56,9 @@ class FitOptions:
         seed: Seed of torch's global random generator, set before a cold fit (the
             network's initial weights were drawn before, at construction); ``None``
             leaves the generator alone.
+        cosine: Anneal the training learning rate from ``lr`` to ``lr / 100`` over the
+            step limit (cosine schedule) instead of keeping it constant.
+        lr_warm: Learning rate of a warm refit's training.
     """
 
     lr: float = 1e-2
