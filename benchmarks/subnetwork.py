@@ -21,7 +21,8 @@ plus Sobol random search; Sobol initial design, then one point per iteration fro
 ``qLogNoisyExpectedImprovement`` + ``optimize_acqf``; refits warm-started from
 the previous model. Reports the simple regret (best found minus optimum) per seed.
 
-Run: ``.venv/bin/python benchmarks/subnetwork.py [--part scaling|bo|all] [--seeds 3] [--iters 20]``
+Run: ``.venv/bin/python benchmarks/subnetwork.py [--part scaling|bo|all] [--seeds 3] [--iters 20]
+[--device cuda] [--jobs N]`` (``--jobs``: BO runs in N parallel processes, one torch thread each).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def format_row(r: dict) -> str:
 def hartmann_100d(X: torch.Tensor, dims: list[int]) -> torch.Tensor:
     from botorch.test_functions import Hartmann
 
-    return -Hartmann(dim=6)(X[..., dims]).unsqueeze(-1)  # maximise -H6
+    return -Hartmann(dim=6).to(X)(X[..., dims]).unsqueeze(-1)  # maximise -H6
 
 
 def bo_run(method: str, seed: int, args, dims) -> dict:
@@ -208,10 +209,11 @@ def bo_run(method: str, seed: int, args, dims) -> dict:
     from labo.laplace import Full, Kron, LastLayer, largest_variance
     from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
-    dt, d = torch.float64, 100
-    bounds = torch.stack([torch.zeros(d, dtype=dt), torch.ones(d, dtype=dt)])
+    dt, d, dev = torch.float64, 100, torch.device(args.device)
+    torch.set_num_threads(1)
+    bounds = torch.stack([torch.zeros(d, dtype=dt), torch.ones(d, dtype=dt)]).to(dev)
     sobol = SobolEngine(d, scramble=True, seed=seed)
-    X = sobol.draw(args.n_init).to(dt)
+    X = sobol.draw(args.n_init).to(dt).to(dev)
     Y = hartmann_100d(X, dims)
     options = {
         "subnet-full": dict(
@@ -224,7 +226,7 @@ def bo_run(method: str, seed: int, args, dims) -> dict:
     prev, fit_s, acq_s = None, [], []
     for _ in range(args.iters):
         if method == "sobol":
-            x_new = sobol.draw(1).to(dt)
+            x_new = sobol.draw(1).to(dt).to(dev)
         else:
             t0 = time.perf_counter()
             torch.manual_seed(seed)
@@ -256,27 +258,44 @@ def bo_run(method: str, seed: int, args, dims) -> dict:
     }
 
 
+def _bo_job(job) -> dict:
+    method, seed, args, dims = job
+    t0 = time.perf_counter()
+    row = bo_run(method, seed, args, dims)
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+def _record(rows: list, row: dict, args) -> None:
+    rows.append(row)
+    out = {"env": environment(), "config": vars(args), "rows": rows, "complete": False}
+    Path(BO_OUT).write_text(json.dumps(out, indent=1))  # partial results survive a kill
+    print(
+        f"seed {row['seed']} {row['method']:12s} final regret {row['final_regret']:.3f}  "
+        f"fit {row['fit_s_mean']:.2f}s acq {row['acq_s_mean']:.2f}s per iteration "
+        f"(wall {row['wall_s']:.0f}s)",
+        flush=True,
+    )
+
+
 def run_bo(args) -> list[dict]:
     dims = sorted(torch.randperm(100, generator=torch.Generator().manual_seed(0))[:6].tolist())
     rows = []
-    for seed in range(args.seeds):
-        for method in args.methods:
-            t0 = time.perf_counter()
-            row = bo_run(method, seed, args, dims)
-            row["wall_s"] = time.perf_counter() - t0
-            rows.append(row)
-            out = {"env": environment(), "config": vars(args), "rows": rows, "complete": False}
-            Path(BO_OUT).write_text(json.dumps(out, indent=1))  # partial results survive a kill
-            print(
-                f"seed {seed} {method:12s} final regret {row['final_regret']:.3f}  "
-                f"fit {row['fit_s_mean']:.2f}s acq {row['acq_s_mean']:.2f}s per iteration "
-                f"(wall {row['wall_s']:.0f}s)",
-                flush=True,
-            )
+    jobs = [(method, seed, args, dims) for seed in range(args.seeds) for method in args.methods]
+    if args.jobs > 1:  # one process per run (spawned: CUDA-safe), one torch thread each
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(_bo_job, job) for job in jobs]):
+                _record(rows, future.result(), args)
+    else:
+        for job in jobs:
+            _record(rows, _bo_job(job), args)
     print("| method | mean final regret | per seed | fit s/iter | acq s/iter |")
     print("|---|---|---|---|---|")
     for method in args.methods:
-        rs = [r for r in rows if r["method"] == method]
+        rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["seed"])
         finals = [r["final_regret"] for r in rs]
         fit = sum(r["fit_s_mean"] for r in rs) / len(rs)
         acq = sum(r["acq_s_mean"] for r in rs) / len(rs)
@@ -310,6 +329,8 @@ def main():
     parser.add_argument("--restarts", type=int, default=4)
     parser.add_argument("--raw-samples", type=int, default=256)
     parser.add_argument("--methods", nargs="+", default=["subnet-full", "last-layer", "kron", "sobol"])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (BO part)")
+    parser.add_argument("--jobs", type=int, default=1, help="BO runs in parallel processes")
     args = parser.parse_args()
     Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
     if args.part in ("scaling", "all"):
