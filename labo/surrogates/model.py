@@ -15,7 +15,6 @@ of Y, with or without an outcome transform. The Laplace core works in z-space;
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -30,20 +29,17 @@ from linear_operator.operators import DenseLinearOperator
 from torch import Tensor, nn
 
 from labo.exceptions import (
-    InputDtypeError,
     InputShapeError,
-    NonFiniteInputError,
     NotFittedError,
     WeightSubsetError,
 )
 from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, WeightMask
-from labo.laplace.conditioning import ConditionedLaplace, condition
 from labo.laplace.functional import Functional, prefer_functional
 from labo.laplace.structures import Structure
 from labo.laplace.subnetworks import WeightStrategy, placeholder_mask
 from labo.laplace.subsets import WeightSubset
-from labo.laplace.validation import check_inputs
 from labo.surrogates.lazy_covariance import HeadCache, one_output_posterior, shared_prefix_rows
+from labo.surrogates.model_support import ChecksMixin, ConditioningMixin, check_training_data
 from labo.surrogates.networks import default_network
 
 # The default structure is Functional() up to this many training rows n·m, then Kron().
@@ -52,36 +48,7 @@ FUNCTIONAL_MAX_ROWS = 250
 LAZY_MIN_ROWS = 16
 
 
-def _check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | None) -> None:
-    check_inputs(train_X, train_X.dtype if isinstance(train_X, Tensor) else torch.float64, "train_X")
-    if train_X.dim() != 2:
-        raise InputShapeError(
-            f"Expected train_X of shape n x d, got {tuple(train_X.shape)} (batched models are not supported)."
-        )
-    if not isinstance(train_Y, Tensor):
-        raise InputDtypeError(f"train_Y must be a torch.Tensor, got {type(train_Y).__name__}.")
-    if train_Y.dim() != 2 or train_Y.shape[0] != train_X.shape[0]:
-        raise InputShapeError(
-            f"Expected train_Y of shape n x m with n = {train_X.shape[0]} (train_X has shape "
-            f"{tuple(train_X.shape)}), got {tuple(train_Y.shape)}."
-        )
-    if train_Y.dtype != train_X.dtype:
-        raise InputDtypeError(f"train_Y has dtype {train_Y.dtype} but train_X has {train_X.dtype}.")
-    if not torch.isfinite(train_Y).all():
-        raise NonFiniteInputError(f"train_Y contains {int((~torch.isfinite(train_Y)).sum())} NaN/inf values.")
-    if train_Yvar is not None:
-        if not isinstance(train_Yvar, Tensor) or train_Yvar.shape != train_Y.shape:
-            raise InputShapeError(
-                f"Expected train_Yvar with the shape of train_Y {tuple(train_Y.shape)}, "
-                f"got {tuple(getattr(train_Yvar, 'shape', ()))}."
-            )
-        if not torch.isfinite(train_Yvar).all() or (train_Yvar < 0).any():
-            raise NonFiniteInputError(
-                f"train_Yvar must be finite and non-negative; min {float(train_Yvar.min()):.3g}."
-            )
-
-
-class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
+class LaplaceModel(ConditioningMixin, ChecksMixin, GPyTorchModel, FantasizeMixin, GP):
     """A BoTorch model whose posterior is the linearised Laplace predictive of a network.
 
     ``__init__`` stores data and builds the network; it never trains. Call
@@ -151,7 +118,7 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         noise_std: float = 0.1,
         warm_start: LaplaceModel | None = None,
     ) -> None:
-        _check_training_data(train_X, train_Y, train_Yvar)
+        check_training_data(train_X, train_Y, train_Yvar)
         super().__init__()
         with torch.no_grad():
             X_tf = self.transform_inputs(train_X, input_transform=input_transform)
@@ -307,43 +274,10 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         return mll
 
     # ------------------------------------------------------------------ posterior
-    def _check_X(self, X: Tensor, name: str = "X") -> None:
-        if not isinstance(X, Tensor):
-            raise InputDtypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}.")
-        if X.dim() < 2 or X.shape[-1] != self._d:
-            raise InputShapeError(
-                f"Expected {name} with shape batch_shape x q x {self._d}, got {tuple(X.shape)}."
-            )
-        if X.dtype != self.train_inputs[0].dtype:
-            raise InputDtypeError(
-                f"{name} has dtype {X.dtype} but the model was built with {self.train_inputs[0].dtype}."
-            )
-        if not torch.isfinite(X).all():
-            raise NonFiniteInputError(f"{name} contains NaN/inf values (shape {tuple(X.shape)}).")
-
     def _z_predictive(self, X_tf: Tensor) -> tuple[Tensor, Tensor]:
         if self._conditioning is None:
             return self.laplace.predictive(X_tf)
         return self._conditioned_laplace().predictive(X_tf)
-
-    def _conditioned_laplace(self) -> ConditionedLaplace:
-        """The exact conditioned posterior (``labo.laplace.conditioning``), cached.
-
-        Its factorisation is reused by every posterior call of this conditioned model.
-        When the conditioning data carry an autograd graph (e.g. fantasies at candidates
-        being optimised) it is rebuilt per call, so each backward pass has its own graph.
-        """
-        Xc, Zc, Nc = self._conditioning
-        precision = self.laplace.posterior_precision()
-        cached = self.__dict__.get("_conditioned_cache")
-        if cached is not None and cached[0] is self._conditioning and cached[1] is precision:
-            return cached[2]
-        if Xc.requires_grad or Zc.requires_grad or Nc.requires_grad:
-            return condition(self.laplace, Xc, Zc, Nc)
-        with torch.no_grad():
-            post = condition(self.laplace, Xc, Zc, Nc)
-        self.__dict__["_conditioned_cache"] = (self._conditioning, precision, post)
-        return post
 
     def posterior(
         self,
@@ -449,24 +383,6 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
             self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform, shared, detach, cache
         )
 
-    def _subset_index(self, output_indices) -> list[int]:
-        n = len(self._outputs)
-        if output_indices is None:
-            return list(range(n))
-        bad = [i for i in output_indices if not isinstance(i, int) or not -n <= i < n]
-        if bad or not output_indices:
-            raise InputShapeError(f"output_indices must be ints in [0, {n}), got {output_indices!r}.")
-        return [i % n for i in output_indices]
-
-    def _output_index(self, output_indices) -> Tensor:
-        idx = list(output_indices)
-        bad = [i for i in idx if not isinstance(i, int) or not -self._m <= i < self._m]
-        if bad or not idx:
-            raise InputShapeError(
-                f"output_indices must be a non-empty list of ints in [0, {self._m}), got {output_indices!r}."
-            )
-        return torch.tensor([i % self._m for i in idx], device=self.y_mean.device)
-
     # ------------------------------------------------------------------ BoTorch protocol
     def subset_output(self, idcs: list[int]) -> LaplaceModel:
         """A model over the outputs ``idcs`` only (sharing the fitted network)."""
@@ -474,61 +390,4 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         base = self._outputs or list(range(self._m))
         new = self._shallow_copy()
         new._outputs = [base[i] for i in idx]
-        return new
-
-    def condition_on_observations(self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs):
-        """A new model conditioned on ``(X, Y)`` under the linearised model: exact, no retraining.
-
-        Args:
-            X: ``batch_shape x n' x d`` inputs (untransformed).
-            Y: ``batch_shape' x n' x m`` observations (original scale); ``batch_shape'``
-                broadcasts against ``batch_shape`` (fantasies add leading dimensions).
-            noise: Optional noise variances ``batch_shape x n' x m`` in the
-                outcome-transformed space; default: the model's noise.
-        """
-        if not self.is_fitted:
-            raise NotFittedError("condition_on_observations needs a fitted model.")
-        if self._outputs is not None:
-            raise NotImplementedError(
-                "condition_on_observations on an output subset: condition the full model, then subset it."
-            )
-        self._check_X(X)
-        if Y.dim() < 2 or Y.shape[-1] != self._m or Y.shape[-2] != X.shape[-2]:
-            raise InputShapeError(
-                f"Expected Y with shape batch_shape x {X.shape[-2]} x {self._m}, got {tuple(Y.shape)}."
-            )
-        if not torch.isfinite(Y).all():
-            raise NonFiniteInputError("Y passed to condition_on_observations contains NaN/inf.")
-        X_tf = self.transform_inputs(X)
-        Y_tf = Y
-        if hasattr(self, "outcome_transform"):
-            Y_tf, _ = self.outcome_transform(Y, None, X=X_tf)
-        Z = (Y_tf - self.y_mean) / self.y_scale
-        if noise is None:
-            N = self.z_noise_var.expand(Z.shape[-2:])
-        else:
-            N = noise.to(Z) / self.y_scale.pow(2)
-        new = self._shallow_copy()
-        if self._conditioning is not None:
-            Xc, Zc, Nc = self._conditioning
-            batch = torch.broadcast_shapes(self.batch_shape, X_tf.shape[:-2], Z.shape[:-2], N.shape[:-2])
-            X_tf = torch.cat([Xc.expand(*batch, *Xc.shape[-2:]), X_tf.expand(*batch, *X_tf.shape[-2:])], -2)
-            Z = torch.cat([Zc.expand(*batch, *Zc.shape[-2:]), Z.expand(*batch, *Z.shape[-2:])], -2)
-            N = torch.cat([Nc.expand(*batch, *Nc.shape[-2:]), N.expand(*batch, *N.shape[-2:])], -2)
-        new._conditioning = (X_tf, Z, N)
-        if X.dim() == 2 and Y.dim() == 2:
-            new.train_inputs = (torch.cat([self.train_inputs[0], X]),)
-            new.train_targets = torch.cat([self.train_targets, Y_tf])
-            if self.train_Yvar is not None:
-                extra = noise if noise is not None else self.train_Yvar.mean(0).expand_as(Y_tf)
-                new.train_Yvar = torch.cat([self.train_Yvar, extra.to(Y_tf)])
-        return new
-
-    def _shallow_copy(self) -> LaplaceModel:
-        """A copy sharing the (read-only) network and curvature, with its own containers."""
-        new = copy.copy(self)
-        new._modules = dict(self._modules)
-        new._buffers = dict(self._buffers)
-        new._parameters = dict(self._parameters)
-        new.fit_info = dict(self.fit_info)
         return new
