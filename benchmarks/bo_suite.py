@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import time
 from pathlib import Path
@@ -43,6 +44,10 @@ def main() -> None:
     parser.add_argument("--db", default=None, help="study database (default: results/bo_suite_<tag>.db)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (as `labo --threads`)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel (processes, one torch thread each)"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -53,19 +58,22 @@ def main() -> None:
     t0 = time.perf_counter()
     with open_store(db) as store:
         store.create_study(args.tag, config, args.resume)
-        for name in problems:
-            problem = get_problem(name)
-            for seed in range(args.seeds):
-                for method in methods:  # methods side by side on the same seed (paired design)
-                    spec = spec_from_problem(
-                        args.tag, problem, method, seed, args.budget_scale,
-                        num_restarts=args.num_restarts, raw_samples=args.raw_samples,
-                    )  # fmt: skip
-                    t_run = time.perf_counter()
-                    run_bo(spec, ProblemObjective(name), store)
-                    print(f"{name} {method} seed {seed}: {time.perf_counter() - t_run:.1f} s", flush=True)
+    jobs = [
+        (db, args.tag, name, method, seed, args.budget_scale, args.num_restarts, args.raw_samples, args.threads)
+        for name in problems
+        for seed in range(args.seeds)
+        for method in methods  # methods side by side on the same seed (paired design)
+    ]
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
+            for line in pool.imap_unordered(_run_one, jobs):
+                print(line, flush=True)
+    else:
+        for job in jobs:
+            print(_run_one(job), flush=True)
+    with open_store(db) as store:
         summaries = summarize(store, args.tag)
-        png = plot_study(store, args.tag, RESULTS / f"bo_suite_{args.tag}.png")
+        png = None if args.no_plot else plot_study(store, args.tag, RESULTS / f"bo_suite_{args.tag}.png")
     table = format_table(summaries)
     print(table)
     payload = {
@@ -76,7 +84,21 @@ def main() -> None:
     }
     out = RESULTS / f"bo_suite_{args.tag}.json"
     out.write_text(json.dumps(payload, indent=1))
-    print(f"wrote {out} and {png} (database {db})")
+    print(f"wrote {out}" + (f" and {png}" if png else "") + f" (database {db})")
+
+
+def _run_one(job: tuple) -> str:
+    """One (problem, method, seed) run into the study at ``db``; returns its log line."""
+    db, tag, name, method, seed, budget_scale, num_restarts, raw_samples, threads = job
+    torch.set_num_threads(threads)
+    problem = get_problem(name)
+    spec = spec_from_problem(
+        tag, problem, method, seed, budget_scale, num_restarts=num_restarts, raw_samples=raw_samples
+    )
+    t_run = time.perf_counter()
+    with open_store(db) as store:
+        run_bo(spec, ProblemObjective(name), store)
+    return f"{name} {method} seed {seed}: {time.perf_counter() - t_run:.1f} s"
 
 
 if __name__ == "__main__":

@@ -111,3 +111,25 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(objectives, tmp_path):
     with sqlite3.connect(tmp_path / "k.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0] == 14
     assert "Best value" in done.stdout
+
+
+def test_optimize_on_an_existing_scheduler(objectives):
+    """``--scheduler ADDRESS`` runs the evaluations on that cluster's workers, not a new one."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        args = ["optimize", "labo_test_objectives:slow_sphere", "--bounds", "0:1,0:1", "--budget", "6"]
+        args += ["--method", "sobol", "--db", "s.db", "--scheduler", cluster.scheduler_address]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        with Client(cluster.scheduler_address) as client:
+            done = client.run_on_scheduler(lambda dask_scheduler: sorted({
+                str(entry[0]) for entry in dask_scheduler.transition_log
+                if "evaluate_remote" in str(entry[0]) and entry[2] == "memory"
+            }))
+    # The six evaluations ran as six distinct tasks of this scheduler (its transition log).
+    assert len(done) == 6, done
+    with open_store("s.db") as store:
+        rows = store.evaluations("optimize")
+    assert len(rows) == 6 and all(r.status == "ok" for r in rows)
+    assert "Best value" in result.output
