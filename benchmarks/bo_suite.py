@@ -54,7 +54,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     db = args.db or str(RESULTS / f"bo_suite_{args.tag}.db")
     problems, methods = args.problems.split(","), args.methods.split(",")
-    config = {k: v for k, v in vars(args).items() if k not in ("db", "resume", "threads")}
+    config = {k: v for k, v in vars(args).items() if k not in ("db", "resume", "threads", "jobs", "no_plot")}
     t0 = time.perf_counter()
     with open_store(db) as store:
         store.create_study(args.tag, config, args.resume)

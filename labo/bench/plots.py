@@ -33,7 +33,8 @@ class Summary:
             (log10 regret for benchmark problems, best value otherwise).
         fit_seconds, acq_seconds: Mean seconds per BO iteration (model fit, acquisition).
         failed: Failed evaluations over all seeds.
-        metric: ``"log10 regret"`` or ``"best value"``.
+        metric: ``"log10 regret"``, ``"log10 hypervolume gap"`` (multi-objective problems) or
+            ``"best value"``.
     """
 
     problem: str
@@ -80,6 +81,12 @@ def curves(store: StudyStore, study: str) -> dict[tuple[str, str], dict[int, lis
     return dict(out)
 
 
+def _metric(problem: str) -> str:
+    if problem not in PROBLEM_NAMES:
+        return "best value"
+    return "log10 regret" if get_problem(problem).num_objectives == 1 else "log10 hypervolume gap"
+
+
 def _mean_se(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if math.isfinite(v)]
     if not values:
@@ -107,7 +114,7 @@ def summarize(store: StudyStore, study: str) -> list[Summary]:
         times = list(timing[(problem, method)].values())
         fit = sum(t[0] for t in times) / len(times) if times else 0.0
         acq = sum(t[1] for t in times) / len(times) if times else 0.0
-        metric = "log10 regret" if problem in PROBLEM_NAMES else "best value"
+        metric = _metric(problem)
         out.append(
             Summary(problem, method, len(by_seed), mean, se, fit, acq, failed[(problem, method)], metric)
         )
@@ -164,7 +171,7 @@ def plot_study(store: StudyStore, study: str, path: str | Path) -> Path:
             xs = range(1, length + 1)
             ax.plot(xs, mean, label=method)
             ax.fill_between(xs, mean - se, mean + se, alpha=0.2)
-        metric = "log10 regret" if problem in PROBLEM_NAMES else "best value"
+        metric = _metric(problem)
         ax.set(title=problem, xlabel="evaluations", ylabel=metric)
         ax.legend(fontsize=8)
     fig.tight_layout()

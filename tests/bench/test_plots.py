@@ -54,6 +54,22 @@ def test_regret_curves_equal_brute_force(store):
     assert f"{mean:.2f} ± {se:.2f} (log10 regret)" in table and "| 0.50 | 1.50 | 3 |" in table
 
 
+def test_multi_objective_curve_is_log10_hypervolume_gap(store):
+    """BraninCurrin: the curve is log10(max hypervolume - hypervolume of the front so far)."""
+    problem = get_problem("branincurrin")
+    ys = [[-20.0, -5.0], [-10.0, -8.0], [-5.0, -2.0]]  # the third dominates the first
+    _add(store, "branincurrin", "gp", 0, [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]], ys)
+    ref = problem.ref_point
+    # Hypervolume by hand: point 1 lies below the reference in objective 1 (no volume);
+    # point 2 is below it in objective 2; point 3 spans (-5 - ref0) x (-2 - ref1).
+    hv3 = (-5.0 - ref[0]) * (-2.0 - ref[1])
+    expected = [math.log10(problem.optimum), math.log10(problem.optimum), math.log10(problem.optimum - hv3)]
+    assert curves(store, "st")[("branincurrin", "gp")][0] == pytest.approx(expected)
+    (summary,) = summarize(store, "st")
+    assert summary.metric == "log10 hypervolume gap"
+    assert "(log10 hypervolume gap)" in format_table([summary])
+
+
 def test_user_objective_curve_is_best_value(store):
     _add(store, "my:f", "laplace", 0, [[0.0], [1.0], [2.0]], [[3.0], [1.0], [5.0]])
     assert curves(store, "st")[("my:f", "laplace")][0] == [3.0, 3.0, 5.0]
