@@ -59,7 +59,17 @@ def main() -> None:
     with open_store(db) as store:
         store.create_study(args.tag, config, args.resume)
     jobs = [
-        (db, args.tag, name, method, seed, args.budget_scale, args.num_restarts, args.raw_samples, args.threads)
+        (
+            db,
+            args.tag,
+            name,
+            method,
+            seed,
+            args.budget_scale,
+            args.num_restarts,
+            args.raw_samples,
+            args.threads,
+        )
         for name in problems
         for seed in range(args.seeds)
         for method in methods  # methods side by side on the same seed (paired design)

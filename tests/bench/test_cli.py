@@ -123,10 +123,15 @@ def test_optimize_on_an_existing_scheduler(objectives):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         with Client(cluster.scheduler_address) as client:
-            done = client.run_on_scheduler(lambda dask_scheduler: sorted({
-                str(entry[0]) for entry in dask_scheduler.transition_log
-                if "evaluate_remote" in str(entry[0]) and entry[2] == "memory"
-            }))
+            done = client.run_on_scheduler(
+                lambda dask_scheduler: sorted(
+                    {
+                        str(entry[0])
+                        for entry in dask_scheduler.transition_log
+                        if "evaluate_remote" in str(entry[0]) and entry[2] == "memory"
+                    }
+                )
+            )
     # The six evaluations ran as six distinct tasks of this scheduler (its transition log).
     assert len(done) == 6, done
     with open_store("s.db") as store:
