@@ -39,7 +39,7 @@ from labo.surrogates.fit import FitOptions
 from labo.surrogates.networks import default_network
 
 VARIANTS = ("default", "per-tensor", "long", "per-tensor-long", "sphere", "last-layer", "gp")
-LONG = FitOptions(max_epochs_cold=20000, patience=100000, rounds_cold=4)
+LONG = FitOptions(optimizer="adam", max_epochs_cold=20000, patience=100000, rounds_cold=4)
 
 
 class Sphere(nn.Module):

@@ -6,6 +6,8 @@ One *run* optimises one objective with one method and one seed. Methods:
   warm-started from the previous iteration's model (``fit_laplace_model``).
 - ``laplace-ll`` / ``laplace-kron`` / ``laplace-functional``: the main variants
   (last-layer weights; Kron over all weights; the function-space posterior).
+- ``laplace-lbfgs``: the default model with its network trained by L-BFGS instead of
+  Adam (``FitOptions(optimizer="lbfgs")``).
 - ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
 - ``sobol``: the next points of the run's scrambled Sobol sequence.
 
@@ -42,15 +44,17 @@ from torch.quasirandom import SobolEngine
 from labo.bench.store import Evaluation, StudyStore
 from labo.exceptions import BenchmarkError
 from labo.laplace import Functional, Kron, LastLayer
-from labo.surrogates import LaplaceModel, fit_laplace_model
+from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
-METHODS = ("laplace", "laplace-ll", "laplace-kron", "laplace-functional", "gp", "sobol")
+METHODS = ("laplace", "laplace-ll", "laplace-kron", "laplace-functional", "laplace-lbfgs", "gp", "sobol")
 _LAPLACE_VARIANTS = {
     "laplace": {},
     "laplace-ll": {"weights": LastLayer()},
     "laplace-kron": {"structure": Kron()},
     "laplace-functional": {"structure": Functional()},
+    "laplace-lbfgs": {},
 }
+_FIT_OPTIONS = {"laplace-lbfgs": FitOptions(optimizer="lbfgs")}
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ def fit_model(method: str, X: Tensor, Y: Tensor, previous=None):
         return model
     warm = previous if isinstance(previous, LaplaceModel) else None
     model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **_LAPLACE_VARIANTS[method])
+    if method in _FIT_OPTIONS:
+        return fit_laplace_model(model, _FIT_OPTIONS[method])
     return fit_laplace_model(model)
 
 

@@ -9,6 +9,8 @@ a differentiable function of the prior precision and of the noise.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -47,6 +49,7 @@ def optimize_hyperparameters(
     tune_prior: bool = True,
     tune_noise: bool = True,
     tol: float = 1e-6,
+    min_noise_std: float = 0.0,
 ) -> list[float]:
     """Tune prior precision (and noise, for regression) by maximising the log marginal likelihood.
 
@@ -55,12 +58,30 @@ def optimize_hyperparameters(
     ``n_steps`` or when the objective changed by less than ``tol`` (relative)
     over 10 consecutive steps. The tuned values are written back to ``la``.
 
+    ``min_noise_std > 0`` keeps the noise above a floor (it is tuned as
+    ``min_noise_std + exp(u)``), as GPyTorch's noise constraint does for GPs: on
+    noiseless or repeated observations the marginal likelihood otherwise drives the
+    noise to zero and the posterior of a model that interpolates its data collapses.
+
+    Raises:
+        ValueError: If ``min_noise_std`` is negative or not finite.
+
     Returns:
         The log marginal likelihood at each step (before the update).
     """
+    if not (min_noise_std >= 0.0 and math.isfinite(min_noise_std)):
+        raise ValueError(f"min_noise_std must be a finite number >= 0, got {min_noise_std!r}.")
     tune_noise = tune_noise and la.likelihood == "regression" and not bool(la.fixed_noise)
+    floor = min_noise_std if tune_noise else 0.0
     log_prior = la.prior_precision.detach().log().clone().requires_grad_(tune_prior)
-    log_noise = la.noise_std.detach().log().clone().requires_grad_(tune_noise)
+    start = la.noise_std.detach()
+    if floor > 0.0:
+        start = (start - floor).clamp_min(1e-3 * floor)  # the excess over the floor
+    log_noise = start.log().clone().requires_grad_(tune_noise)
+
+    def noise(u: Tensor) -> Tensor:
+        return u.exp() + floor if floor > 0.0 else u.exp()
+
     params = [p for p, t in ((log_prior, tune_prior), (log_noise, tune_noise)) if t]
     history: list[float] = []
     if not params:
@@ -69,7 +90,7 @@ def optimize_hyperparameters(
     best = (float("-inf"), log_prior.detach().clone(), log_noise.detach().clone())
     for _ in range(n_steps):
         opt.zero_grad()
-        lml = log_marginal_likelihood(la, log_prior.exp(), log_noise.exp())
+        lml = log_marginal_likelihood(la, log_prior.exp(), noise(log_noise))
         value = float(lml.detach())
         history.append(value)
         if value > best[0]:
@@ -80,9 +101,10 @@ def optimize_hyperparameters(
             break
     # Keep the best iterate seen (Adam may overshoot at the end).
     with torch.no_grad():
-        final = float(log_marginal_likelihood(la, log_prior.exp(), log_noise.exp()))
+        final = float(log_marginal_likelihood(la, log_prior.exp(), noise(log_noise)))
     if final < best[0]:
         log_prior, log_noise = best[1], best[2]
     la.prior_precision = log_prior.detach().exp()
-    la.noise_std = log_noise.detach().exp()
+    if tune_noise:
+        la.noise_std = noise(log_noise.detach())
     return history

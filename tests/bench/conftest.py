@@ -41,9 +41,28 @@ def objectives(tmp_path, monkeypatch):
 
 @pytest.fixture
 def fast_laplace(monkeypatch):
-    """Short LaplaceModel fits inside the runner (the runner's logic, not the fit, is under test)."""
+    """Short LaplaceModel fits inside the runner (the runner's logic, not the fit, is under test).
+
+    A method's own options (e.g. ``laplace-lbfgs``'s optimizer) are kept; only the step
+    budgets shrink. Each call's options are appended to the returned list.
+    """
+    from dataclasses import replace
+
     from labo.bench import runner
     from labo.surrogates import FitOptions, fit_laplace_model
 
-    options = FitOptions(max_epochs_cold=150, max_epochs_warm=50, rounds_cold=1, hyper_steps_cold=20)
-    monkeypatch.setattr(runner, "fit_laplace_model", lambda model: fit_laplace_model(model, options))
+    calls = []
+
+    def fast(model, options=None):
+        short = replace(
+            options or FitOptions(),
+            max_epochs_cold=150,
+            max_epochs_warm=50,
+            rounds_cold=1,
+            hyper_steps_cold=20,
+        )
+        calls.append(short)
+        return fit_laplace_model(model, short)
+
+    monkeypatch.setattr(runner, "fit_laplace_model", fast)
+    return calls

@@ -46,7 +46,7 @@ def test_minimize_flips_model_targets_not_stored_values(store, objectives):
     assert res.best().y[0] == min(r.y[0] for r in res.evaluations)
 
 
-@pytest.mark.parametrize("method", ["laplace", "gp"])
+@pytest.mark.parametrize("method", ["laplace", "laplace-lbfgs", "gp"])
 def test_model_methods_propose_inside_bounds_and_record_timings(store, objectives, fast_laplace, method):
     res = run_bo(spec(method, budget=6, q=2), objectives.sphere, store)
     bo_rows = [r for r in res.evaluations if r.iteration > 0]
@@ -55,6 +55,9 @@ def test_model_methods_propose_inside_bounds_and_record_timings(store, objective
     assert all(-1 <= r.x[0] <= 1 and 0 <= r.x[1] <= 2 for r in bo_rows)
     X = torch.tensor([r.x for r in res.evaluations])
     assert torch.cdist(X[4:], X[:4]).min() > 1e-6  # no re-evaluation of the initial design
+    if method.startswith("laplace"):
+        expected = "lbfgs" if method == "laplace-lbfgs" else "adam"
+        assert fast_laplace and all(o.optimizer == expected for o in fast_laplace)
 
 
 def test_failures_are_recorded_and_the_run_goes_on(store, objectives, fast_laplace):

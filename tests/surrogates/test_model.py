@@ -200,7 +200,7 @@ def test_map_training_ends_at_the_lowest_loss_weights():
     Z = (model.train_targets - model.y_mean) / model.y_scale
     start = train_map(model, X, Z, FitOptions(), max_epochs=0)["loss"]
     before = [p.detach().clone() for p in model.network.parameters()]
-    info = train_map(model, X, Z, FitOptions(lr=0.5, patience=5), max_epochs=50)
+    info = train_map(model, X, Z, FitOptions(optimizer="adam", lr=0.5, patience=5), max_epochs=50)
     assert info["loss"] <= start
     after = train_map(model, X, Z, FitOptions(), max_epochs=0)["loss"]
     assert after == pytest.approx(info["loss"], rel=1e-12)
