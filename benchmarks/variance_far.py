@@ -4,7 +4,10 @@ The state of the first BO iteration of a suite problem: ``n`` scrambled-Sobol po
 the unit cube (seeds 0, 1, ...). Each surrogate is fitted on them; the script prints its
 mean posterior variance, divided by the variance of the training targets, at the data,
 at 256 other Sobol points and at 256 random corners of the cube, and its held-out
-RMSE / std on 512 Sobol points. A GP's variance is capped by its outputscale; a
+RMSE / std on 512 Sobol points, and its mean at the Sobol points and corners measured
+from the best training target in units of the targets' standard deviation (``mean_lift``;
+the true function's value there for reference) with the fraction of those points where
+the mean exceeds the best observed value. A GP's variance is capped by its outputscale; a
 linearised network's prior variance ``J(x) J(x)^T / lambda`` is not, which sends
 qLogNEI to the corners (see ``bo_boundary.py``).
 
@@ -12,7 +15,7 @@ Variants: ``default`` (LaplaceModel as the runner builds it), ``per-tensor`` (on
 precision per weight tensor), ``long`` (10x the MAP training steps, 4 rounds),
 ``per-tensor-long`` (both), ``sphere`` (inputs mapped to the unit sphere,
 ``(2x - 1, sqrt(d)) / ||.||``, before the default MLP), ``last-layer`` (LastLayer weights),
-``gp`` (SingleTaskGP, BoTorch defaults).
+``lbfgs`` (MAP training by L-BFGS), ``gp`` (SingleTaskGP, BoTorch defaults).
 
 Run: ``python benchmarks/variance_far.py [--problem hartmann6_100d] [--n 20] [--seeds 2]
 [--variants default,per-tensor,...] [--out benchmarks/results/variance_far.json]``
@@ -38,7 +41,7 @@ from labo.surrogates import LaplaceModel, fit_laplace_model
 from labo.surrogates.fit import FitOptions
 from labo.surrogates.networks import default_network
 
-VARIANTS = ("default", "per-tensor", "long", "per-tensor-long", "sphere", "last-layer", "gp")
+VARIANTS = ("default", "per-tensor", "long", "per-tensor-long", "sphere", "last-layer", "lbfgs", "gp")
 LONG = FitOptions(optimizer="adam", max_epochs_cold=20000, patience=100000, rounds_cold=4)
 
 
@@ -64,7 +67,10 @@ def fit_variant(variant: str, X: torch.Tensor, Y: torch.Tensor):
     if variant == "last-layer":
         kwargs["weights"] = LastLayer()
     model = LaplaceModel(X, Y, outcome_transform=Standardize(1), **kwargs)
-    fit_laplace_model(model, LONG if variant.endswith("long") else None)
+    options = (
+        LONG if variant.endswith("long") else FitOptions(optimizer="lbfgs") if variant == "lbfgs" else None
+    )
+    fit_laplace_model(model, options)
     return model
 
 
@@ -105,11 +111,20 @@ def main() -> None:
                     model.posterior(Z).variance.mean().item() / Y.var().item() for Z in (X, sobol, corners)
                 ]
                 mean = model.posterior(X_test).mean
+                # The mean away from the data, in units of std(y) above the best observed y:
+                # a positive value is a point the model expects to beat the incumbent.
+                lift = [((model.posterior(Z).mean - Y.max()) / Y.std()).squeeze(-1) for Z in (sobol, corners)]
+            true_lift = [((f(Z) - Y.max()) / Y.std()).squeeze(-1) for Z in (sobol, corners)]
             rmse = ((mean - Y_test).pow(2).mean().sqrt() / Y_test.std()).item()
             row = {
                 "problem": args.problem, "n": args.n, "seed": seed, "variant": variant,
                 "var_at_data": var[0], "var_at_sobol": var[1], "var_at_corners": var[2],
                 "heldout_rmse_over_std": rmse,
+                "mean_lift_sobol": lift[0].mean().item(), "mean_lift_corners": lift[1].mean().item(),
+                "frac_above_best_sobol": (lift[0] > 0).double().mean().item(),
+                "frac_above_best_corners": (lift[1] > 0).double().mean().item(),
+                "true_lift_sobol": true_lift[0].mean().item(),
+                "true_lift_corners": true_lift[1].mean().item(),
             }  # fmt: skip
             if variant != "gp":
                 row["prior_precision"] = model.laplace.prior_precision.detach().flatten().tolist()
@@ -117,7 +132,11 @@ def main() -> None:
             rows.append(row)
             print(
                 f"seed {seed} {variant:16s} variance / Var(y): data {var[0]:.3f}  Sobol {var[1]:.3f}  "
-                f"corners {var[2]:.3f}  held-out RMSE/std {rmse:.3f}",
+                f"corners {var[2]:.3f}  held-out RMSE/std {rmse:.3f}  "
+                f"mean - best (std): Sobol {lift[0].mean():.2f} (true {true_lift[0].mean():.2f}), "
+                f"corners {lift[1].mean():.2f} (true {true_lift[1].mean():.2f}); "
+                f"above best: Sobol {(lift[0] > 0).double().mean():.2f}, "
+                f"corners {(lift[1] > 0).double().mean():.2f}",
                 flush=True,
             )
             Path(args.out).write_text(json.dumps(rows, indent=1))
