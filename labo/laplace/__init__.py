@@ -10,7 +10,7 @@ from labo.laplace.conditioning import ConditionedLaplace, condition
 from labo.laplace.function_samples import FunctionSamples, sample_functions
 from labo.laplace.functional import Functional
 from labo.laplace.laplace import LaplaceApproximation, fit_laplace
-from labo.laplace.marglik import log_marginal_likelihood, optimize_hyperparameters
+from labo.laplace.marglik import input_relevance_groups, log_marginal_likelihood, optimize_hyperparameters
 from labo.laplace.structures import Diagonal, Full, Kron, Structure
 from labo.laplace.subnetworks import (
     WeightStrategy,
@@ -44,6 +44,7 @@ __all__ = [
     "largest_magnitude",
     "largest_variance",
     "last_layer",
+    "input_relevance_groups",
     "log_marginal_likelihood",
     "optimize_hyperparameters",
     "random_weights",

@@ -264,7 +264,16 @@ class FunctionalCurvature(Curvature):
         self._eig = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+    def precision(
+        self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False, prior_is_tied: bool = True
+    ):
+        """The posterior precision for a per-weight ``prior`` (expanded) and likelihood ``scale``.
+
+        ``prior_is_tied``: the per-weight vector was expanded from a scalar or per-tensor
+        prior. The layer-factor path reads one value per tensor, so for an untied
+        per-weight prior that needs gradients it is skipped: its derivative would land
+        on one entry per tensor.
+        """
         self.check_fitted()
         eig = None
         if prior_is_scalar:
@@ -272,7 +281,7 @@ class FunctionalCurvature(Curvature):
                 self._eig = torch.linalg.eigvalsh(self.R @ self.R.T).clamp_min(0.0)
             eig = self._eig
         layer_priors = None
-        if self.plan is not None:
+        if self.plan is not None and (prior_is_tied or not prior.requires_grad):
             layer_priors = per_tensor_prior(prior, self._subset, self.plan)
         return FunctionalPrecision(self.R, prior, scale, eig, self._train_factors(), layer_priors)
 

@@ -130,7 +130,10 @@ class LaplaceApproximation(nn.Module):
     def _precision(self, prior: Tensor, noise: Tensor):
         """The posterior precision operator for given hyperparameters."""
         precision = self.curvature.precision(
-            self._expand_prior(prior), self._scale(noise), prior_is_scalar=prior.dim() == 0
+            self._expand_prior(prior),
+            self._scale(noise),
+            prior_is_scalar=prior.dim() == 0,
+            prior_is_tied=prior.dim() == 0 or prior.numel() != self.n_weights,
         )
         if self._layer_index is not None and hasattr(precision, "bind_layers"):
             precision.bind_layers([i.to(self._device) for i in self._layer_index])

@@ -50,6 +50,7 @@ def optimize_hyperparameters(
     tune_noise: bool = True,
     tol: float = 1e-6,
     min_noise_std: float = 0.0,
+    prior_groups: Tensor | None = None,
 ) -> list[float]:
     """Tune prior precision (and noise, for regression) by maximising the log marginal likelihood.
 
@@ -63,8 +64,16 @@ def optimize_hyperparameters(
     noiseless or repeated observations the marginal likelihood otherwise drives the
     noise to zero and the posterior of a model that interpolates its data collapses.
 
+    ``prior_groups`` (integer tensor, one entry in ``[0, G)`` per selected weight) ties
+    the prior precision within groups: ``G`` values are tuned and written back as a
+    per-weight prior. One group per input of the first layer is automatic relevance
+    determination (ARD), a network's analogue of a GP's lengthscale per input
+    (:func:`input_relevance_groups`).
+
     Raises:
-        ValueError: If ``min_noise_std`` is negative or not finite.
+        ValueError: If ``min_noise_std`` is negative or not finite, or ``prior_groups``
+            does not give one group in ``[0, G)`` to every selected weight with every
+            group used.
 
     Returns:
         The log marginal likelihood at each step (before the update).
@@ -73,7 +82,17 @@ def optimize_hyperparameters(
         raise ValueError(f"min_noise_std must be a finite number >= 0, got {min_noise_std!r}.")
     tune_noise = tune_noise and la.likelihood == "regression" and not bool(la.fixed_noise)
     floor = min_noise_std if tune_noise else 0.0
-    log_prior = la.prior_precision.detach().log().clone().requires_grad_(tune_prior)
+    groups = None if prior_groups is None else _check_groups(prior_groups, la)
+    prior0 = la.prior_precision.detach()
+    if groups is not None:  # start from each group's mean of the current per-weight prior
+        full = la._expand_prior(prior0)
+        count = torch.zeros(int(groups.max()) + 1, dtype=full.dtype, device=full.device)
+        prior0 = count.index_add(0, groups, full) / count.index_add(0, groups, torch.ones_like(full))
+    log_prior = prior0.log().clone().requires_grad_(tune_prior)
+
+    def prior(v: Tensor) -> Tensor:
+        return v.exp() if groups is None else v.exp()[groups]
+
     start = la.noise_std.detach()
     if floor > 0.0:
         start = (start - floor).clamp_min(1e-3 * floor)  # the excess over the floor
@@ -90,7 +109,7 @@ def optimize_hyperparameters(
     best = (float("-inf"), log_prior.detach().clone(), log_noise.detach().clone())
     for _ in range(n_steps):
         opt.zero_grad()
-        lml = log_marginal_likelihood(la, log_prior.exp(), noise(log_noise))
+        lml = log_marginal_likelihood(la, prior(log_prior), noise(log_noise))
         value = float(lml.detach())
         history.append(value)
         if value > best[0]:
@@ -101,10 +120,58 @@ def optimize_hyperparameters(
             break
     # Keep the best iterate seen (Adam may overshoot at the end).
     with torch.no_grad():
-        final = float(log_marginal_likelihood(la, log_prior.exp(), noise(log_noise)))
+        final = float(log_marginal_likelihood(la, prior(log_prior), noise(log_noise)))
     if final < best[0]:
         log_prior, log_noise = best[1], best[2]
-    la.prior_precision = log_prior.detach().exp()
+    la.prior_precision = prior(log_prior.detach())
     if tune_noise:
         la.noise_std = noise(log_noise.detach())
     return history
+
+
+def _check_groups(groups, la) -> Tensor:
+    if not isinstance(groups, Tensor) or groups.dtype not in (torch.int32, torch.int64) or groups.dim() != 1:
+        raise ValueError(
+            "prior_groups must be a 1-D integer tensor with one group index per selected weight."
+        )
+    if groups.numel() != la.n_weights:
+        raise ValueError(
+            f"prior_groups has {groups.numel()} entries, but the posterior has "
+            f"{la.n_weights} selected weights."
+        )
+    groups = groups.to(device=la._device, dtype=torch.int64)
+    if int(groups.min()) < 0 or torch.unique(groups).numel() != int(groups.max()) + 1:
+        raise ValueError("prior_groups must use every group 0, 1, ..., G-1 (and no negative index).")
+    return groups
+
+
+def input_relevance_groups(la) -> Tensor:
+    """Prior groups for automatic relevance determination (ARD) of a network's inputs.
+
+    The weights of the first ``nn.Linear`` layer (in ``la.network``'s module order) are
+    grouped by input column (groups ``0 .. d-1``: every weight leaving input ``j``
+    shares one prior precision); every other selected tensor is a group of its own.
+    Needs the first layer's weight to be selected whole.
+
+    Raises:
+        ValueError: If the network has no ``nn.Linear`` layer or its first one's weight
+            is not wholly in the subset.
+    """
+    first = next((name for name, m in la.network.named_modules() if isinstance(m, torch.nn.Linear)), None)
+    if first is None:
+        raise ValueError("input_relevance_groups needs a network with an nn.Linear layer.")
+    wname = f"{first}.weight" if first else "weight"
+    groups, next_group = [], None
+    selected = {s.name: s for s in la.subset.selected}
+    s = selected.get(wname)
+    if s is None or s.index is not None:
+        raise ValueError(f"ARD needs the first layer's weight {wname!r} wholly in the Bayesian subset.")
+    d = s.shape[1]
+    next_group = d
+    for t in la.subset.selected:
+        if t.name == wname:
+            groups.append(torch.arange(t.size, device=la._device) % d)
+        else:
+            groups.append(torch.full((t.size,), next_group, dtype=torch.int64, device=la._device))
+            next_group += 1
+    return torch.cat(groups)

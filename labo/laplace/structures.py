@@ -40,7 +40,9 @@ class Curvature(nn.Module):
     def compute(self, network, subset, likelihood, X, n_outputs, noise_var=None) -> None:  # pragma: no cover
         raise NotImplementedError
 
-    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+    def precision(
+        self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False, prior_is_tied: bool = True
+    ):
         raise NotImplementedError  # pragma: no cover
 
     def dense(self) -> Tensor:  # pragma: no cover
@@ -68,7 +70,9 @@ class FullCurvature(Curvature):
             self._eig = torch.linalg.eigvalsh(self.C).clamp_min(0.0)
         return self._eig
 
-    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+    def precision(
+        self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False, prior_is_tied: bool = True
+    ):
         self.check_fitted()
         return FullPrecision(self.C, prior, scale, self.eigenvalues if prior_is_scalar else None)
 
@@ -85,7 +89,9 @@ class DiagonalCurvature(Curvature):
         self.c = ggn(network, subset, likelihood, X, n_outputs, diagonal=True, noise_var=noise_var)
         self.fitted.fill_(True)
 
-    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+    def precision(
+        self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False, prior_is_tied: bool = True
+    ):
         self.check_fitted()
         return DiagonalPrecision(self.c, prior, scale)
 
@@ -135,7 +141,9 @@ class KronCurvature(Curvature):
             self.rest_c = self.rest_c.to(X)
         self.fitted.fill_(True)
 
-    def precision(self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False):
+    def precision(
+        self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False, prior_is_tied: bool = True
+    ):
         self.check_fitted()
         return KronPrecision(self._blocks(), (self.rest_index, self.rest_c), prior, scale, self.n_weights)
 
