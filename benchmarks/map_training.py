@@ -9,7 +9,8 @@ deviation, the tuned noise standard deviation and the fit's seconds. Side by sid
 one run, one torch thread.
 
 Variants: ``adam`` (``FitOptions(optimizer="adam")``, the default before L-BFGS),
-``lbfgs`` (``FitOptions()``), ``gp`` (SingleTaskGP with BoTorch's defaults).
+``lbfgs`` (``FitOptions(optimizer="lbfgs")``), ``ard`` (Adam, one prior precision per
+input for the first layer: ``FitOptions(prior="ard")``), ``gp`` (SingleTaskGP with BoTorch's defaults).
 
 Run: ``python benchmarks/map_training.py [--problem branin] [--ns 20,40] [--seeds 3]
 [--variants adam,lbfgs,gp] [--out benchmarks/results/map_training_<problem>.json]``
@@ -34,7 +35,7 @@ from labo.bench import get_problem
 from labo.surrogates import LaplaceModel, fit_laplace_model
 from labo.surrogates.fit import FitOptions
 
-VARIANTS = ("adam", "lbfgs", "gp")
+VARIANTS = ("adam", "lbfgs", "ard", "gp")
 
 
 def fit_variant(variant: str, X: torch.Tensor, Y: torch.Tensor):
@@ -46,7 +47,7 @@ def fit_variant(variant: str, X: torch.Tensor, Y: torch.Tensor):
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
     model = LaplaceModel(X, Y, outcome_transform=Standardize(1))
-    fit_laplace_model(model, FitOptions(optimizer=variant))
+    fit_laplace_model(model, FitOptions(prior="ard") if variant == "ard" else FitOptions(optimizer=variant))
     return model, float(model.fit_info["noise_std"].mean())
 
 

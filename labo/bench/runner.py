@@ -8,6 +8,8 @@ One *run* optimises one objective with one method and one seed. Methods:
   (last-layer weights; Kron over all weights; the function-space posterior).
 - ``laplace-lbfgs``: the default model with its network trained by L-BFGS instead of
   Adam (``FitOptions(optimizer="lbfgs")``).
+- ``laplace-ard``: the default model with one prior precision per input for the first
+  layer's weights (``FitOptions(prior="ard")``).
 - ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
 - ``sobol``: the next points of the run's scrambled Sobol sequence.
 
@@ -46,15 +48,25 @@ from labo.exceptions import BenchmarkError
 from labo.laplace import Functional, Kron, LastLayer
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
-METHODS = ("laplace", "laplace-ll", "laplace-kron", "laplace-functional", "laplace-lbfgs", "gp", "sobol")
+METHODS = (
+    "laplace",
+    "laplace-ll",
+    "laplace-kron",
+    "laplace-functional",
+    "laplace-lbfgs",
+    "laplace-ard",
+    "gp",
+    "sobol",
+)
 _LAPLACE_VARIANTS = {
     "laplace": {},
     "laplace-ll": {"weights": LastLayer()},
     "laplace-kron": {"structure": Kron()},
     "laplace-functional": {"structure": Functional()},
     "laplace-lbfgs": {},
+    "laplace-ard": {},
 }
-_FIT_OPTIONS = {"laplace-lbfgs": FitOptions(optimizer="lbfgs")}
+_FIT_OPTIONS = {"laplace-lbfgs": FitOptions(optimizer="lbfgs"), "laplace-ard": FitOptions(prior="ard")}
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import torch
 from gpytorch.mlls import MarginalLogLikelihood
 from torch import Tensor
 
-from labo.laplace import optimize_hyperparameters
+from labo.laplace import input_relevance_groups, optimize_hyperparameters
 from labo.surrogates.model import LaplaceModel
 
 
@@ -77,6 +77,10 @@ class FitOptions:
         hyper_lr: Adam learning rate of the hyperparameter tuning.
         min_noise_std: Floor of the tuned noise standard deviation, in standardised
             target units (not applied to known noise, ``train_Yvar``).
+        prior: ``"scalar"`` (one prior precision, or the shape the model was given) or
+            ``"ard"``: one prior precision per input for the first layer's weights
+            (automatic relevance determination, like a GP's lengthscale per input) and
+            one per other weight tensor (``labo.laplace.input_relevance_groups``).
         seed: Seed of torch's global random generator, set before a cold fit (the
             network's initial weights were drawn before, at construction); ``None``
             leaves the generator alone.
@@ -97,6 +101,7 @@ class FitOptions:
     hyper_steps_warm: int = 50
     hyper_lr: float = 0.1
     min_noise_std: float = 1e-2
+    prior: str = "scalar"
     seed: int | None = 0
     cosine: bool = False
     lr_warm: float = 1e-2
@@ -108,6 +113,8 @@ class FitOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}.")
+        if self.prior not in ("scalar", "ard"):
+            raise ValueError(f"prior must be 'scalar' or 'ard', got {self.prior!r}.")
         if not (self.min_noise_std >= 0.0 and math.isfinite(self.min_noise_std)):
             raise ValueError(f"min_noise_std must be a finite number >= 0, got {self.min_noise_std!r}.")
 
@@ -305,6 +312,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             lr=opts.hyper_lr,
             tune_noise=not fixed_noise,
             min_noise_std=opts.min_noise_std,
+            prior_groups=input_relevance_groups(la) if opts.prior == "ard" else None,
         )
     model.eval()
     with torch.no_grad():

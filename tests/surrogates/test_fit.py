@@ -118,3 +118,31 @@ def test_repeated_noiseless_points_keep_the_noise_at_the_floor():
     post = fits[1e-2].posterior(torch.rand(64, 2, dtype=torch.float64))
     assert torch.isfinite(post.variance).all() and (post.variance > 0).all()
     assert math.isfinite(float(fits[1e-2].laplace.log_marginal_likelihood()))
+
+
+def test_ard_prior_finds_the_relevant_input():
+    """prior="ard": one precision per input column of the first layer; on y = sin(3 x_0) the
+    irrelevant inputs get a larger precision (a smaller prior scale) than x_0."""
+    from labo.laplace import input_relevance_groups
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(40, 4, dtype=torch.float64, generator=g)
+    Y = torch.sin(3 * X[:, :1]) + 0.01 * torch.randn(40, 1, dtype=torch.float64, generator=g)
+    ard = FitOptions(prior="ard", max_epochs_cold=600, max_epochs_warm=100, hyper_steps_warm=20)
+    model = fit_laplace_model(LaplaceModel(X, Y, network=small_net(4, 1)), ard)
+    la = model.laplace
+    groups = input_relevance_groups(la)
+    prior = la.prior_precision
+    assert prior.shape == (la.n_weights,)
+    per_group = torch.stack([prior[groups == k][0] for k in range(int(groups.max()) + 1)])
+    for k in range(per_group.numel()):
+        assert torch.all(prior[groups == k] == per_group[k])
+    assert float(per_group[0]) < float(per_group[1:4].min())
+    # A warm refit keeps the grouped prior.
+    refit = fit_laplace_model(LaplaceModel(X, Y, network=small_net(4, 1, seed=5), warm_start=model), ard)
+    assert refit.laplace.prior_precision.shape == (la.n_weights,)
+
+
+def test_bad_prior_option():
+    with pytest.raises(ValueError, match="prior"):
+        FitOptions(prior="per-weight")
