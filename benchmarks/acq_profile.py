@@ -77,7 +77,10 @@ def profile_one(method: str, n: int, d: int, device: torch.device) -> dict:
     model = fit(method, X, Y)
     sync(device)
     row = {"method": method, "n": n, "d": d, "device": str(device), "fit_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
     acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True)
+    sync(device)
+    row["acqf_init_s"] = time.perf_counter() - t0
     row["baseline_rows"] = int(acqf.X_baseline.shape[0])
     shapes: list[tuple[int, ...]] = []
     forward = acqf.forward

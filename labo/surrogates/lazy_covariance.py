@@ -19,7 +19,14 @@ read; the baseline block is factorised once. With hundreds of baseline points th
 dense joint covariance would dominate acquisition optimisation.
 
 Everything else (``to_dense``, root decompositions, solves) goes through the dense
-matrix, built on first use and kept.
+matrix, built on first use and kept, with one exception: sampling. The factors are
+an exact root of the covariance, ``C = R Rᵀ`` with ``R = [(b ⊗ a) diag(√w)]_l`` of
+``N x P`` (``P`` = the Bayesian weights), so where ``P < N`` (the matrix has rank at
+most ``P``) :class:`FactorMultivariateNormal` draws samples as ``R ε`` without forming
+``C``: ``O(N · P · S)`` for ``S`` samples instead of the dense ``O(N² · P)`` matrix, its
+Cholesky (which needs jitter, the matrix being singular) and the ``O(N² · S)`` product.
+BoTorch's ``prune_inferior_points`` samples the joint posterior over every
+observation this way when a noisy acquisition function is built.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from labo.laplace.layer_quads import SharedRows
 from labo.laplace.predictive import glm_layer_terms
 
 _FIELDS = 5  # per layer: a_L, b_L, a_R, b_R, w
+_NO_SAMPLES = torch.Size()
+_ROOT_CHUNK = 2**24  # elements of one row chunk of the factor root (128 MiB in float64)
 
 
 def _is_plain(index) -> bool:
@@ -67,6 +76,7 @@ class LayerFactorCovariance(LinearOperator):
         super().__init__(*tensors)
         self._layers = [tensors[k : k + _FIELDS] for k in range(0, len(tensors), _FIELDS)]
         self._dense: Tensor | None = None
+        self.is_symmetric = all(aL is aR and bL is bR for aL, bL, aR, bR, _ in self._layers)
 
     @classmethod
     def symmetric(cls, terms) -> LayerFactorCovariance:
@@ -134,6 +144,85 @@ class LayerFactorCovariance(LinearOperator):
 
     def _expand_batch(self, batch_shape: torch.Size) -> LayerFactorCovariance:
         return self.__class__(*[t.expand(*batch_shape, *t.shape[-2:]) for t in self._args])
+
+    @property
+    def root_rank(self) -> int:
+        """``P``, the columns of the exact factor root ``R`` (``C = R Rᵀ``): the Bayesian weights."""
+        return sum(bL.shape[-1] * aL.shape[-1] for aL, bL, _, _, _ in self._layers)
+
+    def root_matmul(self, eps: Tensor) -> Tensor:
+        """``R @ eps`` for the exact factor root ``R (..., N, P)`` and ``eps (..., P, S)``.
+
+        ``R``'s columns are, layer after layer, ``b[:, g] a[:, i] √w[g, i]`` (``g`` major),
+        formed ``_ROOT_CHUNK`` elements at a time, never whole. Only for the covariance of
+        rows with themselves (``is_symmetric``).
+        """
+        if not self.is_symmetric:
+            raise RuntimeError("root_matmul needs the covariance of rows with themselves.")
+        if eps.shape[-2] != self.root_rank:
+            raise ValueError(f"eps has {eps.shape[-2]} rows, the factor root has {self.root_rank} columns.")
+        N, out, start = self.shape[-1], None, 0
+        for a, b, _, _, w in self._layers:
+            g, i = b.shape[-1], a.shape[-1]
+            sw = w.clamp_min(0).sqrt()
+            e = eps[..., start : start + g * i, :]
+            start += g * i
+            step = max(1, _ROOT_CHUNK // (g * i))
+            rows = []
+            for lo in range(0, N, step):
+                R = (
+                    b[..., lo : lo + step, :, None] * a[..., lo : lo + step, None, :] * sw[..., None, :, :]
+                ).flatten(-2)
+                rows.append(R @ e)
+            term = rows[0] if len(rows) == 1 else torch.cat(rows, dim=-2)
+            out = term if out is None else out + term
+        return out
+
+
+class FactorMultivariateNormal(MultivariateNormal):
+    """A ``MultivariateNormal`` whose samples use the exact factor root where it is low-rank.
+
+    Where the covariance is a symmetric :class:`LayerFactorCovariance` (or a
+    :class:`SharedHeadCovariance`) with fewer root columns ``P`` than rows ``N``,
+    ``rsample`` returns ``mean + R ε`` (:meth:`LayerFactorCovariance.root_matmul`),
+    taking the first ``P`` of each sample's ``N`` base samples, as GPyTorch does for a
+    low-rank root. The samples have exactly the distribution's covariance; the
+    dense path would form the ``N x N`` matrix and add jitter to factor it. Everything
+    else is the parent's; so is sampling where ``P ≥ N``.
+    """
+
+    def _factor_root(self) -> LayerFactorCovariance | None:
+        covar = self.lazy_covariance_matrix
+        if isinstance(covar, SharedHeadCovariance):
+            covar = covar.joined()
+        if (
+            isinstance(covar, LayerFactorCovariance)
+            and covar.is_symmetric
+            and covar.root_rank < covar.shape[-1]
+        ):
+            return covar
+        return None
+
+    def rsample(self, sample_shape: torch.Size = _NO_SAMPLES, base_samples: Tensor | None = None) -> Tensor:
+        covar = self._factor_root()
+        if covar is None:
+            return super().rsample(sample_shape, base_samples)
+        loc, P = self.loc, covar.root_rank
+        if base_samples is None:
+            sample_shape = torch.Size(sample_shape)
+            eps = torch.randn(
+                max(sample_shape.numel(), 1), *loc.shape[:-1], P, dtype=loc.dtype, device=loc.device
+            )
+        else:
+            if base_samples.shape[base_samples.dim() - loc.dim() :] != loc.shape:
+                raise RuntimeError(
+                    f"base_samples of shape {tuple(base_samples.shape)} do not end in the mean's shape "
+                    f"{tuple(loc.shape)}."
+                )
+            sample_shape = base_samples.shape[: base_samples.dim() - loc.dim()]
+            eps = base_samples.reshape(-1, *loc.shape)[..., :P]
+        res = covar.root_matmul(eps.movedim(0, -1)) + loc.unsqueeze(-1)  # (..., N, S)
+        return res.movedim(-1, 0).reshape(*sample_shape, *loc.shape)
 
 
 def _one_output_rows(Pa: Tensor, Pb) -> Tensor:
@@ -371,10 +460,11 @@ def one_output_posterior(
     mean = y_mean + y_scale * F[..., 0]
     if outcome_transform is not None:
         mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
-    return GPyTorchPosterior(distribution=MultivariateNormal(mean, covar))
+    return GPyTorchPosterior(distribution=FactorMultivariateNormal(mean, covar))
 
 
 __all__ = [
+    "FactorMultivariateNormal",
     "HeadCache",
     "LayerFactorCovariance",
     "SharedHeadCovariance",

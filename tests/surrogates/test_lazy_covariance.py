@@ -193,3 +193,73 @@ def test_head_cache_reuses_only_identical_rows_and_model_state():
         next(model.network.parameters()).mul_(1.01)
     rows_and_grad(base + 0.01)
     assert cache._entry is not entry
+
+
+@pytest.mark.parametrize("weights", ["last", "all"])
+def test_factor_root_is_exact_and_sampling_uses_it(weights, monkeypatch):
+    """``R Rᵀ`` equals the dense covariance; where ``P < N`` samples are ``mean + R ε`` with
+    the first ``P`` base samples, without forming the ``N x N`` matrix; else the dense path."""
+    from labo.laplace import LastLayer
+    from labo.surrogates.lazy_covariance import FactorMultivariateNormal
+
+    kw = {"weights": LastLayer()} if weights == "last" else {"structure": Kron()}
+    model = fitted_model(n=30, **kw)
+    X = torch.rand(2, 40, 3, dtype=torch.float64)
+    post = model.posterior(X)
+    mvn = post.distribution
+    covar = mvn.lazy_covariance_matrix
+    assert isinstance(mvn, FactorMultivariateNormal) and covar.is_symmetric
+    P = covar.root_rank
+    assert P == (17 if weights == "last" else 16 * 4 + 16 * 17 + 17)
+    R = covar.root_matmul(torch.eye(P, dtype=torch.float64).expand(2, P, P))
+    C = _dense_posterior(model, X, monkeypatch).distribution.covariance_matrix
+    torch.testing.assert_close(R @ R.mT, C, rtol=1e-10, atol=1e-12)
+    base = torch.randn(5, 2, 40, dtype=torch.float64)
+    if weights == "last":  # P = 17 < N = 40: factor root, no dense matrix
+        with monkeypatch.context() as m:
+            m.setattr(LayerFactorCovariance, "to_dense", lambda self: pytest.fail("dense matrix formed"))
+            samples = mvn.rsample(torch.Size([5]), base_samples=base)
+            free = mvn.rsample(torch.Size([3, 4]))
+        expected = mvn.mean + (R @ base[..., :P].unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(samples, expected, rtol=1e-10, atol=1e-12)
+        assert free.shape == (3, 4, 2, 40) and torch.isfinite(free).all()
+        # the empirical covariance of many free samples approaches C
+        many = mvn.rsample(torch.Size([20000]))
+        emp = torch.einsum("sbn,sbm->bnm", many - mvn.mean, many - mvn.mean) / 20000
+        assert (emp - C).abs().max() < 0.05 * C.diagonal(dim1=-1, dim2=-2).max()
+        # a small chunk size gives the same product
+        m = pytest.MonkeyPatch()
+        m.setattr("labo.surrogates.lazy_covariance._ROOT_CHUNK", 20)
+        try:
+            torch.testing.assert_close(mvn.rsample(torch.Size([5]), base_samples=base), samples)
+        finally:
+            m.undo()
+        with pytest.raises(RuntimeError, match="mean's shape"):
+            mvn.rsample(torch.Size([5]), base_samples=base[..., :30])
+    else:  # P = 353 > N = 40: GPyTorch's dense root, same samples as a plain MVN
+        from gpytorch.distributions import MultivariateNormal
+
+        ref = MultivariateNormal(mvn.mean, C).rsample(torch.Size([5]), base_samples=base)
+        torch.testing.assert_close(mvn.rsample(torch.Size([5]), base_samples=base), ref, rtol=1e-6, atol=1e-8)
+
+
+def test_pruning_with_the_factor_root_keeps_the_same_points():
+    """BoTorch's prune_inferior_points over more points than the last layer has weights:
+    the factor-root samples (exact) and the dense, jittered root find the same best points."""
+    from botorch.acquisition.utils import prune_inferior_points
+
+    from labo.laplace import LastLayer
+    from labo.surrogates import lazy_covariance
+
+    model = fitted_model(n=60, weights=LastLayer())
+    X = model.train_inputs[0]
+    kept = prune_inferior_points(model, X, num_samples=512)
+    assert 1 <= kept.shape[0] <= X.shape[0]
+    original = lazy_covariance.FactorMultivariateNormal._factor_root
+    lazy_covariance.FactorMultivariateNormal._factor_root = lambda self: None
+    try:
+        dense_kept = prune_inferior_points(model, X, num_samples=512)
+    finally:
+        lazy_covariance.FactorMultivariateNormal._factor_root = original
+    best = model.posterior(X).mean.argmax()
+    assert (kept == X[best]).all(-1).any() and (dense_kept == X[best]).all(-1).any()
