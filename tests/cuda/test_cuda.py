@@ -80,3 +80,32 @@ def test_samples_and_thompson_with_generators_on_cuda(gen_device):
     gen = torch.Generator(device=gen_device).manual_seed(0)
     cand = thompson_candidates(model, bounds, q=2, num_restarts=2, raw_samples=16, generator=gen)
     assert cand.shape == (2, 3) and cand.device.type == "cuda"
+
+
+def test_factor_root_sampling_and_pruning_on_cuda():
+    """Last-layer model over more points than it has Bayesian weights: samples come from the
+    exact factor root on the GPU (``R Rᵀ`` equals the covariance); qLogNEI's pruning uses it."""
+    from labo.surrogates.lazy_covariance import FactorMultivariateNormal
+
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    X = torch.rand(120, 4, dtype=torch.float64, device=CUDA, generator=g)
+    Y = torch.sin(6 * X).sum(-1, keepdim=True)
+    model = LaplaceModel(
+        X, Y, weights=LastLayer(), input_transform=Normalize(4), outcome_transform=Standardize(1)
+    )
+    fit_laplace_model(model, FitOptions(max_epochs_cold=200, hyper_steps_cold=20))
+    Xt = torch.rand(2, 150, 4, dtype=torch.float64, device=CUDA, generator=g)
+    mvn = model.posterior(Xt).distribution
+    assert isinstance(mvn, FactorMultivariateNormal)
+    root = mvn._factor_root()
+    assert root is not None
+    P = root.root_rank
+    R = root.root_matmul(torch.eye(P, dtype=torch.float64, device=CUDA).expand(2, P, P))
+    torch.testing.assert_close(R @ R.mT, root.to_dense(), rtol=1e-9, atol=1e-11)
+    base = torch.randn(8, 2, 150, dtype=torch.float64, device=CUDA, generator=g)
+    samples = mvn.rsample(torch.Size([8]), base_samples=base)
+    expected = mvn.mean + (R @ base[..., :P].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(samples, expected, rtol=1e-9, atol=1e-11)
+    assert mvn.rsample(torch.Size([3])).device == X.device
+    acq = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True)
+    assert acq.X_baseline.device == X.device and 1 <= acq.X_baseline.shape[0] <= 120
