@@ -282,8 +282,9 @@ class SharedHeadCovariance(LinearOperator):
     Per layer it holds the head factors once (``a_h (N, in)``, ``b_h (N, out)``) and the
     tail factors per t-batch (``a_t (..., q, in)``, ``b_t (..., q, out)``), with ``w (out, in)``
     as in :class:`LayerFactorCovariance`. The rows BoTorch's cached-root path reads,
-    ``C[..., -q:, :]``, are then one product with the head's rotated Jacobian rows
-    ``T_h = b_h ⊗ a_h (N, out · in)``, formed once: ``C[tail, head] = (b_t ⊗ a_t · w) T_hᵀ``.
+    ``C[..., -q:, :]``, are then one product with the head's rotated Jacobian rows of all
+    layers joined, ``T_h = [b_h ⊗ a_h]_l (N, P)``, formed once:
+    ``C[tail, head] = (T_t · w) T_hᵀ`` with ``T_t = [b_t ⊗ a_t]_l``.
     Everything else goes through the equivalent :class:`LayerFactorCovariance` over the
     joined rows, built on first use.
     """
@@ -294,9 +295,10 @@ class SharedHeadCovariance(LinearOperator):
         super().__init__(*tensors)
         self._layers = [tensors[k : k + _FIELDS] for k in range(0, len(tensors), _FIELDS)]
         self._joined: LayerFactorCovariance | None = None
-        # T_h per layer, filled on first use; a list shared with a HeadCache entry is
-        # filled once for all posteriors over the same head rows.
-        self._head_rows = [None] * len(self._layers) if head_rows is None else head_rows
+        # [T_h], the head's rotated rows of all layers joined (N, P), filled on first use; a
+        # list shared with a HeadCache entry is filled once for all posteriors over the same
+        # head rows.
+        self._head_rows = [None] if head_rows is None else head_rows
 
     def _size(self) -> torch.Size:
         aH, _, aT, _, _ = self._layers[0]
@@ -347,17 +349,26 @@ class SharedHeadCovariance(LinearOperator):
         return self.joined()._getitem(row_index, col_index, *batch_indices)
 
     def _tail_rows(self, lo: int, hi: int) -> Tensor:
-        """``C[..., N + lo : N + hi, :]`` as a dense ``(..., hi - lo, N + q)`` tensor."""
-        out = None
-        for k, (aH, bH, aT, bT, w) in enumerate(self._layers):
-            if self._head_rows[k] is None:
-                self._head_rows[k] = (bH.unsqueeze(-1) * aH.unsqueeze(-2)).flatten(-2)  # (N, out·in)
-            a, b = aT[..., lo:hi, :], bT[..., lo:hi, :]
-            Y = (b.unsqueeze(-1) * a.unsqueeze(-2) * w).flatten(-2)  # (..., r, out·in)
-            head = Y @ self._head_rows[k].transpose(-1, -2)
-            term = torch.cat([head, _cross(a, b, aT, bT, w)], dim=-1)
-            out = term if out is None else out + term
-        return out
+        """``C[..., N + lo : N + hi, :]`` as a dense ``(..., hi - lo, N + q)`` tensor.
+
+        The rotated Jacobian rows of all layers are joined into one ``P``-wide row per point
+        (``T = [b ⊗ a]_l``), so the block is two matrix products, ``(T_r · w) T_hᵀ`` with the
+        head's rows (formed once) and ``(T_r · w) T_tᵀ`` with the tail's, whatever the
+        number of layers: few kernels per acquisition call.
+        """
+        if self._head_rows[0] is None:
+            self._head_rows[0] = torch.cat(
+                [(bH.unsqueeze(-1) * aH.unsqueeze(-2)).flatten(-2) for aH, bH, _, _, _ in self._layers],
+                dim=-1,
+            )  # (N, P)
+        rows, weights = [], []
+        for _, _, aT, bT, w in self._layers:
+            rows.append((bT.unsqueeze(-1) * aT.unsqueeze(-2)).flatten(-2))  # (..., q, out·in)
+            weights.append(w.flatten(-2))
+        T = torch.cat(rows, dim=-1) if len(rows) > 1 else rows[0]  # (..., q, P)
+        W = torch.cat(weights, dim=-1) if len(weights) > 1 else weights[0]  # (..., P)
+        Y = T[..., lo:hi, :] * W.unsqueeze(-2)
+        return torch.cat([Y @ self._head_rows[0].transpose(-1, -2), Y @ T.transpose(-1, -2)], dim=-1)
 
 
 class HeadCache:
@@ -392,7 +403,7 @@ class HeadCache:
             head = glm_layer_terms(la, X_head)
         if head is None:
             return None
-        value = (head[0], head[1], [None] * len(head[1]))
+        value = (head[0], head[1], [None])
         self._entry = (X_head.detach().clone(), precision, versions, value)
         return value
 
@@ -406,7 +417,7 @@ def _split_terms(la, X_tf: Tensor, shared: int, detach_head: bool, cache: HeadCa
         head = cache.get(la, first.detach())
     else:
         head = glm_layer_terms(la, first.detach() if detach_head else first)
-        head = None if head is None else (*head, [None] * len(head[1]))
+        head = None if head is None else (*head, [None])
     tail = glm_layer_terms(la, X_tf[..., shared:, :])
     if head is None or tail is None:
         return None
