@@ -229,7 +229,7 @@ def test_factor_root_is_exact_and_sampling_uses_it(weights, monkeypatch):
         assert (emp - C).abs().max() < 0.05 * C.diagonal(dim1=-1, dim2=-2).max()
         # a small chunk size gives the same product
         m = pytest.MonkeyPatch()
-        m.setattr("labo.surrogates.lazy_covariance._ROOT_CHUNK", 20)
+        m.setattr("labo.surrogates.factor_covariance._ROOT_CHUNK", 20)
         try:
             torch.testing.assert_close(mvn.rsample(torch.Size([5]), base_samples=base), samples)
         finally:
