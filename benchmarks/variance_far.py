@@ -16,7 +16,10 @@ precision per weight tensor), ``long`` (10x the MAP training steps, 4 rounds),
 ``per-tensor-long`` (both), ``sphere`` (inputs mapped to the unit sphere,
 ``(2x - 1, sqrt(d)) / ||.||``, before the default MLP), ``last-layer`` (LastLayer weights),
 ``lbfgs`` (MAP training by L-BFGS), ``ard`` (one prior precision per input for the
-first layer, ``FitOptions(prior="ard")``), ``gp`` (SingleTaskGP, BoTorch defaults).
+first layer, ``FitOptions(prior="ard")``), ``init-prior`` (the prior centred at the
+network's initial weights, ``prior_mean="init"``), ``init-prior-per-tensor`` (with one
+prior precision per tensor), ``init-prior-lbfgs`` (centred at the initial weights, MAP
+training by L-BFGS), ``gp`` (SingleTaskGP, BoTorch defaults).
 
 Run: ``python benchmarks/variance_far.py [--problem hartmann6_100d] [--n 20] [--seeds 2]
 [--variants default,per-tensor,...] [--out benchmarks/results/variance_far.json]``
@@ -42,7 +45,20 @@ from labo.surrogates import LaplaceModel, fit_laplace_model
 from labo.surrogates.fit import FitOptions
 from labo.surrogates.networks import default_network
 
-VARIANTS = ("default", "per-tensor", "long", "per-tensor-long", "sphere", "last-layer", "lbfgs", "ard", "gp")
+VARIANTS = (
+    "default",
+    "per-tensor",
+    "long",
+    "per-tensor-long",
+    "sphere",
+    "last-layer",
+    "lbfgs",
+    "ard",
+    "init-prior",
+    "init-prior-per-tensor",
+    "init-prior-lbfgs",
+    "gp",
+)
 LONG = FitOptions(optimizer="adam", max_epochs_cold=20000, patience=100000, rounds_cold=4)
 
 
@@ -61,7 +77,9 @@ def fit_variant(variant: str, X: torch.Tensor, Y: torch.Tensor):
         fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
         return gp
     kwargs: dict = {}
-    if variant.startswith("per-tensor"):
+    if variant.startswith("init-prior"):
+        kwargs["prior_mean"] = "init"
+    if "per-tensor" in variant:
         kwargs["prior_precision"] = torch.ones(6, dtype=X.dtype)
     if variant == "sphere":
         kwargs["network"] = nn.Sequential(Sphere(), *default_network(d + 1, 1, dtype=X.dtype))
@@ -69,6 +87,8 @@ def fit_variant(variant: str, X: torch.Tensor, Y: torch.Tensor):
         kwargs["weights"] = LastLayer()
     model = LaplaceModel(X, Y, outcome_transform=Standardize(1), **kwargs)
     options = {"lbfgs": FitOptions(optimizer="lbfgs"), "ard": FitOptions(prior="ard")}.get(variant)
+    if variant == "init-prior-lbfgs":
+        options = FitOptions(optimizer="lbfgs")
     if variant.endswith("long"):
         options = LONG
     fit_laplace_model(model, options)

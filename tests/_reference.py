@@ -159,14 +159,16 @@ def dense_precision(network, X, Y, likelihood, weights, structure: str, prior, n
     return H
 
 
-def dense_log_marginal_likelihood(network, X, Y, likelihood, weights, H, prior, noise) -> Tensor:
+def dense_log_marginal_likelihood(
+    network, X, Y, likelihood, weights, H, prior, noise, prior_mean=0.0
+) -> Tensor:
     F = network(X).detach()
     if likelihood == "regression":
         loglik = torch.distributions.Normal(F, noise).log_prob(Y).sum()
     else:
         loglik = torch.log_softmax(F, -1).gather(-1, Y.unsqueeze(-1)).sum()
     d = expand_prior(network, weights, prior)
-    theta = theta_subset(network, weights)
+    theta = theta_subset(network, weights) - prior_mean
     return loglik - 0.5 * (d * theta**2).sum() - 0.5 * (torch.linalg.slogdet(H)[1] - torch.log(d).sum())
 
 

@@ -10,6 +10,8 @@ One *run* optimises one objective with one method and one seed. Methods:
   Adam (``FitOptions(optimizer="lbfgs")``).
 - ``laplace-ard``: the default model with one prior precision per input for the first
   layer's weights (``FitOptions(prior="ard")``).
+- ``laplace-init``: the default model with its weight prior centred at the network's
+  initial weights instead of zero (``LaplaceModel(prior_mean="init")``).
 - ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
 - ``sobol``: the next points of the run's scrambled Sobol sequence.
 
@@ -55,6 +57,7 @@ METHODS = (
     "laplace-functional",
     "laplace-lbfgs",
     "laplace-ard",
+    "laplace-init",
     "gp",
     "sobol",
 )
@@ -65,6 +68,7 @@ _LAPLACE_VARIANTS = {
     "laplace-functional": {"structure": Functional()},
     "laplace-lbfgs": {},
     "laplace-ard": {},
+    "laplace-init": {"prior_mean": "init"},
 }
 _FIT_OPTIONS = {"laplace-lbfgs": FitOptions(optimizer="lbfgs"), "laplace-ard": FitOptions(prior="ard")}
 

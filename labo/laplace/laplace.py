@@ -40,6 +40,8 @@ class LaplaceApproximation(nn.Module):
         structure: ``Full()``, ``Diagonal()``, ``Kron()`` or ``Functional()``.
         prior_precision: Scalar, one value per selected parameter tensor, or one per weight.
         noise_std: Observation noise standard deviation (regression).
+        prior_mean: Mean ``θ₀`` of the prior ``N(θ₀, Λ₀⁻¹)``: a number or one value per
+            selected weight ``(S,)`` (default 0). Only the log marginal likelihood uses it.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class LaplaceApproximation(nn.Module):
         structure: Structure | None = None,
         prior_precision: float | Tensor = 1.0,
         noise_std: float | Tensor = 1.0,
+        prior_mean: float | Tensor = 0.0,
     ):
         super().__init__()
         self.network = network
@@ -73,6 +76,8 @@ class LaplaceApproximation(nn.Module):
         self.register_buffer("_prior_precision", self._check_prior(prior_precision).detach().clone())
         self.register_buffer("_noise_std", self._check_noise(noise_std).detach().clone())
         self.register_buffer("theta_map", torch.zeros(self.subset.n_weights, **kw))
+        self.register_buffer("_prior_mean", torch.zeros(self.subset.n_weights, **kw))
+        self.prior_mean = prior_mean
         self.register_buffer("n_data", torch.tensor(0))
         self.register_buffer("n_outputs", torch.tensor(0))
         self.register_buffer("input_shape", torch.zeros(0, dtype=torch.long))
@@ -114,6 +119,31 @@ class LaplaceApproximation(nn.Module):
     def noise_std(self, value) -> None:
         self._noise_std = self._check_noise(value)
         self._cache = None
+
+    @property
+    def prior_mean(self) -> Tensor:
+        """Mean ``θ₀`` of the Gaussian prior over the selected weights, ``(S,)`` (zeros by default).
+
+        The prior is ``N(θ₀, Λ₀⁻¹)``; only the log marginal likelihood depends on it
+        (through ``θ̂ − θ₀``): the posterior is ``N(θ̂, H⁻¹)`` around the trained weights,
+        which must have been trained with the same prior.
+        """
+        return self._prior_mean
+
+    @prior_mean.setter
+    def prior_mean(self, value) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = torch.tensor(float(value))
+        if not isinstance(value, Tensor) or value.shape not in ((), (self.n_weights,)):
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise HyperparameterError(
+                f"prior_mean must be a number or a tensor of shape () or ({self.n_weights},) "
+                f"(one entry per selected weight), got {got}."
+            )
+        if not torch.isfinite(value).all():
+            raise HyperparameterError("prior_mean must be finite everywhere.")
+        value = value.detach().to(dtype=self._dtype, device=self._device)
+        self._prior_mean = value.expand(self.n_weights).clone()
 
     def _expand_prior(self, prior: Tensor) -> Tensor:
         if prior.dim() == 0:
@@ -329,6 +359,7 @@ def fit_laplace(
     structure: Structure | None = None,
     prior_precision: float | Tensor = 1.0,
     noise_std: float | Tensor = 1.0,
+    prior_mean: float | Tensor = 0.0,
 ) -> LaplaceApproximation:
     """Fit a Laplace posterior around the network's current (MAP) weights; does not train.
 
@@ -362,6 +393,10 @@ def fit_laplace(
         prior_precision: Float or tensor: scalar, one per selected parameter tensor
             (in ``network.named_parameters()`` order) or one per selected weight ``(S,)``.
         noise_std: Gaussian noise standard deviation (regression).
+        prior_mean: Mean of the Gaussian prior over the selected weights: a number or
+            one value per selected weight ``(S,)`` (default 0; the network must have been
+            trained with weight decay towards it). It enters the log marginal likelihood
+            as ``θ̂ − θ₀``; the posterior ``N(θ̂, H⁻¹)`` does not depend on it.
 
     Returns:
         The fitted :class:`LaplaceApproximation`.
@@ -373,5 +408,5 @@ def fit_laplace(
         TypeError: When ``weights`` or ``structure`` is not one of the options above.
         ValueError: For an unknown ``likelihood``.
     """
-    la = LaplaceApproximation(network, likelihood, weights, structure, prior_precision, noise_std)
+    la = LaplaceApproximation(network, likelihood, weights, structure, prior_precision, noise_std, prior_mean)
     return la.fit(X, Y)

@@ -1,9 +1,10 @@
 """The Laplace log marginal likelihood and hyperparameter tuning by maximising it.
 
-    log p(Y) ≈ log p(Y | θ̂) − ½ θ̂ᵀ Λ₀ θ̂ − ½ [log det H − log det Λ₀],
+    log p(Y) ≈ log p(Y | θ̂) − ½ (θ̂ − θ₀)ᵀ Λ₀ (θ̂ − θ₀) − ½ [log det H − log det Λ₀],
 
 with ``H = C/σ² + Λ₀`` (regression) or ``C + Λ₀`` (classification), the
-selected weights θ̂ at the MAP and ``Λ₀`` the diagonal prior precision. It is
+selected weights θ̂ at the MAP, ``Λ₀`` the diagonal prior precision and ``θ₀`` the
+prior mean (``la.prior_mean``, zeros unless set). It is
 a differentiable function of the prior precision and of the noise.
 """
 
@@ -31,7 +32,7 @@ def log_marginal_likelihood(
     prior = la.prior_precision if prior_precision is None else la._check_prior(prior_precision)
     noise = la.noise_std if noise_std is None else la._check_noise(noise_std)
     prior_vec = la._expand_prior(prior)
-    theta = la.theta_map
+    theta = la.theta_map - la.prior_mean
     if la.likelihood == "regression" and not bool(la.fixed_noise):
         n_values = int(la.n_data) * int(la.n_outputs)
         loglik = regression_log_likelihood(la.data_sse, n_values, noise)

@@ -11,7 +11,7 @@ sliced afterwards).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -68,7 +68,10 @@ class ResolvedSubset:
 
     def get_theta(self, network: nn.Module) -> Tensor:
         """The current values of the selected weights as one flat vector ``(S,)``."""
-        params = dict(network.named_parameters())
+        return self.theta_from(dict(network.named_parameters()))
+
+    def theta_from(self, params: Mapping[str, Tensor]) -> Tensor:
+        """The selected entries of a ``{name: tensor}`` parameter dict as one flat vector ``(S,)``."""
         parts = []
         for s in self.selected:
             flat = params[s.name].detach().reshape(-1)

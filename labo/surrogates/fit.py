@@ -148,20 +148,23 @@ def train_map(
         weights = 1.0 / (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12)
     n = X.shape[0]
 
+    anchor = model.anchor_parameters()  # the prior's centre (zeros or the initial weights)
+    theta0 = la.prior_mean
+
     def objective() -> Tensor:
         resid2 = (net(X) - Z).pow(2)
         data = 0.5 * (resid2 * weights).sum() if weights is not None else 0.5 * (resid2 / noise_var).sum()
         sel = torch.cat([_selected(p, s) for p, s in _selected_pairs(net, subset)])
-        prior = 0.5 * (prior_vec * sel.pow(2)).sum()
+        prior = 0.5 * (prior_vec * (sel - theta0).pow(2)).sum()
         rest = sum(
             (
-                p.pow(2).sum()
+                (p - anchor[name]).pow(2).sum()
                 for name, p in net.named_parameters()
                 if p.requires_grad and not subset.is_whole(name)
             ),
             start=torch.zeros((), dtype=X.dtype, device=X.device),
         )
-        rest = rest - _partial_selected_sq(net, subset)
+        rest = rest - _partial_selected_sq(net, subset, anchor)
         return (data + prior + 0.5 * other_prior * rest) / n
 
     if opts.optimizer == "lbfgs":
@@ -248,13 +251,16 @@ def _selected(p: Tensor, s) -> Tensor:
     return flat if s.index is None else flat[s.index]
 
 
-def _partial_selected_sq(net, subset) -> Tensor:
-    """Sum of squares of selected entries inside partly selected tensors (counted in ``rest``)."""
+def _partial_selected_sq(net, subset, anchor: dict[str, Tensor]) -> Tensor:
+    """Sum of squared offsets from the prior's centre of the selected entries inside partly
+    selected tensors (counted in ``rest``)."""
     params = dict(net.named_parameters())
-    total = torch.zeros((), dtype=next(net.parameters()).dtype)
+    p0 = next(net.parameters())
+    total = torch.zeros((), dtype=p0.dtype, device=p0.device)
     for s in subset.selected:
         if s.index is not None:
-            total = total + params[s.name].reshape(-1)[s.index].pow(2).sum()
+            offset = params[s.name].reshape(-1)[s.index] - anchor[s.name].reshape(-1)[s.index]
+            total = total + offset.pow(2).sum()
     return total
 
 

@@ -43,6 +43,7 @@ from labo.surrogates.model_support import ChecksMixin, ConditioningMixin, check_
 from labo.surrogates.networks import default_network
 
 # The default structure is Functional() up to this many training rows n·m, then Kron().
+PRIOR_MEANS = ("zero", "init")
 FUNCTIONAL_MAX_ROWS = 250
 # Posteriors over at least this many points keep their covariance factored (lazy).
 LAZY_MIN_ROWS = 16
@@ -102,6 +103,13 @@ class LaplaceModel(ConditioningMixin, ChecksMixin, GPyTorchModel, FantasizeMixin
         noise_std: Initial noise standard deviation in standardised units (tuned).
         warm_start: A previously fitted ``LaplaceModel`` (same network architecture):
             its weights and hyperparameters start this model's fit.
+        prior_mean: Where the Gaussian prior over the weights is centred: ``"zero"``
+            (``N(0, λ⁻¹)``, weight decay towards zero) or ``"init"`` (``N(θ₀, λ⁻¹)`` with
+            ``θ₀`` the network's weights when the model is built: its random
+            initialisation for the default network; a warm-started model keeps the
+            centre of the model it starts from). MAP training decays towards the centre
+            and the marginal likelihood measures ``θ̂ − θ₀``, so weights the data never
+            moved do not count as prior evidence for a large weight variance.
     """
 
     def __init__(
@@ -117,6 +125,7 @@ class LaplaceModel(ConditioningMixin, ChecksMixin, GPyTorchModel, FantasizeMixin
         prior_precision: float | Tensor = 1.0,
         noise_std: float = 0.1,
         warm_start: LaplaceModel | None = None,
+        prior_mean: str = "zero",
     ) -> None:
         check_training_data(train_X, train_Y, train_Yvar)
         super().__init__()
@@ -139,6 +148,13 @@ class LaplaceModel(ConditioningMixin, ChecksMixin, GPyTorchModel, FantasizeMixin
         self.register_buffer("y_scale", scale, persistent=False)
         if network is None:
             network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
+        if prior_mean not in PRIOR_MEANS:
+            raise ValueError(f"prior_mean must be one of {PRIOR_MEANS}, got {prior_mean!r}.")
+        self.prior_mean = prior_mean
+        with torch.no_grad():
+            flat = torch.cat([p.reshape(-1) for p in network.parameters()])
+            anchor = flat.clone() if prior_mean == "init" else torch.zeros_like(flat)
+        self.register_buffer("network_anchor", anchor)
         weights = AllWeights() if weights is None else weights
         # A strategy picks the weights after MAP training; until then one weight stands in.
         self.weight_strategy = None if isinstance(weights, WeightSubset) else weights
@@ -156,6 +172,7 @@ class LaplaceModel(ConditioningMixin, ChecksMixin, GPyTorchModel, FantasizeMixin
         self.laplace = LaplaceApproximation(
             network, "regression", weights, structure, prior_precision, noise_std
         )
+        self._set_laplace_prior_mean()
         if train_Yvar is None:
             # Mirrors the tuned noise (for GPyTorch/Ax code that reads model.likelihood.noise).
             self.likelihood = GaussianLikelihood(noise_constraint=GreaterThan(1e-10))
@@ -201,9 +218,26 @@ class LaplaceModel(ConditioningMixin, ChecksMixin, GPyTorchModel, FantasizeMixin
             return self.train_Yvar.mean(0) / self.y_scale.pow(2)
         return self.laplace.noise_std.detach().pow(2).expand(self._m)
 
+    def anchor_parameters(self) -> dict[str, Tensor]:
+        """The prior's centre ``θ₀`` for every network parameter, ``{name: tensor}``
+        (zeros unless ``prior_mean="init"``)."""
+        out, start = {}, 0
+        for name, p in self.network.named_parameters():
+            out[name] = self.network_anchor[start : start + p.numel()].view_as(p)
+            start += p.numel()
+        return out
+
+    def _set_laplace_prior_mean(self) -> None:
+        self.laplace.prior_mean = self.laplace.subset.theta_from(self.anchor_parameters())
+
     def warm_start_from(self, other: LaplaceModel) -> None:
-        """Start from another fitted model's network weights and hyperparameters."""
+        """Start from another fitted model's network weights, hyperparameters and prior centre."""
         self.network.load_state_dict(other.network.state_dict())
+        if other.network_anchor.shape != self.network_anchor.shape:
+            raise ValueError("warm_start must be a LaplaceModel with the same network architecture.")
+        self.prior_mean = other.prior_mean
+        self.network_anchor.copy_(other.network_anchor)
+        self._set_laplace_prior_mean()
         self.laplace.prior_precision = other.laplace.prior_precision.detach().clone()
         self.laplace.noise_std = other.laplace.noise_std.detach().clone()
         self.fit_info = {"warm_start": True}
@@ -234,6 +268,7 @@ class LaplaceModel(ConditioningMixin, ChecksMixin, GPyTorchModel, FantasizeMixin
         self.laplace = LaplaceApproximation(
             self.network, "regression", mask, self._strategy_structure, prior.mean(), la.noise_std.detach()
         )
+        self._set_laplace_prior_mean()
         return self.laplace
 
     def load_state_dict(self, state_dict, strict: bool = True, keep_transforms: bool = True):

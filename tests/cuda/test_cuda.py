@@ -5,6 +5,7 @@ Skipped where CUDA is absent (CI runs on CPUs); run on a GPU machine with
 """
 
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -12,7 +13,16 @@ from botorch.acquisition import qLogNoisyExpectedImprovement
 from botorch.models.transforms import Normalize, Standardize
 from botorch.optim import optimize_acqf
 
-from labo.laplace import AllWeights, Diagonal, Full, Functional, Kron, LastLayer, fit_laplace
+from labo.laplace import (
+    AllWeights,
+    Diagonal,
+    Full,
+    Functional,
+    Kron,
+    LastLayer,
+    fit_laplace,
+    largest_variance,
+)
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 from tests.conftest import make_problem
 
@@ -63,6 +73,24 @@ def test_model_fit_and_qlognei_on_cuda(n):
     cand, val = optimize_acqf(acq, bounds=bounds, q=2, num_restarts=2, raw_samples=32)
     assert cand.device.type == "cuda" and torch.isfinite(val).all()
     assert ((cand >= 0) & (cand <= 1)).all()
+
+
+@pytest.mark.parametrize("prior_mean", ["zero", "init"])
+def test_weight_strategy_model_with_prior_centre_fits_on_cuda(prior_mean):
+    """A mask that selects parts of tensors (the training objective's partial-tensor term)
+    and a prior centred at the initial weights, on the GPU."""
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    X = torch.rand(30, 4, dtype=torch.float64, device=CUDA, generator=g)
+    Y = torch.sin(6 * X).sum(-1, keepdim=True)
+    strategy = partial(largest_variance, n_weights=40, noise_std=0.3)
+    model = LaplaceModel(X, Y, weights=strategy, prior_mean=prior_mean, outcome_transform=Standardize(1))
+    fit_laplace_model(model, FitOptions(max_epochs_cold=100, hyper_steps_cold=10))
+    la = model.laplace
+    assert la.n_weights == 40 and la.prior_mean.device.type == "cuda"
+    assert model.network_anchor.device.type == "cuda"
+    assert torch.isfinite(la.log_marginal_likelihood())
+    post = model.posterior(torch.rand(5, 4, dtype=torch.float64, device=CUDA))
+    assert post.variance.device.type == "cuda" and torch.isfinite(post.variance).all()
 
 
 @pytest.mark.parametrize("gen_device", ["cpu", "cuda"])
