@@ -42,8 +42,9 @@ from labo.surrogates.lazy_covariance import HeadCache, one_output_posterior, sha
 from labo.surrogates.model_support import ChecksMixin, ConditioningMixin, check_training_data
 from labo.surrogates.networks import default_network
 
-# The default structure is Functional() up to this many training rows n·m, then Kron().
+# Where the weight prior can be centred (the ``prior_mean`` argument).
 PRIOR_MEANS = ("zero", "init")
+# The default structure is Functional() up to this many training rows n·m, then Kron().
 FUNCTIONAL_MAX_ROWS = 250
 # Posteriors over at least this many points keep their covariance factored (lazy).
 LAZY_MIN_ROWS = 16
