@@ -23,7 +23,7 @@ from labo.laplace.likelihoods import check_likelihood, check_targets, log_likeli
 from labo.laplace.linear_factors import factor_plan
 from labo.laplace.structures import Kron, Structure
 from labo.laplace.subsets import AllWeights, WeightSubset
-from labo.laplace.validation import as_positive_tensor, check_inputs
+from labo.laplace.validation import as_positive_tensor, as_weight_vector, check_inputs
 
 
 class LaplaceApproximation(nn.Module):
@@ -132,18 +132,7 @@ class LaplaceApproximation(nn.Module):
 
     @prior_mean.setter
     def prior_mean(self, value) -> None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = torch.tensor(float(value))
-        if not isinstance(value, Tensor) or value.shape not in ((), (self.n_weights,)):
-            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise HyperparameterError(
-                f"prior_mean must be a number or a tensor of shape () or ({self.n_weights},) "
-                f"(one entry per selected weight), got {got}."
-            )
-        if not torch.isfinite(value).all():
-            raise HyperparameterError("prior_mean must be finite everywhere.")
-        value = value.detach().to(dtype=self._dtype, device=self._device)
-        self._prior_mean = value.expand(self.n_weights).clone()
+        self._prior_mean = as_weight_vector(value, "prior_mean", self.n_weights, self._dtype, self._device)
 
     def _expand_prior(self, prior: Tensor) -> Tensor:
         if prior.dim() == 0:

@@ -58,6 +58,21 @@ def as_positive_tensor(
     return t
 
 
+def as_weight_vector(value, name: str, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A number or a ``()`` / ``(n,)`` finite tensor as a detached ``(n,)`` tensor (one per weight)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = torch.tensor(float(value))
+    if not isinstance(value, Tensor) or value.shape not in ((), (n,)):
+        got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise HyperparameterError(
+            f"{name} must be a number or a tensor of shape () or ({n},) (one entry per selected "
+            f"weight), got {got}."
+        )
+    if not torch.isfinite(value).all():
+        raise HyperparameterError(f"{name} must be finite everywhere.")
+    return value.detach().to(dtype=dtype, device=device).expand(n).clone()
+
+
 def randn(*shape: int, generator: torch.Generator | None, dtype: torch.dtype, device) -> Tensor:
     """Standard normal draws on ``device``, taken from ``generator``'s own device.
 
