@@ -47,7 +47,7 @@ def breakdown(method: str, X, Y, device: torch.device) -> dict:
     from botorch.acquisition import qLogNoisyExpectedImprovement
 
     import labo.surrogates.lazy_covariance as lc
-    import labo.surrogates.model as lm
+    import labo.surrogates.model_posterior as lm
     import labo.surrogates.model_support as ms
 
     model = fit(method, X, Y)

@@ -6,14 +6,14 @@ from botorch.acquisition import qLogNoisyExpectedImprovement
 from botorch.sampling import SobolQMCNormalSampler
 
 from labo.laplace import Diagonal, Full, Kron
-from labo.surrogates import model as model_module
+from labo.surrogates import model_posterior as posterior_module
 from labo.surrogates.lazy_covariance import LayerFactorCovariance, SharedHeadCovariance, shared_prefix_rows
 from tests.surrogates.conftest import fitted_model
 
 
 def _dense_posterior(model, X, monkeypatch):
     with monkeypatch.context() as m:
-        m.setattr(model_module, "LAZY_MIN_ROWS", 10**9)
+        m.setattr(posterior_module, "LAZY_MIN_ROWS", 10**9)
         return model.posterior(X)
 
 
@@ -100,7 +100,7 @@ def test_shared_baseline_rows_are_computed_once_and_exact(monkeypatch):
     torch.testing.assert_close(covar.mT[..., -2:, :].to_dense(), C[..., -2:, :], rtol=1e-10, atol=1e-12)
     g = torch.autograd.grad(rows.pow(2).sum() + post.mean.pow(2).sum(), Xc)[0]
     with monkeypatch.context() as m:
-        m.setattr(model_module, "shared_prefix_rows", lambda X: 0)
+        m.setattr(posterior_module, "shared_prefix_rows", lambda X: 0)
         ref = model.posterior(X_full)
         ref_rows = ref.distribution.lazy_covariance_matrix[..., -4:, :].to_dense()
         g_ref = torch.autograd.grad(ref_rows.pow(2).sum() + ref.mean.pow(2).sum(), Xc)[0]
@@ -148,11 +148,11 @@ def test_qlognei_value_and_gradient_with_shared_baseline(monkeypatch):
         calls.append(shared_prefix_rows(X_full))
         return calls[-1]
 
-    monkeypatch.setattr(model_module, "shared_prefix_rows", spy)
+    monkeypatch.setattr(posterior_module, "shared_prefix_rows", spy)
     value = acq(X)
     (grad,) = torch.autograd.grad(value.sum(), X)
     assert calls == [60]
-    monkeypatch.setattr(model_module, "shared_prefix_rows", lambda X_full: 0)
+    monkeypatch.setattr(posterior_module, "shared_prefix_rows", lambda X_full: 0)
     ref = acq(X)
     (ref_grad,) = torch.autograd.grad(ref.sum(), X)
     torch.testing.assert_close(value, ref, rtol=1e-10, atol=1e-12)
