@@ -12,6 +12,9 @@ problem over the restarts, as BoTorch 0.18 runs it on SciPy >= 1.18):
   so the predictive variance depends on x only through the bounded tanh features and
   no longer grows quadratically towards the corners of the box;
 - ``LM-silu``: the default with SiLU activations instead of tanh (no saturation);
+- ``LM-sin``, ``LM-gauss``: the first hidden layer's activation is ``sin`` or
+  ``exp(-z²)``, bounded and not monotone, so the features do not reach their extremes
+  in the corners of the box (the second stays tanh);
 - ``GP``: SingleTaskGP, the baseline, in the same run.
 
 Per run it records the calls, the seconds, the baseline rows qLogNEI keeps, the share
@@ -20,7 +23,7 @@ restart's qLogNEI was after 50, 100, ... L-BFGS-B steps (what capping ``maxiter`
 would give up).
 
 Run: ``PYTHONPATH=.:benchmarks python benchmarks/acq_call_count.py [--n 1000] [--seeds 0,1,2,3]
-[--methods LM,LM-noW1,LM-silu,GP] [--out benchmarks/results/acq_call_count.json]``
+[--methods LM,LM-noW1,LM-silu,LM-sin,LM-gauss,GP] [--out benchmarks/results/acq_call_count.json]``
 """
 
 from __future__ import annotations
@@ -39,8 +42,22 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from bo_iteration import objective  # noqa: E402
 
-METHODS = ("LM", "LM-noW1", "LM-silu", "GP")
+METHODS = ("LM", "LM-noW1", "LM-silu", "LM-sin", "LM-gauss", "GP")
 CAPS = (50, 100, 200, 300, 500, 1000)
+
+
+class Sin(nn.Module):
+    def forward(self, x):
+        return torch.sin(x)
+
+
+class Gauss(nn.Module):
+    def forward(self, x):
+        return torch.exp(-x.pow(2))
+
+
+# the first hidden layer's activation (SiLU: both hidden layers)
+ACTIVATIONS = {"LM-silu": nn.SiLU, "LM-sin": Sin, "LM-gauss": Gauss}
 
 
 def fit(method: str, X, Y):
@@ -61,8 +78,11 @@ def fit(method: str, X, Y):
     kwargs = {}
     if method == "LM-noW1":
         kwargs["weights"] = partial(by_module, names=["0.bias", "2", "4"])
-    elif method == "LM-silu":
-        layers = [nn.Linear(d, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 1)]
+    elif method in ACTIVATIONS:
+        act = ACTIVATIONS[method]
+        layers = [nn.Linear(d, 64), act(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)]
+        if method == "LM-silu":
+            layers[3] = nn.SiLU()
         kwargs["network"] = nn.Sequential(*layers).to(X)
     elif method != "LM":
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}.")
