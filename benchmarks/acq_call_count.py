@@ -12,6 +12,9 @@ problem over the restarts, as BoTorch 0.18 runs it on SciPy >= 1.18):
   so the predictive variance depends on x only through the bounded tanh features and
   no longer grows quadratically towards the corners of the box;
 - ``LM-silu``: the default with SiLU activations instead of tanh (no saturation);
+- ``LM-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around learnable
+  centres (``labo.surrogates.networks.rbf_network``), so the mean flattens away from
+  the data;
 - ``LM-sin``, ``LM-gauss``: the first hidden layer's activation is ``sin`` or
   ``exp(-z²)``, bounded and not monotone, so the features do not reach their extremes
   in the corners of the box (the second stays tanh);
@@ -23,7 +26,7 @@ restart's qLogNEI was after 50, 100, ... L-BFGS-B steps (what capping ``maxiter`
 would give up).
 
 Run: ``PYTHONPATH=.:benchmarks python benchmarks/acq_call_count.py [--n 1000] [--seeds 0,1,2,3]
-[--methods LM,LM-noW1,LM-silu,LM-sin,LM-gauss,GP] [--out benchmarks/results/acq_call_count.json]``
+[--methods LM,LM-noW1,LM-silu,LM-sin,LM-gauss,LM-rbf,GP] [--out benchmarks/results/acq_call_count.json]``
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from bo_iteration import objective  # noqa: E402
 
-METHODS = ("LM", "LM-noW1", "LM-silu", "LM-sin", "LM-gauss", "GP")
+METHODS = ("LM", "LM-noW1", "LM-silu", "LM-sin", "LM-gauss", "LM-rbf", "GP")
 CAPS = (50, 100, 200, 300, 500, 1000)
 
 
@@ -84,6 +87,8 @@ def fit(method: str, X, Y):
         if method == "LM-silu":
             layers[3] = nn.SiLU()
         kwargs["network"] = nn.Sequential(*layers).to(X)
+    elif method == "LM-rbf":
+        kwargs["network"] = "rbf"
     elif method != "LM":
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}.")
     model = LaplaceModel(X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1), **kwargs)

@@ -1,7 +1,8 @@
 """One BO iteration, LaplaceModel vs SingleTaskGP, measured side by side (issue 4).
 
 Methods: ``LaplaceModel`` (its default: Functional up to 250 rows, Kron beyond),
-``LaplaceModel-ll`` (last-layer weights, default structure) and ``SingleTaskGP``.
+``LaplaceModel-ll`` (last-layer weights, default structure), ``LaplaceModel-rbf``
+(``network="rbf"``) and ``SingleTaskGP``.
 One iteration = refit the surrogate on the current data + optimise
 qLogNoisyExpectedImprovement (q=4, num_restarts=10, raw_samples=512). For
 LaplaceModel the refit is warm-started from the model of the previous iteration
@@ -79,7 +80,11 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
         from labo.laplace import LastLayer
         from labo.surrogates import LaplaceModel, fit_laplace_model
 
-        variant = {"LaplaceModel": {}, "LaplaceModel-ll": {"weights": LastLayer()}}[method]
+        variant = {
+            "LaplaceModel": {},
+            "LaplaceModel-ll": {"weights": LastLayer()},
+            "LaplaceModel-rbf": {"network": "rbf"},
+        }[method]
         prev = LaplaceModel(
             X[:-4], Y[:-4], input_transform=Normalize(d), outcome_transform=Standardize(1), **variant
         )
@@ -167,7 +172,9 @@ def main():
     parser = argparse.ArgumentParser(description="One BO iteration: LaplaceModel vs SingleTaskGP")
     parser.add_argument("--sizes", default="50x6,500x20,2000x100,5000x100")
     parser.add_argument(
-        "--methods", default="LaplaceModel,SingleTaskGP", help="also LaplaceModel-ll (last-layer weights)"
+        "--methods",
+        default="LaplaceModel,SingleTaskGP",
+        help="also LaplaceModel-ll (last-layer weights), LaplaceModel-rbf (RBF network)",
     )
     parser.add_argument("--cap", type=float, default=900.0, help="seconds per (method, size), all seeds")
     parser.add_argument("--seeds", type=int, default=1, help="data and optimiser seeds 0..K-1, one process")

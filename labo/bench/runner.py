@@ -12,6 +12,8 @@ One *run* optimises one objective with one method and one seed. Methods:
   layer's weights (``FitOptions(prior="ard")``).
 - ``laplace-init``: the default model with its weight prior centred at the network's
   initial weights instead of zero (``LaplaceModel(prior_mean="init")``).
+- ``laplace-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around
+  learnable centres, then a tanh layer; its two linear layers are Bayesian.
 - ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
 - ``sobol``: the next points of the run's scrambled Sobol sequence.
 
@@ -58,6 +60,7 @@ METHODS = (
     "laplace-lbfgs",
     "laplace-ard",
     "laplace-init",
+    "laplace-rbf",
     "gp",
     "sobol",
 )
@@ -69,6 +72,7 @@ _LAPLACE_VARIANTS = {
     "laplace-lbfgs": {},
     "laplace-ard": {},
     "laplace-init": {"prior_mean": "init"},
+    "laplace-rbf": {"network": "rbf"},
 }
 _FIT_OPTIONS = {"laplace-lbfgs": FitOptions(optimizer="lbfgs"), "laplace-ard": FitOptions(prior="ard")}
 

@@ -29,14 +29,16 @@ from labo.exceptions import WeightSubsetError
 from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, WeightMask
 from labo.laplace.functional import Functional, prefer_functional
 from labo.laplace.structures import Structure
-from labo.laplace.subnetworks import WeightStrategy, placeholder_mask
+from labo.laplace.subnetworks import WeightStrategy, by_module, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.surrogates.model_posterior import PosteriorMixin
 from labo.surrogates.model_support import ChecksMixin, ConditioningMixin, check_training_data
-from labo.surrogates.networks import default_network
+from labo.surrogates.networks import RBF_BAYESIAN_LAYERS, default_network, rbf_network
 
 # Where the weight prior can be centred (the ``prior_mean`` argument).
 PRIOR_MEANS = ("zero", "init")
+# The built-in networks (the ``network`` argument as a string; see labo.surrogates.networks).
+NETWORKS = ("mlp", "rbf")
 # The default structure is Functional() up to this many training rows n·m, then Kron().
 FUNCTIONAL_MAX_ROWS = 250
 
@@ -75,8 +77,11 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         train_Y: ``n x m`` training targets.
         train_Yvar: Optional ``n x m`` observed noise variances (fixed noise; the
             noise level is then not tuned).
-        network: An ``nn.Module`` mapping ``b x d`` to ``b x m``; default
-            :func:`labo.surrogates.networks.default_network` (MLP d-64-64-m, tanh).
+        network: An ``nn.Module`` mapping ``b x d`` to ``b x m``, or a built-in one by
+            name: ``"mlp"`` (the default, :func:`labo.surrogates.networks.default_network`,
+            MLP d-64-64-m, tanh) or ``"rbf"`` (:func:`labo.surrogates.networks.rbf_network`:
+            64 Gaussian RBF features around centres drawn from the inputs, then 64-64-m
+            tanh; its default ``weights`` are the two linear layers).
         weights: Which weights are Bayesian (default ``AllWeights()``), or a strategy
             ``(network, X, Z) -> WeightMask`` (``labo.laplace.subnetworks``, e.g.
             ``partial(largest_variance, n_weights=1000)``) applied by ``fit_laplace_model``
@@ -109,7 +114,7 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         train_X: Tensor,
         train_Y: Tensor,
         train_Yvar: Tensor | None = None,
-        network: nn.Module | None = None,
+        network: nn.Module | str | None = None,
         weights: WeightSubset | WeightStrategy | None = None,
         structure: Structure | None = None,
         input_transform: nn.Module | None = None,
@@ -138,6 +143,15 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         scale = torch.where(scale > 1e-8 * (1 + mean.abs()), scale, torch.ones_like(scale))
         self.register_buffer("y_mean", mean, persistent=False)
         self.register_buffer("y_scale", scale, persistent=False)
+        if isinstance(network, str):
+            if network not in NETWORKS:
+                raise ValueError(f"network must be an nn.Module or one of {NETWORKS}, got {network!r}.")
+            if network == "rbf":
+                network = rbf_network(X_tf, m)
+                if weights is None:
+                    weights = by_module(network, names=list(RBF_BAYESIAN_LAYERS))
+            else:
+                network = None
         if network is None:
             network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
         if prior_mean not in PRIOR_MEANS:
