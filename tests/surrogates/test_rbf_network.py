@@ -21,7 +21,13 @@ def test_rbf_features_match_their_formula_and_gradcheck():
     expected = torch.exp(-0.5 * torch.cdist(x, centres.expand(2, -1, -1)).pow(2) / 0.7**2)
     torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-14)
     assert torch.autograd.gradcheck(layer, (x,))
-    assert torch.autograd.gradcheck(lambda c: RBFFeatures.forward(layer, x), (layer.centres,))
+    params = {"centres": layer.centres.detach().clone().requires_grad_(True)}
+    params["log_lengthscale"] = layer.log_lengthscale.detach().clone().requires_grad_(True)
+
+    def by_params(c, log_l):
+        return torch.func.functional_call(layer, {"centres": c, "log_lengthscale": log_l}, (x.detach(),))
+
+    assert torch.autograd.gradcheck(by_params, (params["centres"], params["log_lengthscale"]))
 
 
 def test_rbf_features_reject_bad_arguments():
