@@ -143,16 +143,13 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         scale = torch.where(scale > 1e-8 * (1 + mean.abs()), scale, torch.ones_like(scale))
         self.register_buffer("y_mean", mean, persistent=False)
         self.register_buffer("y_scale", scale, persistent=False)
-        if isinstance(network, str):
-            if network not in NETWORKS:
-                raise ValueError(f"network must be an nn.Module or one of {NETWORKS}, got {network!r}.")
-            if network == "rbf":
-                network = rbf_network(X_tf, m)
-                if weights is None:
-                    weights = by_module(network, names=list(RBF_BAYESIAN_LAYERS))
-            else:
-                network = None
-        if network is None:
+        if isinstance(network, str) and network not in NETWORKS:
+            raise ValueError(f"network must be an nn.Module or one of {NETWORKS}, got {network!r}.")
+        if network == "rbf":
+            network = rbf_network(X_tf, m)
+            if weights is None:
+                weights = by_module(network, names=list(RBF_BAYESIAN_LAYERS))
+        elif network is None or network == "mlp":
             network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
         if prior_mean not in PRIOR_MEANS:
             raise ValueError(f"prior_mean must be one of {PRIOR_MEANS}, got {prior_mean!r}.")
