@@ -14,6 +14,9 @@ One *run* optimises one objective with one method and one seed. Methods:
   initial weights instead of zero (``LaplaceModel(prior_mean="init")``).
 - ``laplace-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around
   learnable centres, then a tanh layer; its two linear layers are Bayesian.
+- ``laplace-rbf-all``: the same network with every weight Bayesian (``AllWeights()``),
+  the centres and the lengthscale too. Their Jacobians have ``64 d`` columns, so its
+  acquisition is slow past a few dozen dimensions (``docs/benchmarks.md``).
 - ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
 - ``sobol``: the next points of the run's scrambled Sobol sequence.
 
@@ -49,7 +52,7 @@ from torch.quasirandom import SobolEngine
 
 from labo.bench.store import Evaluation, StudyStore
 from labo.exceptions import BenchmarkError
-from labo.laplace import Functional, Kron, LastLayer
+from labo.laplace import AllWeights, Functional, Kron, LastLayer
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
 METHODS = (
@@ -61,6 +64,7 @@ METHODS = (
     "laplace-ard",
     "laplace-init",
     "laplace-rbf",
+    "laplace-rbf-all",
     "gp",
     "sobol",
 )
@@ -73,6 +77,7 @@ _LAPLACE_VARIANTS = {
     "laplace-ard": {},
     "laplace-init": {"prior_mean": "init"},
     "laplace-rbf": {"network": "rbf"},
+    "laplace-rbf-all": {"network": "rbf", "weights": AllWeights()},
 }
 _FIT_OPTIONS = {"laplace-lbfgs": FitOptions(optimizer="lbfgs"), "laplace-ard": FitOptions(prior="ard")}
 

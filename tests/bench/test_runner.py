@@ -129,3 +129,21 @@ def test_default_laplace_improves_on_its_initial_design(store, objectives):
     init_best = max(r.y[0] for r in res.evaluations[:4])
     assert res.best().y[0] > init_best
     assert res.best().y[0] > -0.05
+
+
+@pytest.mark.parametrize(
+    ("method", "bayesian"),
+    [
+        ("laplace-rbf", {"1.weight", "1.bias", "3.weight", "3.bias"}),
+        ("laplace-rbf-all", {"0.centres", "0.log_lengthscale", "1.weight", "1.bias", "3.weight", "3.bias"}),
+    ],
+)
+def test_rbf_methods_make_the_documented_weights_bayesian(fast_laplace, method, bayesian):
+    torch.manual_seed(0)
+    X = torch.rand(12, 2, dtype=torch.float64)
+    Y = -(X - 0.3).pow(2).sum(-1, keepdim=True)
+    model = runner.fit_model(method, X, Y)
+    subset = model.laplace.subset
+    assert {s.name for s in subset.selected} == bayesian
+    assert all(s.index is None for s in subset.selected)  # whole tensors
+    assert subset.n_weights == sum(p.numel() for n, p in model.network.named_parameters() if n in bayesian)
