@@ -2,7 +2,9 @@
 
 Methods: ``LaplaceModel`` (its default: Functional up to 250 rows, Kron beyond),
 ``LaplaceModel-ll`` (last-layer weights, default structure), ``LaplaceModel-rbf``
-(``network="rbf"``) and ``SingleTaskGP``.
+(``network="rbf"``), ``LaplaceModel-rbf-all`` (the RBF network with every weight
+Bayesian: its centres through the closed form of ``labo.laplace.rbf`` under Kron) and
+``SingleTaskGP``.
 One iteration = refit the surrogate on the current data + optimise
 qLogNoisyExpectedImprovement (q=4, num_restarts=10, raw_samples=512). For
 LaplaceModel the refit is warm-started from the model of the previous iteration
@@ -77,13 +79,14 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
     sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)
     t0 = time.perf_counter()
     if method.startswith("LaplaceModel"):
-        from labo.laplace import LastLayer
+        from labo.laplace import AllWeights, LastLayer
         from labo.surrogates import LaplaceModel, fit_laplace_model
 
         variant = {
             "LaplaceModel": {},
             "LaplaceModel-ll": {"weights": LastLayer()},
             "LaplaceModel-rbf": {"network": "rbf"},
+            "LaplaceModel-rbf-all": {"network": "rbf", "weights": AllWeights()},
         }[method]
         prev = LaplaceModel(
             X[:-4], Y[:-4], input_transform=Normalize(d), outcome_transform=Standardize(1), **variant
@@ -174,7 +177,8 @@ def main():
     parser.add_argument(
         "--methods",
         default="LaplaceModel,SingleTaskGP",
-        help="also LaplaceModel-ll (last-layer weights), LaplaceModel-rbf (RBF network)",
+        help="also LaplaceModel-ll (last-layer weights), LaplaceModel-rbf (RBF network), "
+        "LaplaceModel-rbf-all (RBF network, every weight Bayesian)",
     )
     parser.add_argument("--cap", type=float, default=900.0, help="seconds per (method, size), all seeds")
     parser.add_argument("--seeds", type=int, default=1, help="data and optimiser seeds 0..K-1, one process")

@@ -21,6 +21,7 @@ from labo.laplace.curvature import kfac_layer_plan
 from labo.laplace.jacobians import network_output
 from labo.laplace.likelihoods import check_likelihood, check_targets, log_likelihood
 from labo.laplace.linear_factors import factor_plan
+from labo.laplace.rbf import rbf_rest_plan
 from labo.laplace.structures import Kron, Structure
 from labo.laplace.subsets import AllWeights, WeightSubset
 from labo.laplace.validation import as_positive_tensor, as_weight_vector, check_inputs
@@ -72,6 +73,9 @@ class LaplaceApproximation(nn.Module):
         p = next(network.parameters())
         self._dtype, self._device = p.dtype, p.device
         self.curvature = self.structure.build(network, self.subset).to(self._dtype).to(self._device)
+        # Kron with an RBFFeatures module as its diagonal rest: closed-form predictive (labo.laplace.rbf).
+        rest = getattr(self.curvature, "rest_index", None) if self.factor_plan is None else None
+        self.rbf_plan = None if rest is None else rbf_rest_plan(network, self.subset, rest)
         kw = {"dtype": self._dtype, "device": self._device}
         self.register_buffer("_prior_precision", self._check_prior(prior_precision).detach().clone())
         self.register_buffer("_noise_std", self._check_noise(noise_std).detach().clone())

@@ -82,15 +82,18 @@ def factor_plan(network: nn.Module, subset: ResolvedSubset) -> list[tuple[str, b
 
 
 def linear_factors(
-    network: nn.Module, plan: list[tuple[str, bool]], X: Tensor
-) -> tuple[Tensor, list[LayerFactors]] | None:
+    network: nn.Module, plan: list[tuple[str, bool]], X: Tensor, extra: str | None = None
+) -> tuple[Tensor, list[LayerFactors]] | tuple[Tensor, list[LayerFactors], tuple[Tensor, Tensor]] | None:
     """Outputs ``(N, K)`` and per-layer factors for rows ``X (N, ...)``; None if not applicable.
 
-    Differentiable w.r.t. ``X`` when ``X`` requires grad.
+    Differentiable w.r.t. ``X`` when ``X`` requires grad. With ``extra`` (a module name)
+    also ``(φ, g)``: that module's output ``φ (N, J)`` and the output gradients
+    ``g = ∂f/∂φ (N, K, J)``; the module must run once, on the network's inputs.
     """
     modules = dict(network.named_modules())
-    inputs: dict[str, list[Tensor]] = {n: [] for n, _ in plan}
-    outputs: dict[str, list[Tensor]] = {n: [] for n, _ in plan}
+    names = [n for n, _ in plan] + ([extra] if extra is not None else [])
+    inputs: dict[str, list[Tensor]] = {n: [] for n in names}
+    outputs: dict[str, list[Tensor]] = {n: [] for n in names}
 
     def make_hook(name):
         def hook(module, inp, out):
@@ -99,7 +102,7 @@ def linear_factors(
 
         return hook
 
-    handles = [modules[n].register_forward_hook(make_hook(n)) for n, _ in plan]
+    handles = [modules[n].register_forward_hook(make_hook(n)) for n in names]
     create_graph = X.requires_grad and torch.is_grad_enabled()
     # The weights are constants here (the MAP): run on detached parameters so that no
     # gradient flows into (and accumulates in) the network's .grad; the graph only needs
@@ -114,28 +117,37 @@ def linear_factors(
             h.remove()
     if any(len(v) != 1 for v in inputs.values()) or any(inputs[n][0].dim() != 2 for n, _ in plan):
         return None
+    if extra is not None and (inputs[extra][0] is not X_in or outputs[extra][0].dim() != 2):
+        return None
     s_list = [outputs[n][0] for n, _ in plan]
     if F.dim() != 2 or not all(s.requires_grad for s in s_list):
         return None
     K = F.shape[-1]
     # The output layer's gradients are the identity: no backward pass for it.
     inner = [i for i, s in enumerate(s_list) if s is not F]
+    targets = [s_list[i] for i in inner] + ([outputs[extra][0]] if extra is not None else [])
     grads = []
-    if inner:
+    if targets:
         with torch.enable_grad():
             for k in range(K):
-                targets = [s_list[i] for i in inner]
                 g = torch.autograd.grad(F[:, k].sum(), targets, retain_graph=True, create_graph=create_graph)
-                grads.append(dict(zip(inner, g, strict=True)))
+                grads.append(g)
     factors = []
     for i, (name, has_bias) in enumerate(plan):
         a = inputs[name][0]
-        b = torch.stack([grads[k][i] for k in range(K)], dim=1) if i in inner else None  # (N, K, out)
+        b = torch.stack([grads[k][inner.index(i)] for k in range(K)], dim=1) if i in inner else None
         if not create_graph:
             a = a.detach()
             b = None if b is None else b.detach()
         factors.append(LayerFactors(name, a, b, has_bias, n_out=K))
-    return (F if create_graph else F.detach()), factors
+    F = F if create_graph else F.detach()
+    if extra is None:
+        return F, factors
+    phi = outputs[extra][0]
+    g = torch.stack([grads[k][-1] for k in range(K)], dim=1)  # (N, K, J)
+    if not create_graph:
+        phi, g = phi.detach(), g.detach()
+    return F, factors, (phi, g)
 
 
 def per_tensor_prior(

@@ -17,6 +17,8 @@ from labo.exceptions import HyperparameterError, StructureError
 from labo.laplace.jacobians import chunk_rows, network_output, output_and_jacobian
 from labo.laplace.jsjt import auto_mode, check_mode, loop_joint, loop_variance
 from labo.laplace.linear_factors import linear_factors
+from labo.laplace.precisions import KronPrecision
+from labo.laplace.rbf import RBFTerm
 
 
 def _jacobians(la, X: Tensor) -> tuple[torch.Size, int, Tensor, Tensor]:
@@ -37,6 +39,30 @@ def _factors(la, rows: Tensor, lead: torch.Size, precision):
     return F.reshape(*lead, F.shape[-1]), [f.reshape_rows(lead) for f in factors]
 
 
+def _rbf_terms(la, rows: Tensor, lead: torch.Size, precision):
+    """Mean, Linear-layer factors and the :class:`~labo.laplace.rbf.RBFTerm` of the rows for a
+    Kron posterior whose diagonal rest is an ``RBFFeatures`` module (``la.rbf_plan``), or None."""
+    plan = getattr(la, "rbf_plan", None)
+    if plan is None or type(precision) is not KronPrecision:
+        return None
+    modules = dict(la.network.named_modules())
+    layers = [(name, modules[name].bias is not None) for name in la.curvature.layer_names]
+    res = linear_factors(la.network, layers, rows, extra=plan.module)
+    if res is None:
+        return None
+    F, factors, (phi, g) = res
+    K = F.shape[-1]
+    term = RBFTerm(
+        modules[plan.module],
+        rows.reshape(*lead, rows.shape[-1]),
+        phi.reshape(*lead, phi.shape[-1]),
+        g.reshape(*lead, K, g.shape[-1]),
+        plan,
+        precision.rest[1],
+    )
+    return F.reshape(*lead, K), [f.reshape_rows(lead) for f in factors], term
+
+
 def _mode(la, mode: str, precision) -> str:
     """The backend mode to use (see :mod:`labo.laplace.jsjt`), checked against the posterior."""
     check_mode(mode)
@@ -47,6 +73,8 @@ def _mode(la, mode: str, precision) -> str:
             f"or Functional posterior; got weights={la.weights!r}, structure={la.structure!r}."
         )
     if mode == "auto":
+        if getattr(la, "rbf_plan", None) is not None and type(precision) is KronPrecision:
+            return "rbf"
         return auto_mode(has_factors, int(la.n_outputs), la.n_weights)
     return mode
 
@@ -56,6 +84,16 @@ def glm_predictive(la, X: Tensor, mode: str = "auto") -> tuple[Tensor, Tensor]:
     precision = la.posterior_precision()
     lead, rows = la.split_inputs(X)
     mode = _mode(la, mode, precision)
+    if mode == "rbf":
+        res = _rbf_terms(la, rows, lead, precision)
+        if res is not None:
+            F, factors, term = res
+            n, K = F.shape[-2:]
+            cov = term.quad()
+            if factors:
+                cov = cov + precision.quad_factors(factors)
+            return F, cov.reshape(*lead[:-1], n, K, n, K)
+        mode = auto_mode(False, int(la.n_outputs), la.n_weights)
     if mode == "factors":
         fac = _factors(la, rows, lead, precision)
         if fac is not None:
@@ -87,6 +125,12 @@ def glm_layer_terms(la, X: Tensor):
     if not hasattr(precision, "layer_terms"):
         return None
     lead, rows = la.split_inputs(X)
+    if getattr(la, "rbf_plan", None) is not None and int(la.n_outputs) == 1:
+        res = _rbf_terms(la, rows, lead, precision)
+        if res is None:
+            return None
+        F, factors, term = res
+        return F, list(precision.layer_terms(factors)) + term.layer_terms()
     fac = _factors(la, rows, lead, precision)
     if fac is None:
         return None
@@ -100,6 +144,15 @@ def glm_variance(la, X: Tensor, mode: str = "auto") -> Tensor:
     precision = la.posterior_precision()
     K = int(la.n_outputs)
     mode = _mode(la, mode, precision)
+    if mode == "rbf":
+        res = _rbf_terms(la, rows, lead, precision)
+        if res is not None:
+            _, factors, term = res
+            var = term.quad_diag()
+            if factors:
+                var = var + precision.quad_diag_factors(factors)
+            return var.reshape(*lead, K)
+        mode = auto_mode(False, K, la.n_weights)
     if mode == "factors":
         fac = _factors(la, rows, lead, precision)
         if fac is not None:

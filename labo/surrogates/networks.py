@@ -15,14 +15,17 @@ Its features vanish away from the centres, so the network's mean flattens and it
 predictive variance settles away from the data, as a stationary GP's do; the MLP's
 mean keeps rising towards the faces of the box, where qLogNEI's candidates then pile
 up (``docs/benchmarks.md``, "What pushes the default model's candidates onto the
-bounds"). Only its two linear layers are Bayesian (``RBF_BAYESIAN_LAYERS``); the
-centres and the lengthscale are fitted by MAP training.
+bounds"). By default only its two linear layers are Bayesian (``RBF_BAYESIAN_LAYERS``)
+and the centres and the lengthscale are fitted by MAP training; with every weight
+Bayesian under Kron the centres get a closed-form predictive (``labo.laplace.rbf``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from labo.laplace.rbf import RBFFeatures
 
 DEFAULT_WIDTH = 64
 # The modules of rbf_network whose weights LaplaceModel(network="rbf") makes Bayesian.
@@ -37,27 +40,6 @@ def default_network(
         nn.Linear(d, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, m)
     )
     return net.to(dtype=dtype, device=device)
-
-
-class RBFFeatures(nn.Module):
-    """``x -> exp(-||x - c_j||² / (2ℓ²))`` for learnable centres ``c_j`` and one learnable
-    lengthscale ``ℓ`` (stored as its log). Maps ``... x d`` to ``... x n_centres``."""
-
-    def __init__(self, centres: Tensor, lengthscale: float):
-        super().__init__()
-        if centres.dim() != 2:
-            raise ValueError(f"centres must be n_centres x d, got shape {tuple(centres.shape)}.")
-        if not lengthscale > 0:
-            raise ValueError(f"lengthscale must be positive, got {lengthscale!r}.")
-        self.centres = nn.Parameter(centres.detach().clone())
-        self.log_lengthscale = nn.Parameter(
-            torch.tensor(float(lengthscale), dtype=centres.dtype, device=centres.device).log()
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        c = self.centres
-        sq = x.pow(2).sum(-1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(-1)
-        return torch.exp(-0.5 * sq.clamp_min(0) / self.log_lengthscale.exp().pow(2))
 
 
 def rbf_centres(X: Tensor, n_centres: int) -> Tensor:

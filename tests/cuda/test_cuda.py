@@ -59,16 +59,21 @@ def test_core_on_cuda_equals_cpu(structure, weights, likelihood, sizes):
     assert samples.device.type == "cuda" and torch.isfinite(samples).all()
 
 
-@pytest.mark.parametrize("network", ["mlp", "rbf"])
+@pytest.mark.parametrize("network", ["mlp", "rbf", "rbf-all"])
 @pytest.mark.parametrize("n", [20, 300])  # Functional by default at n=20, Kron (lazy covariance) at 300
 def test_model_fit_and_qlognei_on_cuda(n, network):
+    """``rbf-all``: every weight Bayesian, the centres through the RBF closed form under Kron."""
     g = torch.Generator(device=CUDA).manual_seed(0)
     X = torch.rand(n, 4, dtype=torch.float64, device=CUDA, generator=g)
     Y = torch.sin(6 * X).sum(-1, keepdim=True)
-    model = LaplaceModel(
-        X, Y, network=network, input_transform=Normalize(4), outcome_transform=Standardize(1)
-    )
+    extra = {"network": "rbf", "weights": AllWeights()} if network == "rbf-all" else {"network": network}
+    model = LaplaceModel(X, Y, input_transform=Normalize(4), outcome_transform=Standardize(1), **extra)
     fit_laplace_model(model, FitOptions(max_epochs_cold=200, hyper_steps_cold=20))
+    if network == "rbf-all" and n == 300:
+        la = model.laplace
+        assert la.rbf_plan is not None
+        Xc = torch.rand(2, 5, 4, dtype=torch.float64, device=CUDA)
+        torch.testing.assert_close(la.predictive(Xc)[1], la.predictive(Xc, mode="jacobian")[1])
     post = model.posterior(torch.rand(3, 70, 4, dtype=torch.float64, device=CUDA))
     assert post.mean.device.type == "cuda" and post.variance.device.type == "cuda"
     acq = qLogNoisyExpectedImprovement(model, X_baseline=X)
