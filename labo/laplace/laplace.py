@@ -30,8 +30,8 @@ from labo.laplace.validation import as_positive_tensor, as_weight_vector, check_
 class LaplaceApproximation(nn.Module):
     """A Gaussian posterior ``N(θ̂, H⁻¹)`` over the selected weights of a network.
 
-    Build it with :func:`fit_laplace`. Construction alone allocates an unfitted
-    posterior (used to ``load_state_dict`` a saved one).
+    Build it with :func:`fit_laplace`. Construction alone allocates an unfitted posterior
+    (used to ``load_state_dict`` a saved one).
 
     Args:
         network: The network, at its MAP weights. Maps ``(n, d)`` to ``(n, K)``.
@@ -73,9 +73,7 @@ class LaplaceApproximation(nn.Module):
         p = next(network.parameters())
         self._dtype, self._device = p.dtype, p.device
         self.curvature = self.structure.build(network, self.subset).to(self._dtype).to(self._device)
-        # Kron with an RBFFeatures module as its diagonal rest: closed-form predictive (labo.laplace.rbf).
-        rest = getattr(self.curvature, "rest_index", None) if self.factor_plan is None else None
-        self.rbf_plan = None if rest is None else rbf_rest_plan(network, self.subset, rest)
+        self.rbf_plan = None if self.factor_plan else rbf_rest_plan(network, self.subset, self.curvature)
         kw = {"dtype": self._dtype, "device": self._device}
         self.register_buffer("_prior_precision", self._check_prior(prior_precision).detach().clone())
         self.register_buffer("_noise_std", self._check_noise(noise_std).detach().clone())
@@ -101,8 +99,7 @@ class LaplaceApproximation(nn.Module):
         return as_positive_tensor(value, "prior_precision", allowed, self._dtype, self._device)
 
     def _check_noise(self, value) -> Tensor:
-        t = as_positive_tensor(value, "noise_std", {}, self._dtype, self._device)
-        return t
+        return as_positive_tensor(value, "noise_std", {}, self._dtype, self._device)
 
     @property
     def prior_precision(self) -> Tensor:
@@ -337,10 +334,8 @@ class LaplaceApproximation(nn.Module):
         return sample_functions(self, num_samples, generator)
 
     def extra_repr(self) -> str:
-        return (
-            f"likelihood={self.likelihood!r}, weights={self.weights!r}, "
-            f"structure={self.structure!r}, n_weights={self.n_weights}"
-        )
+        w, s = self.weights, self.structure
+        return f"likelihood={self.likelihood!r}, weights={w!r}, structure={s!r}, n_weights={self.n_weights}"
 
 
 def fit_laplace(

@@ -65,11 +65,13 @@ class RBFRestPlan:
     lengthscale: int | None
 
 
-def rbf_rest_plan(network: nn.Module, subset: ResolvedSubset, rest_index: Tensor) -> RBFRestPlan | None:
-    """The plan when the rest is exactly one ``RBFFeatures`` module's whole centres (and
-    optionally its whole log-lengthscale), else None."""
+def rbf_rest_plan(network: nn.Module, subset: ResolvedSubset, curvature) -> RBFRestPlan | None:
+    """The plan when ``curvature`` is Kron's and its diagonal rest is exactly one
+    ``RBFFeatures`` module's whole centres (and optionally its whole log-lengthscale),
+    else None."""
+    rest_index = getattr(curvature, "rest_index", None)
     rbf = [(n, m) for n, m in network.named_modules() if isinstance(m, RBFFeatures)]
-    if len(rbf) != 1 or rest_index.numel() == 0:
+    if rest_index is None or len(rbf) != 1 or rest_index.numel() == 0:
         return None
     name, _ = rbf[0]
     prefix = f"{name}." if name else ""
