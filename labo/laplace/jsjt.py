@@ -24,7 +24,9 @@ Modes of :func:`glm_predictive` / :func:`glm_variance` in ``labo.laplace.predict
     (the loop is ordinary autograd), at the memory cost of the graph.
 ``"auto"``
     ``"factors"`` if available, else ``"jacobian"`` while one row's ``K x S``
-    Jacobian fits the chunk budget, else ``"loop"``.
+    Jacobian fits the chunk budget, else ``"loop"``. A Kron posterior whose diagonal
+    rest is an ``RBFFeatures`` module's centres takes the Linear-layer factors plus the
+    closed form of :mod:`labo.laplace.rbf` instead.
 
 Linearised function samples ``f(x) + J(x)(θ_s − θ̂)`` (cost independent of K, one
 ``jvp`` per sample) are :func:`labo.laplace.predictive.predictive_samples`.
