@@ -42,7 +42,7 @@ def _factors(la, rows: Tensor, lead: torch.Size, precision):
 def _rbf_terms(la, rows: Tensor, lead: torch.Size, precision):
     """Mean, Linear-layer factors and the :class:`~labo.laplace.rbf.RBFTerm` of the rows for a
     Kron posterior whose diagonal rest is an ``RBFFeatures`` module (``la.rbf_plan``), or None."""
-    plan = getattr(la, "rbf_plan", None)
+    plan = la.rbf_plan
     if plan is None or type(precision) is not KronPrecision:
         return None
     modules = dict(la.network.named_modules())
@@ -73,7 +73,7 @@ def _mode(la, mode: str, precision) -> str:
             f"or Functional posterior; got weights={la.weights!r}, structure={la.structure!r}."
         )
     if mode == "auto":
-        if getattr(la, "rbf_plan", None) is not None and type(precision) is KronPrecision:
+        if la.rbf_plan is not None and type(precision) is KronPrecision:
             return "rbf"
         return auto_mode(has_factors, int(la.n_outputs), la.n_weights)
     return mode
@@ -125,7 +125,7 @@ def glm_layer_terms(la, X: Tensor):
     if not hasattr(precision, "layer_terms"):
         return None
     lead, rows = la.split_inputs(X)
-    if getattr(la, "rbf_plan", None) is not None and int(la.n_outputs) == 1:
+    if la.rbf_plan is not None and int(la.n_outputs) == 1:
         res = _rbf_terms(la, rows, lead, precision)
         if res is None:
             return None
