@@ -25,7 +25,9 @@ and the rule is exact: ``H_block = scale · G ⊗ A + δ I``. For a prior that
 varies within a block (per-weight, or different for weight and bias) it keeps
 only the diagonal of the prior in the eigenbasis (the EKFAC-style projection),
 computed cheaply as ``d̃ = (Q_G ∘ Q_G)ᵀ D (Q_A ∘ Q_A)``. Selected weights outside
-Linear layers get a diagonal GGN block.
+Linear layers (the "rest") get a diagonal GGN block, or with ``Kron(rest="full")`` one
+full GGN block, eigendecomposed and handled as a block with ``Q_A = [[1]]`` (the same
+prior rule: exact for a prior constant over the rest).
 """
 
 from __future__ import annotations
@@ -260,33 +262,58 @@ class KronPrecision:
     """Block-diagonal ``H``: eigendecomposed K-FAC blocks plus a diagonal rest.
 
     See the module docstring for the prior rule. ``blocks`` holds
-    ``(index, Q_G, λ_G, Q_A, λ_A)``; ``rest`` holds ``(index, c)``.
+    ``(index, Q_G, λ_G, Q_A, λ_A)``; ``rest`` holds ``(index, c)``. ``rest_block``,
+    ``(index, Q, λ)`` or None, is the rest as one full eigendecomposed block instead
+    (``Kron(rest="full")``): it joins ``blocks`` with ``Q_A = [[1]]``, so every operation
+    treats it like a layer, and ``rest`` is then empty.
     """
 
-    def __init__(self, blocks, rest, prior: Tensor, scale: Tensor, n_weights: int):
+    def __init__(
+        self,
+        blocks,
+        rest,
+        prior: Tensor,
+        scale: Tensor,
+        n_weights: int,
+        rest_block=None,
+        prior_is_scalar: bool = False,
+    ):
         self.S = n_weights
         self.blocks = []
+        self.n_layers = len(blocks)
+        if rest_block is not None:
+            index, Q, lam = rest_block
+            one = torch.ones(1, 1, dtype=Q.dtype, device=Q.device)
+            blocks = [*blocks, (index, Q, lam, one, one[0])]
         for index, QG, lG, QA, lA in blocks:
-            D = prior[index].reshape(QG.shape[0], QA.shape[0])
-            d_eig = (QG * QG).T @ D @ (QA * QA)
+            if prior_is_scalar:  # Qᵀ (δ I) Q = δ I: no O(out² in + out in²) projection
+                d_eig = prior[index[:1]]
+            else:
+                D = prior[index].reshape(QG.shape[0], QA.shape[0])
+                d_eig = (QG * QG).T @ D @ (QA * QA)
             e = scale * torch.outer(lG, lA) + d_eig
             self.blocks.append((index, QG, QA, e))
         r_index, c = rest
         self.rest = (r_index, scale * c + prior[r_index])
         self.dtype, self.device = prior.dtype, prior.device
-        # Jacobian-free path (labo.laplace.linear_factors) when every weight is in a block.
-        self.supports_factors = r_index.numel() == 0
+        # The full rest block (index, Q, e) for closed-form predictives, or None.
+        self.rest_block = None
+        if rest_block is not None:
+            index, Q, _, e = self.blocks[-1]
+            self.rest_block = (index, Q, e.reshape(-1))
+        # Jacobian-free path (labo.laplace.linear_factors) when every weight is in a layer block.
+        self.supports_factors = r_index.numel() == 0 and rest_block is None
         # Output-layer G factors are often (signed) permutations: regression's G ∝ I.
-        self._shared = [SharedRows(QG, signed_permutation(QG)) for _, QG, _, _ in self.blocks]
+        layers = self.blocks[: self.n_layers]
+        self._shared = [SharedRows(QG, signed_permutation(QG)) for _, QG, _, _ in layers]
         self._inv_e: list[Tensor] | None = None
 
     def layer_terms(self, factors):
         """Per layer ``(Pa, Pb, w)``: rotated factors and inverse eigenvalues (see :func:`layer_quad`)."""
         if self._inv_e is None:
-            self._inv_e = [1.0 / e for _, _, _, e in self.blocks]
-        for lf, (_, QG, QA, _), shared, w in zip(
-            factors, self.blocks, self._shared, self._inv_e, strict=True
-        ):
+            self._inv_e = [1.0 / e for _, _, _, e in self.blocks[: self.n_layers]]
+        layers = self.blocks[: self.n_layers]
+        for lf, (_, QG, QA, _), shared, w in zip(factors, layers, self._shared, self._inv_e, strict=True):
             Pb = shared if lf.identity else lf.b @ QG
             yield augmented_inputs(lf) @ QA, Pb, w
 

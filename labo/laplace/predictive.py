@@ -41,7 +41,8 @@ def _factors(la, rows: Tensor, lead: torch.Size, precision):
 
 def _rbf_terms(la, rows: Tensor, lead: torch.Size, precision):
     """Mean, Linear-layer factors and the :class:`~labo.laplace.rbf.RBFTerm` of the rows for a
-    Kron posterior whose diagonal rest is an ``RBFFeatures`` module (``la.rbf_plan``), or None."""
+    Kron posterior whose rest (diagonal or full) is an ``RBFFeatures`` module
+    (``la.rbf_plan``), or None."""
     plan = la.rbf_plan
     if plan is None or type(precision) is not KronPrecision:
         return None
@@ -58,7 +59,8 @@ def _rbf_terms(la, rows: Tensor, lead: torch.Size, precision):
         phi.reshape(*lead, phi.shape[-1]),
         g.reshape(*lead, K, g.shape[-1]),
         plan,
-        precision.rest[1],
+        h=None if precision.rest_block is not None else precision.rest[1],
+        block=None if precision.rest_block is None else precision.rest_block[1:],
     )
     return F.reshape(*lead, K), [f.reshape_rows(lead) for f in factors], term
 

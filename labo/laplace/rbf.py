@@ -16,7 +16,9 @@ covariance of rows ``m, n`` and outputs ``k, l`` is
 ``Σ_j u_kj(m) u_lj(n) Σ_i (x_mi − c_ji)(x_ni − c_ji) w_ji + r_k(m) r_l(n) / h_ℓ``
 
 with ``u = g φ / ℓ²`` and ``r`` the lengthscale column: no ``rows x J·d`` Jacobian is
-formed, and it stays differentiable w.r.t. ``x`` (acquisition gradients).
+formed, and it stays differentiable w.r.t. ``x`` (acquisition gradients). With the rest
+as one full block (``Kron(rest="full")``, which keeps the correlations between centres)
+the Jacobian rows are formed and rotated into the block's eigenbasis instead.
 """
 
 from __future__ import annotations
@@ -92,20 +94,45 @@ def rbf_rest_plan(network: nn.Module, subset: ResolvedSubset, curvature) -> RBFR
 
 class RBFTerm:
     """The rest's covariance terms for rows: inputs ``x (..., n, d)``, features
-    ``φ (..., n, J)`` and output gradients ``g (..., n, K, J)`` (see the module docstring)."""
+    ``φ (..., n, J)`` and output gradients ``g (..., n, K, J)`` (see the module docstring).
 
-    def __init__(self, module: RBFFeatures, x: Tensor, phi: Tensor, g: Tensor, plan: RBFRestPlan, h: Tensor):
+    The rest's precision is diagonal (``h``, in rest order) or, for ``Kron(rest="full")``,
+    one full block ``Q diag(e) Qᵀ`` (``block=(Q, e)``): the rows are then rotated,
+    ``P = J_rest Q`` (``(..., n, K, R)``), and the covariance is ``P diag(1/e) Pᵀ``.
+    """
+
+    def __init__(
+        self,
+        module: RBFFeatures,
+        x: Tensor,
+        phi: Tensor,
+        g: Tensor,
+        plan: RBFRestPlan,
+        h: Tensor | None = None,
+        block: tuple[Tensor, Tensor] | None = None,
+    ):
+        if (h is None) == (block is None):
+            raise ValueError("RBFTerm needs exactly one of h (diagonal rest) and block (full rest).")
         c = module.centres.detach()
         inv_ell2 = module.log_lengthscale.detach().mul(-2).exp()
         self.x, self.c = x, c
         self.u = g * (phi * inv_ell2).unsqueeze(-2)  # (..., n, K, J)
-        self.w = (1.0 / h[plan.centres.to(h.device)]).reshape(c.shape)  # (J, d)
-        self.cw = c * self.w
-        self.s = (c * self.cw).sum(-1)  # (J,)
         self.r = None
         if plan.lengthscale is not None:
             sq = (x.unsqueeze(-2) - c).pow(2).sum(-1)  # (..., n, J)
             self.r = (self.u * sq.unsqueeze(-2)).sum(-1)  # (..., n, K)
+        self.P = None
+        if block is not None:
+            Q, e = block
+            P = self.jacobian() @ Q[plan.centres.to(Q.device)]
+            if self.r is not None:
+                P = P + self.r.unsqueeze(-1) * Q[plan.lengthscale]
+            self.P, self.inv_e = P, 1.0 / e  # (..., n, K, R), (R,)
+            return
+        self.w = (1.0 / h[plan.centres.to(h.device)]).reshape(c.shape)  # (J, d)
+        self.cw = c * self.w
+        self.s = (c * self.cw).sum(-1)  # (J,)
+        if self.r is not None:
             self.w_ell = 1.0 / h[plan.lengthscale]
 
     def jacobian(self) -> Tensor:
@@ -120,6 +147,9 @@ class RBFTerm:
         Few rows (``n ≤ K d``, a q-batch): pairwise, ``O(n² J d)`` without a Jacobian; many
         rows: through the materialised Jacobian, ``O(n K J d)`` memory instead of ``O(n² J)``.
         """
+        if self.P is not None:
+            P = self.P.flatten(-3, -2)  # (..., n·K, R)
+            return (P * self.inv_e) @ P.transpose(-1, -2)
         x, u = self.x, self.u
         n, K = u.shape[-3], u.shape[-2]
         if n <= K * x.shape[-1]:
@@ -143,6 +173,8 @@ class RBFTerm:
         if self.u.shape[-2] != 1:
             raise ValueError("RBFTerm.layer_terms is for one output.")
         ones = torch.ones_like(self.x[..., :1]).unsqueeze(-1)  # (..., n, 1, 1)
+        if self.P is not None:
+            return [(self.P[..., 0, :], ones, self.inv_e.reshape(1, -1))]
         terms = [(self.jacobian()[..., 0, :], ones, self.w.reshape(1, -1))]
         if self.r is not None:
             terms.append((self.r, ones, self.w_ell.reshape(1, 1)))
@@ -150,6 +182,9 @@ class RBFTerm:
 
     def quad_diag(self) -> Tensor:
         """``(..., n·K)``: the diagonal of :meth:`quad`, in ``O(n J d)``."""
+        if self.P is not None:
+            out = (self.P.pow(2) * self.inv_e).sum(-1)
+            return out.reshape(*out.shape[:-2], -1)
         x, u = self.x, self.u
         q = x.pow(2) @ self.w.T - 2 * x @ self.cw.T + self.s  # (..., n, J)
         out = (u.pow(2) * q.unsqueeze(-2)).sum(-1)

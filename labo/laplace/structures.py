@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from labo.exceptions import NotFittedError
+from labo.exceptions import NotFittedError, StructureError
 from labo.laplace.curvature import ggn, kfac_factors, kfac_layer_plan
 from labo.laplace.precisions import (
     DiagonalPrecision,
@@ -100,9 +100,13 @@ class DiagonalCurvature(Curvature):
 
 
 class KronCurvature(Curvature):
-    def __init__(self, network: nn.Module, subset: ResolvedSubset):
+    """K-FAC factors per Linear layer; the rest's GGN diagonal or, with ``full_rest``, its
+    full block eigendecomposed (``rest_Q``, ``rest_l``)."""
+
+    def __init__(self, network: nn.Module, subset: ResolvedSubset, full_rest: bool = False):
         super().__init__()
         plan, rest_index = kfac_layer_plan(network, subset)
+        self.full_rest = bool(full_rest) and rest_index.numel() > 0
         self.layer_names = [name for name, _ in plan]
         self.n_weights = subset.n_weights
         modules = dict(network.named_modules())
@@ -115,7 +119,10 @@ class KronCurvature(Curvature):
             self.register_buffer(f"QA_{i}", torch.zeros(in_f, in_f))
             self.register_buffer(f"lA_{i}", torch.zeros(in_f))
         self.register_buffer("rest_index", rest_index)
-        self.register_buffer("rest_c", torch.zeros(rest_index.numel()))
+        R = rest_index.numel()
+        self.register_buffer("rest_c", torch.zeros(0 if self.full_rest else R))
+        self.register_buffer("rest_Q", torch.zeros((R, R) if self.full_rest else (0, 0)))
+        self.register_buffer("rest_l", torch.zeros(R if self.full_rest else 0))
         self._rest_subset = None
         if rest_index.numel():
             self._rest_subset = _restrict(subset, rest_index)
@@ -133,7 +140,10 @@ class KronCurvature(Curvature):
             lG, QG = clamped_eigh(G, f"K-FAC factor G of layer {self.layer_names[i]!r}")
             for k, v in (("QG", QG), ("lG", lG), ("QA", QA), ("lA", lA)):
                 setattr(self, f"{k}_{i}", v)
-        if self._rest_subset is not None:
+        if self.full_rest:
+            C = ggn(network, self._rest_subset, likelihood, X, n_outputs, noise_var=noise_var)
+            self.rest_l, self.rest_Q = clamped_eigh(C, "the rest's GGN block")
+        elif self._rest_subset is not None:
             self.rest_c = ggn(
                 network, self._rest_subset, likelihood, X, n_outputs, diagonal=True, noise_var=noise_var
             )
@@ -145,13 +155,23 @@ class KronCurvature(Curvature):
         self, prior: Tensor, scale: Tensor, prior_is_scalar: bool = False, prior_is_tied: bool = True
     ):
         self.check_fitted()
-        return KronPrecision(self._blocks(), (self.rest_index, self.rest_c), prior, scale, self.n_weights)
+        if self.full_rest:
+            empty = self.rest_index[:0]
+            block = (self.rest_index, self.rest_Q, self.rest_l)
+            rest = (empty, self.rest_c)
+        else:
+            rest, block = (self.rest_index, self.rest_c), None
+        return KronPrecision(self._blocks(), rest, prior, scale, self.n_weights, block, prior_is_scalar)
 
     def dense(self) -> Tensor:
-        """The K-FAC data curvature ``G ⊗ A`` per block (plus the diagonal rest), dense."""
+        """The K-FAC data curvature ``G ⊗ A`` per block plus the rest (diagonal or full), dense."""
         S = self.n_weights
         C = torch.zeros(S, S, dtype=self.rest_c.dtype, device=self.rest_c.device)
-        C[self.rest_index, self.rest_index] = self.rest_c
+        if self.full_rest:
+            r = self.rest_index
+            C[r.unsqueeze(-1), r] = (self.rest_Q * self.rest_l) @ self.rest_Q.T
+        else:
+            C[self.rest_index, self.rest_index] = self.rest_c
         for index, QG, lG, QA, lA in self._blocks():
             Q = torch.kron(QG, QA)
             C[index.unsqueeze(-1), index] = (Q * torch.outer(lG, lA).reshape(-1)) @ Q.T
@@ -204,8 +224,44 @@ class Diagonal(Structure):
         return DiagonalCurvature(subset.n_weights)
 
 
+KRON_RESTS = ("diagonal", "full", "auto")
+
+
 class Kron(Structure):
-    """K-FAC: per Linear layer ``G ⊗ A``, eigendecomposed (see the module docstring)."""
+    """K-FAC: per Linear layer ``G ⊗ A``, eigendecomposed (see the module docstring).
+
+    Args:
+        rest: How the selected weights outside Linear layers (e.g. RBF centres) are
+            treated: ``"diagonal"`` (default; their GGN diagonal), ``"full"`` (their full
+            ``R x R`` GGN block, eigendecomposed on every fit: memory ``O(R²)``, time
+            ``O(N R² + R³)``; it keeps the correlations between them, which the diagonal
+            drops) or ``"auto"`` (full when ``R <= max_full_rest``, else diagonal).
+        max_full_rest: The largest rest ``R`` taken as a full block. ``rest="full"`` with
+            a larger rest raises a :class:`~labo.exceptions.StructureError`.
+    """
+
+    def __init__(self, rest: str = "diagonal", max_full_rest: int = 8192):
+        if rest not in KRON_RESTS:
+            raise StructureError(f"Kron(rest=...) must be one of {KRON_RESTS}, got {rest!r}.")
+        if isinstance(max_full_rest, bool) or not isinstance(max_full_rest, int) or max_full_rest < 1:
+            raise StructureError(f"Kron(max_full_rest=...) must be a positive int, got {max_full_rest!r}.")
+        self.rest, self.max_full_rest = rest, max_full_rest
 
     def build(self, network: nn.Module, subset: ResolvedSubset) -> Curvature:
-        return KronCurvature(network, subset)
+        full = self.rest != "diagonal"
+        if full:
+            R = kfac_layer_plan(network, subset)[1].numel()
+            if R > self.max_full_rest:
+                if self.rest == "full":
+                    raise StructureError(
+                        f"Kron(rest='full'): the rest has {R} weights, more than max_full_rest="
+                        f"{self.max_full_rest} (its block would hold {R}² numbers); use rest='auto' "
+                        "or 'diagonal', or raise max_full_rest."
+                    )
+                full = False
+        return KronCurvature(network, subset, full_rest=full)
+
+    def __repr__(self) -> str:
+        if self.rest == "diagonal" and self.max_full_rest == 8192:
+            return "Kron()"
+        return f"Kron(rest={self.rest!r}, max_full_rest={self.max_full_rest})"
