@@ -60,11 +60,13 @@ class RBFRestPlan:
         module: The module's name in ``network.named_modules()``.
         centres: Positions of its centres (row-major ``J x d``) in the rest vector.
         lengthscale: Position of its log-lengthscale in the rest vector, or None (not Bayesian).
+        centres_range: ``(start, stop)`` when ``centres`` is that contiguous range, else None.
     """
 
     module: str
     centres: Tensor
     lengthscale: int | None
+    centres_range: tuple[int, int] | None = None
 
 
 def rbf_rest_plan(network: nn.Module, subset: ResolvedSubset, curvature) -> RBFRestPlan | None:
@@ -88,8 +90,11 @@ def rbf_rest_plan(network: nn.Module, subset: ResolvedSubset, curvature) -> RBFR
     if not torch.equal(torch.sort(rest).values, torch.sort(torch.cat(expected)).values):
         return None
     where = {int(v): i for i, v in enumerate(rest.tolist())}
-    centres = torch.tensor([where[cs.offset + i] for i in range(cs.size)], device=rest_index.device)
-    return RBFRestPlan(name, centres, None if ls is None else where[ls.offset])
+    positions = [where[cs.offset + i] for i in range(cs.size)]
+    contiguous = positions == list(range(positions[0], positions[0] + cs.size))
+    centres = torch.tensor(positions, device=rest_index.device)
+    span = (positions[0], positions[0] + cs.size) if contiguous else None
+    return RBFRestPlan(name, centres, None if ls is None else where[ls.offset], span)
 
 
 class RBFTerm:
@@ -124,7 +129,9 @@ class RBFTerm:
         self.P = None
         if block is not None:
             Q, e = block
-            P = self.jacobian() @ Q[plan.centres.to(Q.device)]
+            # Q's centre rows: a view (no R x R copy per call) when they are a range
+            rows = Q[slice(*plan.centres_range)] if plan.centres_range else Q[plan.centres.to(Q.device)]
+            P = self.jacobian() @ rows
             if self.r is not None:
                 P = P + self.r.unsqueeze(-1) * Q[plan.lengthscale]
             self.P, self.inv_e = P, 1.0 / e  # (..., n, K, R), (R,)

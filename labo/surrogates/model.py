@@ -90,10 +90,13 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
             saved strategy model, build it with ``weights=saved.laplace.weights`` (the mask).
         structure: Posterior structure. Default: ``Functional()`` (exact GGN, function
             space) while ``n·m`` is below the number of Bayesian weights and at most
-            ``FUNCTIONAL_MAX_ROWS`` (250), else ``Kron()`` (see
+            ``FUNCTIONAL_MAX_ROWS`` (250), else ``Kron(rest="auto")`` (see
             ``labo.laplace.functional.prefer_functional``). Past a few hundred points the
             function-space cross covariances (``O(n²)`` per candidate batch) make
             acquisition optimisation slower than Kron's ``O(S)`` per candidate row.
+            ``rest="auto"`` keeps the Bayesian weights outside Linear layers (e.g. the
+            RBF centres with ``weights=AllWeights()``) as one full GGN block up to 8192
+            of them; the default networks' default weights have none.
         input_transform: A BoTorch ``InputTransform`` (e.g. ``Normalize(d)``).
         outcome_transform: A BoTorch ``OutcomeTransform`` (e.g. ``Standardize(m)``).
         prior_precision: Initial prior precision (tuned by the marginal likelihood).
@@ -171,7 +174,7 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         if structure is None:
             n_weights = weights.resolve(network).n_weights
             functional = prefer_functional(train_X.shape[0], m, n_weights, max_rows=FUNCTIONAL_MAX_ROWS)
-            structure = Functional() if functional else Kron()
+            structure = Functional() if functional else Kron(rest="auto")
         self.laplace = LaplaceApproximation(
             network, "regression", weights, structure, prior_precision, noise_std
         )

@@ -223,6 +223,20 @@ def test_model_lazy_posterior_holds_the_full_block(monkeypatch):
     torch.testing.assert_close(acq(cand), value, rtol=1e-6, atol=1e-8)
 
 
+def test_model_default_past_250_rows_takes_the_full_rest():
+    from labo.surrogates import LaplaceModel
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(300, 3, generator=g, dtype=torch.float64)
+    Y = torch.sin(4 * X).sum(-1, keepdim=True)
+    rbf_all = LaplaceModel(X, Y, network="rbf", weights=AllWeights())
+    assert repr(rbf_all.laplace.structure) == "Kron(rest='auto', max_full_rest=8192)"
+    assert rbf_all.laplace.curvature.full_rest and rbf_all.laplace.rbf_plan is not None
+    # the default weights are whole Linear layers: nothing in the rest, the factor path
+    rbf = LaplaceModel(X, Y, network="rbf")
+    assert not rbf.laplace.curvature.full_rest and rbf.laplace.factor_plan is not None
+
+
 def test_options_and_size_cap():
     assert repr(Kron()) == "Kron()"
     assert repr(Kron(rest="full")) == "Kron(rest='full', max_full_rest=8192)"

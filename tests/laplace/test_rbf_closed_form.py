@@ -119,7 +119,7 @@ def test_many_rows_go_through_the_materialised_jacobian(m):
 
 
 def test_model_lazy_posterior_holds_the_rbf_term(monkeypatch):
-    """``LaplaceModel(network="rbf", weights=AllWeights())`` past 250 rows (Kron): the
+    """``LaplaceModel(network="rbf", weights=AllWeights(), structure=Kron())`` (diagonal rest): the
     factored covariance of many points, and qLogNEI's shared-baseline form, equal the
     dense closed form."""
     from botorch.acquisition import qLogNoisyExpectedImprovement
@@ -131,7 +131,9 @@ def test_model_lazy_posterior_holds_the_rbf_term(monkeypatch):
     X = torch.rand(300, 3, generator=g, dtype=torch.float64)
     Y = torch.sin(4 * X).sum(-1, keepdim=True)
     torch.manual_seed(0)
-    model = LaplaceModel(X, Y, network="rbf", weights=AllWeights(), outcome_transform=Standardize(1))
+    model = LaplaceModel(
+        X, Y, network="rbf", weights=AllWeights(), structure=Kron(), outcome_transform=Standardize(1)
+    )
     fit_laplace_model(model, FitOptions(max_epochs_cold=60, hyper_steps_cold=10))
     assert isinstance(model.laplace.structure, Kron) and model.laplace.rbf_plan is not None
     Xq = torch.rand(2, 20, 3, generator=g, dtype=torch.float64)
