@@ -3,7 +3,8 @@
 Methods: ``LaplaceModel`` (its default: Functional up to 250 rows, Kron beyond),
 ``LaplaceModel-ll`` (last-layer weights, default structure), ``LaplaceModel-rbf``
 (``network="rbf"``), ``LaplaceModel-rbf-all`` (the RBF network with every weight
-Bayesian: its centres through the closed form of ``labo.laplace.rbf`` under Kron) and
+Bayesian: under Kron its centres and lengthscale form one full GGN block, with the
+closed form of ``labo.laplace.rbf``) and
 ``SingleTaskGP``.
 One iteration = refit the surrogate on the current data + optimise
 qLogNoisyExpectedImprovement (q=4, num_restarts=10, raw_samples=512). For

@@ -15,9 +15,9 @@ One *run* optimises one objective with one method and one seed. Methods:
 - ``laplace-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around
   learnable centres, then a tanh layer; its two linear layers are Bayesian.
 - ``laplace-rbf-all``: the same network with every weight Bayesian (``AllWeights()``),
-  the centres and the lengthscale too (under Kron through the closed form of
-  ``labo.laplace.rbf``, whose diagonal centre block inflates the variance; see
-  ``docs/benchmarks.md``, "Every weight Bayesian").
+  the centres and the lengthscale too (under Kron, past 250 rows, as one full GGN block,
+  ``Kron(rest="auto")``, through the closed form of ``labo.laplace.rbf``; see
+  ``docs/benchmarks.md``, "The centres as one full Kron block").
 - ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
 - ``sobol``: the next points of the run's scrambled Sobol sequence.
 
