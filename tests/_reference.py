@@ -179,3 +179,26 @@ def dense_predictive(network, X_new, weights, H) -> tuple[Tensor, Tensor]:
     Jf = J.reshape(n * K, S)
     cov = Jf @ torch.linalg.inv(H) @ Jf.T
     return F, cov.reshape(n, K, n, K)
+
+
+def check_lazy_model_posterior(model, X, g, monkeypatch) -> None:
+    """A fitted one-output ``LaplaceModel``'s factored (lazy) posterior over 2 x 20 points,
+    and qLogNEI's shared-baseline value on 30 baseline points, against the dense posterior."""
+    from botorch.acquisition import qLogNoisyExpectedImprovement
+
+    from labo.surrogates import model_posterior
+
+    d = X.shape[-1]
+    Xq = torch.rand(2, 20, d, generator=g, dtype=torch.float64)
+    lazy = model.posterior(Xq)
+    assert type(lazy.distribution).__name__ == "FactorMultivariateNormal"
+    acq = qLogNoisyExpectedImprovement(model, X_baseline=X[:30], prune_baseline=False)
+    cand = torch.rand(4, 2, d, generator=g, dtype=torch.float64)
+    value = acq(cand)
+    monkeypatch.setattr(model_posterior, "LAZY_MIN_ROWS", 10**9)
+    dense = model.posterior(Xq)
+    torch.testing.assert_close(lazy.mean, dense.mean)
+    torch.testing.assert_close(
+        lazy.distribution.covariance_matrix, dense.distribution.covariance_matrix, rtol=1e-8, atol=1e-10
+    )
+    torch.testing.assert_close(acq(cand), value, rtol=1e-6, atol=1e-8)

@@ -310,9 +310,9 @@ class KronPrecision:
 
     def layer_terms(self, factors):
         """Per layer ``(Pa, Pb, w)``: rotated factors and inverse eigenvalues (see :func:`layer_quad`)."""
-        if self._inv_e is None:
-            self._inv_e = [1.0 / e for _, _, _, e in self.blocks[: self.n_layers]]
         layers = self.blocks[: self.n_layers]
+        if self._inv_e is None:
+            self._inv_e = [1.0 / e for _, _, _, e in layers]
         for lf, (_, QG, QA, _), shared, w in zip(factors, layers, self._shared, self._inv_e, strict=True):
             Pb = shared if lf.identity else lf.b @ QG
             yield augmented_inputs(lf) @ QA, Pb, w

@@ -122,10 +122,9 @@ def test_model_lazy_posterior_holds_the_rbf_term(monkeypatch):
     """``LaplaceModel(network="rbf", weights=AllWeights(), structure=Kron())`` (diagonal rest): the
     factored covariance of many points, and qLogNEI's shared-baseline form, equal the
     dense closed form."""
-    from botorch.acquisition import qLogNoisyExpectedImprovement
     from botorch.models.transforms import Standardize
 
-    from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model, model_posterior
+    from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
     g = torch.Generator().manual_seed(0)
     X = torch.rand(300, 3, generator=g, dtype=torch.float64)
@@ -136,16 +135,4 @@ def test_model_lazy_posterior_holds_the_rbf_term(monkeypatch):
     )
     fit_laplace_model(model, FitOptions(max_epochs_cold=60, hyper_steps_cold=10))
     assert isinstance(model.laplace.structure, Kron) and model.laplace.rbf_plan is not None
-    Xq = torch.rand(2, 20, 3, generator=g, dtype=torch.float64)
-    lazy = model.posterior(Xq)
-    assert type(lazy.distribution).__name__ == "FactorMultivariateNormal"
-    acq = qLogNoisyExpectedImprovement(model, X_baseline=X[:30], prune_baseline=False)
-    cand = torch.rand(4, 2, 3, generator=g, dtype=torch.float64)
-    value = acq(cand)
-    monkeypatch.setattr(model_posterior, "LAZY_MIN_ROWS", 10**9)
-    dense = model.posterior(Xq)
-    torch.testing.assert_close(lazy.mean, dense.mean)
-    torch.testing.assert_close(
-        lazy.distribution.covariance_matrix, dense.distribution.covariance_matrix, rtol=1e-8, atol=1e-10
-    )
-    torch.testing.assert_close(acq(cand), value, rtol=1e-6, atol=1e-8)
+    ref.check_lazy_model_posterior(model, X, g, monkeypatch)
