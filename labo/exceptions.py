@@ -30,6 +30,10 @@ class LabelError(LaboError, ValueError):
     """Classification labels are not integers in ``[0, K)``."""
 
 
+class LikelihoodError(LaboError, ValueError):
+    """The likelihood is not one labo knows, or an option was given for the wrong likelihood."""
+
+
 class HyperparameterError(LaboError, ValueError):
     """A prior precision or noise level is non-positive, non-finite or badly shaped."""
 

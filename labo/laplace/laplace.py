@@ -15,16 +15,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-from labo.exceptions import HyperparameterError, InputShapeError
+from labo.exceptions import HyperparameterError, InputShapeError, LikelihoodError
 from labo.laplace import marglik, predictive
 from labo.laplace.curvature import kfac_layer_plan
-from labo.laplace.jacobians import network_output
 from labo.laplace.likelihoods import check_likelihood, check_targets, log_likelihood
 from labo.laplace.linear_factors import factor_plan
 from labo.laplace.rbf import rbf_rest_plan
 from labo.laplace.structures import Kron, Structure
 from labo.laplace.subsets import AllWeights, WeightSubset
-from labo.laplace.validation import as_positive_tensor, as_weight_vector, check_inputs
+from labo.laplace.validation import as_positive_tensor, as_weight_vector, check_inputs, checked_network_output
 
 
 class LaplaceApproximation(nn.Module):
@@ -187,12 +186,12 @@ class LaplaceApproximation(nn.Module):
         """
         check_inputs(X, self._dtype, "X")
         with torch.no_grad():
-            F = network_output(self.network, X)
+            F = checked_network_output(self.network, X)
         K = F.shape[-1]
         check_targets(self.likelihood, Y, X.shape[0], K, self._dtype)
         if noise_var is not None:
             if self.likelihood != "regression":
-                raise ValueError("noise_var applies to regression only.")
+                raise LikelihoodError(f"noise_var is for regression only, got {self.likelihood!r}.")
             if not isinstance(noise_var, Tensor) or noise_var.shape != Y.shape:
                 raise InputShapeError(
                     f"Expected noise_var with the shape of Y {tuple(Y.shape)}, "
@@ -394,7 +393,7 @@ def fit_laplace(
             (``InputShapeError``, ``LabelError``, ``HyperparameterError``, ...) whose
             message names the argument.
         TypeError: When ``weights`` or ``structure`` is not one of the options above.
-        ValueError: For an unknown ``likelihood``.
+        LikelihoodError: For an unknown ``likelihood`` (a ``ValueError``).
     """
     la = LaplaceApproximation(network, likelihood, weights, structure, prior_precision, noise_std, prior_mean)
     return la.fit(X, Y)

@@ -14,14 +14,23 @@ import math
 import torch
 from torch import Tensor
 
-from labo.exceptions import InputDtypeError, InputShapeError, LabelError, NonFiniteInputError
+from labo.exceptions import (
+    InputDtypeError,
+    InputShapeError,
+    LabelError,
+    LikelihoodError,
+    NonFiniteInputError,
+)
 
 LIKELIHOODS = ("regression", "classification")
 
 
 def check_likelihood(likelihood: str) -> str:
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
+    """Return ``likelihood`` if labo knows it; raise :class:`LikelihoodError` otherwise."""
+    if not isinstance(likelihood, str) or likelihood not in LIKELIHOODS:
+        raise LikelihoodError(
+            f"likelihood must be one of {', '.join(map(repr, LIKELIHOODS))}, got {likelihood!r}."
+        )
     return likelihood
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from labo.exceptions import (
     EmptyDataError,
@@ -12,6 +12,7 @@ from labo.exceptions import (
     InputShapeError,
     NonFiniteInputError,
 )
+from labo.laplace.jacobians import network_output
 
 
 def check_inputs(X: Tensor, dtype: torch.dtype, name: str = "X") -> None:
@@ -32,6 +33,39 @@ def check_inputs(X: Tensor, dtype: torch.dtype, name: str = "X") -> None:
     if not torch.isfinite(X).all():
         bad = int((~torch.isfinite(X)).sum())
         raise NonFiniteInputError(f"{name} contains {bad} NaN/inf values (shape {tuple(X.shape)}).")
+
+
+def checked_network_output(network: nn.Module, X: Tensor, name: str = "X") -> Tensor:
+    """The network's output ``(n, K)`` for ``X``; a typed error if ``X`` does not fit its first layer.
+
+    The forward pass runs first and only a failure is examined, so networks whose
+    first registered ``nn.Linear`` is not the first one applied are never refused.
+
+    Raises:
+        InputShapeError: When the forward pass fails and ``X``'s last dimension differs
+            from the ``in_features`` of the network's first ``nn.Linear`` layer.
+    """
+    try:
+        return network_output(network, X)
+    except RuntimeError as err:
+        expected = _first_linear_in_features(network)
+        if expected is None or X.shape[-1] == expected:
+            raise
+        raise InputShapeError(
+            f"{name} has {X.shape[-1]} input features (shape {tuple(X.shape)}) but the network's first "
+            f"layer expects {expected}; pass {name} of shape (n, {expected}) or rebuild the network "
+            f"for d={X.shape[-1]}."
+        ) from err
+
+
+def _first_linear_in_features(network: nn.Module) -> int | None:
+    """``in_features`` of the first registered layer if it is ``nn.Linear`` (None for Conv etc.)."""
+    for module in network.modules():
+        if isinstance(module, nn.Linear):
+            return module.in_features
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Embedding)):
+            return None
+    return None
 
 
 def as_positive_tensor(

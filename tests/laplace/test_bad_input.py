@@ -20,6 +20,7 @@ from labo.exceptions import (
     InputShapeError,
     LabelError,
     LaboError,
+    LikelihoodError,
     NonFiniteInputError,
     NotFittedError,
     NumericalError,
@@ -150,6 +151,34 @@ def test_network_output_must_be_2d():
     X, Y = data("regression")
     with pytest.raises(InputShapeError, match=r"returned \(10,\)"):
         fit_laplace(VectorNet(), X, Y)
+
+
+@pytest.mark.parametrize("likelihood", ["regression", "classification"])
+@pytest.mark.parametrize("d_x", [1, D + 1])
+def test_x_width_does_not_fit_first_layer(likelihood, d_x):
+    """Not torch's raw ``mat1 and mat2 shapes cannot be multiplied``: expected and received sizes."""
+    _, Y = data(likelihood)
+    X, _ = data(likelihood, d=d_x)
+    match = rf"X has {d_x} input features \(shape \({N}, {d_x}\)\) but the network's first layer expects {D}"
+    with pytest.raises(InputShapeError, match=match):
+        _fit(likelihood, X, Y)
+
+
+def test_x_width_check_does_not_refuse_a_network_whose_first_linear_is_not_first_applied():
+    """The size check only explains a failed forward pass: it never refuses a working network."""
+
+    class Projected(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 1)  # registered first, applied last
+            self.body = nn.Linear(D, 4)
+
+        def forward(self, X):
+            return self.head(torch.tanh(self.body(X)))
+
+    X, Y = data("regression")
+    la = fit_laplace(Projected().double(), X, Y, structure=Full())
+    assert torch.isfinite(la.log_marginal_likelihood())
 
 
 def test_x_one_dimensional():
@@ -351,10 +380,23 @@ def test_sample_weights_bad_count(reg, n):
         la.sample_weights(n)
 
 
-def test_unknown_likelihood():
+@pytest.mark.parametrize("likelihood", ["poisson", "Regression", None])
+def test_unknown_likelihood(likelihood):
+    """A typed error that is still a ``ValueError``, naming the options and the value received."""
     X, Y = data("regression")
-    with pytest.raises(ValueError, match=r"likelihood must be one of .*got 'poisson'"):
-        _fit("poisson", X, Y)
+    with pytest.raises(
+        LikelihoodError,
+        match=rf"likelihood must be one of 'regression', 'classification', got {likelihood!r}",
+    ) as info:
+        _fit(likelihood, X, Y)
+    assert isinstance(info.value, ValueError)
+
+
+def test_noise_var_with_classification_is_a_likelihood_error():
+    X, Y = data("classification")
+    la = LaplaceApproximation(tiny_mlp(k=K_CLS), "classification")
+    with pytest.raises(LikelihoodError, match=r"noise_var is for regression only, got 'classification'"):
+        la.fit(X, Y, noise_var=torch.ones(N, K_CLS, dtype=F64))
 
 
 def test_bad_weights_and_structure_types():
