@@ -1,5 +1,6 @@
-"""Pieces of ``LaplaceModel`` kept apart from its core: training-data checks,
-input and output-index checks and exact conditioning (``condition_on_observations``).
+"""Pieces of ``LaplaceModel`` kept apart from its core: training-data checks
+(including BoTorch's unit-cube warning), input and output-index checks and exact
+conditioning (``condition_on_observations``).
 
 ``LaplaceModel`` inherits :class:`ConditioningMixin` and :class:`ChecksMixin`;
 they rely on its attributes (``laplace``, ``_conditioning``, ``_m``, ``_outputs``,
@@ -9,9 +10,12 @@ they rely on its attributes (``laplace``, ``_conditioning``, ``_m``, ``_outputs`
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
-from torch import Tensor
+from botorch import settings
+from botorch.exceptions.warnings import InputDataWarning
+from torch import Tensor, nn
 
 from labo.exceptions import (
     InputDtypeError,
@@ -22,8 +26,33 @@ from labo.exceptions import (
 from labo.laplace.conditioning import ConditionedLaplace, condition
 from labo.laplace.validation import check_inputs
 
+# Stands for "the caller did not say which input transform the model has": no scaling check.
+_TRANSFORM_UNKNOWN = object()
 
-def check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | None) -> None:
+# Slack around [0, 1] before warning, as BoTorch's check_min_max_scaling allows.
+UNIT_CUBE_ATOL = 1e-2
+
+
+def check_training_data(
+    train_X: Tensor,
+    train_Y: Tensor,
+    train_Yvar: Tensor | None,
+    input_transform: nn.Module | None = _TRANSFORM_UNKNOWN,
+) -> None:
+    """Raise a typed error for bad training data; warn when the inputs are badly scaled.
+
+    Args:
+        train_X: ``n x d`` training inputs.
+        train_Y: ``n x m`` training targets, of ``train_X``'s dtype.
+        train_Yvar: ``None`` or ``n x m`` non-negative observation-noise variances.
+        input_transform: The model's input transform. ``None`` (no transform) checks that
+            ``train_X`` lies in the unit cube (see :func:`check_input_scaling`); a transform
+            is trusted to scale the inputs; left out, the scaling is not checked.
+
+    Raises:
+        InputShapeError, InputDtypeError, NonFiniteInputError, EmptyDataError: Bad data,
+            with a message naming the argument and what was received.
+    """
     check_inputs(train_X, train_X.dtype if isinstance(train_X, Tensor) else torch.float64, "train_X")
     if train_X.dim() != 2:
         raise InputShapeError(
@@ -50,6 +79,45 @@ def check_training_data(train_X: Tensor, train_Y: Tensor, train_Yvar: Tensor | N
             raise NonFiniteInputError(
                 f"train_Yvar must be finite and non-negative; min {float(train_Yvar.min()):.3g}."
             )
+    if input_transform is None:
+        check_input_scaling(train_X)
+
+
+def check_input_scaling(train_X: Tensor, stacklevel: int = 4) -> None:
+    """Warn, as BoTorch's models do, when inputs given without a transform leave the unit cube.
+
+    LaplaceModel's default networks and priors assume inputs of order one: on inputs in,
+    say, ``[100, 1000]`` the tanh units saturate and the fit can be worse than predicting
+    the mean. Silenced, like BoTorch's
+    own check, by ``with botorch.settings.validate_input_scaling(False):``.
+
+    Args:
+        train_X: ``n x d`` training inputs, as the network will see them.
+        stacklevel: Passed to :func:`warnings.warn` (the default points at the line that
+            built the model through ``LaplaceModel.__init__`` and :func:`check_training_data`).
+
+    Warns:
+        InputDataWarning: When some entry lies more than ``UNIT_CUBE_ATOL`` outside ``[0, 1]``;
+            the message names the dimensions, their ranges and ``input_transform=Normalize(d)``.
+    """
+    if settings.validate_input_scaling.off():
+        return
+    with torch.no_grad():
+        lo, hi = train_X.min(dim=0).values, train_X.max(dim=0).values
+        off = ((lo < -UNIT_CUBE_ATOL) | (hi > 1 + UNIT_CUBE_ATOL)).nonzero().flatten().tolist()
+    if not off:
+        return
+    d = train_X.shape[-1]
+    shown = ", ".join(f"x{i} in [{float(lo[i]):.3g}, {float(hi[i]):.3g}]" for i in off[:3])
+    more = f" and {len(off) - 3} more" if len(off) > 3 else ""
+    warnings.warn(
+        f"train_X is not contained in the unit cube ({shown}{more}) and the model has no input "
+        f"transform; LaplaceModel's network expects inputs in [0, 1]^d and can fit worse than "
+        f"the mean otherwise. Pass input_transform=Normalize(d={d}) (botorch.models.transforms) "
+        f"or scale train_X to [0, 1].",
+        InputDataWarning,
+        stacklevel=stacklevel,
+    )
 
 
 class ChecksMixin:

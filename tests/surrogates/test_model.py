@@ -2,9 +2,13 @@
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
+from botorch import settings
+from botorch.exceptions.warnings import InputDataWarning
+from botorch.models.transforms import Normalize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from botorch.sampling import SobolQMCNormalSampler
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
@@ -12,6 +16,7 @@ from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNorm
 from labo.exceptions import InputDtypeError, InputShapeError, NonFiniteInputError, NotFittedError
 from labo.laplace import Diagonal, Full, Kron
 from labo.surrogates import LaplaceModel
+from labo.surrogates.model_support import check_training_data
 from tests.surrogates.conftest import FAST, fitted_model, small_net, toy_data
 
 
@@ -244,6 +249,57 @@ def test_bad_input():
     fit_laplace_model(model, FAST)
     with pytest.raises(InputShapeError, match=r"batch_shape x q x 3, got \(2, 4\)"):
         model.posterior(torch.rand(2, 4, dtype=torch.float64))
+
+
+def _wide_inputs(n=12, d=2):
+    """``n x d`` inputs in ``[100, 1000]`` (the issue's example) and targets."""
+    g = torch.Generator().manual_seed(0)
+    X = 100 + 900 * torch.rand(n, d, generator=g, dtype=torch.float64)
+    return X, X.sum(-1, keepdim=True) / 1000
+
+
+def test_inputs_off_the_unit_cube_without_transform_warn_like_botorch():
+    X, Y = _wide_inputs()
+    lo, hi = X[:, 0].min(), X[:, 0].max()
+    with pytest.warns(InputDataWarning, match=r"input_transform=Normalize\(d=2\)") as record:
+        LaplaceModel(X, Y)
+    (warning,) = [w for w in record if issubclass(w.category, InputDataWarning)]
+    message = str(warning.message)
+    assert f"x0 in [{float(lo):.3g}, {float(hi):.3g}]" in message and "x1 in [" in message
+    assert warning.filename == __file__  # points at the user's line, not at labo's internals
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda X, Y: LaplaceModel(X, Y, input_transform=Normalize(2)),  # the transform scales them
+        lambda X, Y: LaplaceModel((X - 100) / 900, Y),  # already in the unit cube
+        lambda X, Y: LaplaceModel(X / 1000 - 0.005, Y),  # within BoTorch's 1e-2 slack
+    ],
+    ids=["normalize", "unit-cube", "slack"],
+)
+def test_no_input_scaling_warning_when_inputs_are_scaled(make_model):
+    X, Y = _wide_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputDataWarning)
+        make_model(X, Y)
+
+
+def test_input_scaling_warning_follows_botorchs_switch():
+    X, Y = _wide_inputs()
+    with warnings.catch_warnings(), settings.validate_input_scaling(False):
+        warnings.simplefilter("error", InputDataWarning)
+        LaplaceModel(X, Y)
+
+
+def test_check_training_data_checks_scaling_only_when_told_the_transform():
+    X, Y = _wide_inputs(d=5)
+    with pytest.warns(InputDataWarning, match=r"x2 in \[.*\] and 2 more\).*Normalize\(d=5\)"):
+        check_training_data(X, Y, None, input_transform=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputDataWarning)
+        check_training_data(X, Y, None)  # transform unknown: no opinion
+        check_training_data(X, Y, None, input_transform=Normalize(5))
 
 
 def test_fixed_noise_train_yvar():
