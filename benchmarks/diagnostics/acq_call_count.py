@@ -25,7 +25,7 @@ of candidate coordinates on a bound, and how far below its final value the best
 restart's qLogNEI was after 50, 100, ... L-BFGS-B steps (what capping ``maxiter``
 would give up).
 
-Run: ``PYTHONPATH=.:benchmarks python benchmarks/acq_call_count.py [--n 1000] [--seeds 0,1,2,3]
+Run: ``PYTHONPATH=.:benchmarks python benchmarks/diagnostics/acq_call_count.py [--n 1000] [--seeds 0,1,2,3]
 [--methods LM,LM-noW1,LM-silu,LM-sin,LM-gauss,LM-rbf,GP] [--out benchmarks/results/acq_call_count.json]``
 """
 
@@ -42,7 +42,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bo_iteration
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling diagnostics
 from bo_iteration import objective  # noqa: E402
 
 METHODS = ("LM", "LM-noW1", "LM-silu", "LM-sin", "LM-gauss", "LM-rbf", "GP")

@@ -9,7 +9,7 @@ correlations are kept and the matrix stays positive semi-definite. ``c = 1`` is 
 variance of the standardised targets. Not part of labo: a test of whether bounding the
 variance alone fixes the corner-seeking.
 
-Run: ``python benchmarks/variance_cap_bo.py --problem hartmann6_100d --seeds 0,1,2 [--cap 1.0]
+Run: ``python benchmarks/diagnostics/variance_cap_bo.py --problem hartmann6_100d --seeds 0,1,2 [--cap 1.0]
 [--db /tmp/variance_cap.db] [--out benchmarks/results/variance_cap_bo_<problem>.json]``
 """
 
@@ -65,7 +65,9 @@ def main() -> None:
             run_bo(spec, ProblemObjective(args.problem), store)
             print(f"{args.problem} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         final = {seed: curve[-1] for seed, curve in curves(store, study)[(args.problem, "laplace")].items()}
-    out = Path(args.out or Path(__file__).parent / "results" / f"variance_cap_bo_{args.problem}.json")
+    out = Path(
+        args.out or Path(__file__).resolve().parents[1] / "results" / f"variance_cap_bo_{args.problem}.json"
+    )
     payload = {"problem": args.problem, "cap": args.cap, "final_log10_regret": final}
     out.write_text(json.dumps(payload, indent=1))
     print(json.dumps(final), f"\nwrote {out}")

@@ -11,7 +11,7 @@ standard deviations per unit of the input). It reports the share of bound coordi
 each one pushes outward, their median sizes, and the posterior mean and standard
 deviation at the candidates next to the best observed value.
 
-Run: ``PYTHONPATH=.:benchmarks python benchmarks/bound_push.py [--methods LM,GP] [--seeds 0,1,2,3]
+Run: ``PYTHONPATH=.:benchmarks python benchmarks/diagnostics/bound_push.py [--methods LM,GP] [--seeds 0,1,2,3]
 [--out benchmarks/results/bound_push.json]``
 """
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bo_iteration
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling diagnostics
 from acq_call_count import fit  # noqa: E402
 from bo_iteration import objective  # noqa: E402
 

@@ -17,7 +17,7 @@ The seconds of an iteration are roughly ``calls x seconds per call``: this scrip
 whether a slow acquisition step comes from many optimizer steps (the landscape) or from
 a slow call (the model's predictive). Writes one JSON row per spec as it goes.
 
-Run: ``python benchmarks/acq_profile.py --specs LM:1000,LM-ll:1000,GP:1000 --device cuda
+Run: ``python benchmarks/diagnostics/acq_profile.py --specs LM:1000,LM-ll:1000,GP:1000 --device cuda
 [--d 100] [--out benchmarks/results/acq_profile.json]``
 """
 
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bo_iteration
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling diagnostics
 from bo_iteration import objective  # noqa: E402
 
 
@@ -133,7 +134,9 @@ def main() -> None:
     parser.add_argument("--specs", default="LM:1000,LM-ll:1000,GP:1000", help="METHOD:N, comma-separated")
     parser.add_argument("--d", type=int, default=100)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "acq_profile.json"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "results" / "acq_profile.json")
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []

@@ -16,7 +16,7 @@ is left (and at the cost of the cheapest call measured, whichever model made it)
 the number of calls the GP itself needed. Meaningful on the device the
 table was measured on (``--device cuda`` on the H100).
 
-Run: ``PYTHONPATH=.:benchmarks python benchmarks/acq_floor.py [--device cuda]
+Run: ``PYTHONPATH=.:benchmarks python benchmarks/diagnostics/acq_floor.py [--device cuda]
 [--out benchmarks/results/acq_floor.json]``
 """
 
@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bo_iteration
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling diagnostics
 from acq_profile import fit  # noqa: E402
 from bo_iteration import objective  # noqa: E402
 from gpu_call_breakdown import median_ms  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def call_ms(method: str, n: int, device: torch.device) -> dict:

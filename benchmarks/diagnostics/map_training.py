@@ -12,7 +12,7 @@ Variants: ``adam`` (``FitOptions(optimizer="adam")``, the default before L-BFGS)
 ``lbfgs`` (``FitOptions(optimizer="lbfgs")``), ``ard`` (Adam, one prior precision per
 input for the first layer: ``FitOptions(prior="ard")``), ``gp`` (SingleTaskGP with BoTorch's defaults).
 
-Run: ``python benchmarks/map_training.py [--problem branin] [--ns 20,40] [--seeds 3]
+Run: ``python benchmarks/diagnostics/map_training.py [--problem branin] [--ns 20,40] [--seeds 3]
 [--variants adam,lbfgs,gp] [--out benchmarks/results/map_training_<problem>.json]``
 """
 

@@ -8,7 +8,7 @@ cache's comparison of the baseline rows, the shared-prefix comparison; not safe 
 general, for this measurement only), and labo's part alone: the posterior over
 baseline + candidates and the candidates' covariance rows, forward + backward.
 
-Run: ``PYTHONPATH=.:benchmarks python benchmarks/gpu_call_breakdown.py [--device cuda] [--n 1000]
+Run: ``PYTHONPATH=.:benchmarks python benchmarks/diagnostics/gpu_call_breakdown.py [--device cuda] [--n 1000]
 [--out benchmarks/results/gpu_call_breakdown.json]``
 """
 
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bo_iteration
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling diagnostics
 from acq_profile import fit  # noqa: E402
 from bo_iteration import objective  # noqa: E402
 
@@ -91,7 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_call_breakdown.json"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "results" / "gpu_call_breakdown.json")
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from the best training target in units of the targets' standard deviation (``mea
 the true function's value there for reference) with the fraction of those points where
 the mean exceeds the best observed value. A GP's variance is capped by its outputscale; a
 linearised network's prior variance ``J(x) J(x)^T / lambda`` is not, which sends
-qLogNEI to the corners (see ``bo_boundary.py``).
+qLogNEI to the corners (see ``benchmarks/bo_boundary.py``).
 
 Variants: ``default`` (LaplaceModel as the runner builds it), ``per-tensor`` (one prior
 precision per weight tensor), ``long`` (10x the MAP training steps, 4 rounds),
@@ -21,7 +21,7 @@ network's initial weights, ``prior_mean="init"``), ``init-prior-per-tensor`` (wi
 prior precision per tensor), ``init-prior-lbfgs`` (centred at the initial weights, MAP
 training by L-BFGS), ``gp`` (SingleTaskGP, BoTorch defaults).
 
-Run: ``python benchmarks/variance_far.py [--problem hartmann6_100d] [--n 20] [--seeds 2]
+Run: ``python benchmarks/diagnostics/variance_far.py [--problem hartmann6_100d] [--n 20] [--seeds 2]
 [--variants default,per-tensor,...] [--out benchmarks/results/variance_far.json]``
 """
 
@@ -101,7 +101,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "variance_far.json"))
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "results" / "variance_far.json")
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     problem = get_problem(args.problem)

@@ -5,7 +5,7 @@ Profiles one posterior + backward of a fitted LaplaceModel on CUDA, as inside
 points), and lists the device-to-host copies and synchronisations by the Python
 line that caused them.
 
-Run (on a CUDA machine): ``python benchmarks/gpu_sync_profile.py``
+Run (on a CUDA machine): ``python benchmarks/diagnostics/gpu_sync_profile.py``
 """
 
 import collections
