@@ -286,8 +286,20 @@ def bench(
     problems: str = typer.Option(
         "branin,hartmann6", help=f"Comma-separated from: {', '.join(PROBLEM_NAMES)}."
     ),
+    suite: str = typer.Option(
+        None,
+        help="'bbob': COCO's BBOB functions instead of --problems (pip install coco-experiment), "
+        "f1-f24 x instances 1-5 at d=20 unless --bbob-functions/--bbob-instances/--bbob-dim say otherwise.",
+    ),
+    bbob_functions: str = typer.Option("1-24", help="With --suite bbob: functions, e.g. '1-24' or '1,8'."),
+    bbob_instances: str = typer.Option("1-5", help="With --suite bbob: instances, e.g. '1-5'."),
+    bbob_dim: int = typer.Option(20, help="With --suite bbob: dimension (2, 3, 5, 10, 20 or 40)."),
     methods: str = typer.Option("laplace,gp,sobol", help=f"Comma-separated from: {', '.join(METHODS)}."),
-    seeds: int = typer.Option(10, help="Seeds 0..N-1 per (problem, method); paired across methods."),
+    seeds: int = typer.Option(
+        None,
+        help="Seeds 0..N-1 per (problem, method); paired across methods "
+        "(default 10; 1 with --suite bbob, whose instances are the replicates).",
+    ),
     budget_scale: float = typer.Option(
         1.0, help="Scale the suite's BO evaluations (after the initial design)."
     ),
@@ -302,12 +314,25 @@ def bench(
     num_restarts: int = typer.Option(10, help="optimize_acqf restarts (protocol: 10)."),
     raw_samples: int = typer.Option(512, help="optimize_acqf raw samples (protocol: 512)."),
 ) -> None:
-    """Run the benchmark suite: every problem x method x seed, then a regret table and plot."""
+    """Run the benchmark suite: every problem x method x seed, then a regret table and plot.
+
+    `labo bench --suite bbob` runs COCO's BBOB functions (labo.bench.bbob) and also prints
+    final log10(f_best - f_opt) per function, mean ± s.e. over instances, with a plot.
+    """
     try:
-        names = _split(problems, PROBLEM_NAMES, "problems")
+        if suite not in (None, "bbob"):
+            raise BenchmarkError(f"suite must be 'bbob' (or left out), got {suite!r}.")
+        if suite == "bbob":
+            from labo.bench.bbob import bbob_names, parse_index_ranges
+
+            functions = parse_index_ranges(bbob_functions, "bbob_functions")
+            instances = parse_index_ranges(bbob_instances, "bbob_instances")
+            names = bbob_names(functions, instances, bbob_dim)
+        else:
+            names = _split(problems, PROBLEM_NAMES, "problems")
         chosen = _split(methods, METHODS, "methods")
         args = (
-            seeds,
+            seeds if seeds is not None else (1 if suite == "bbob" else 10),
             budget_scale,
             db,
             study,
@@ -319,8 +344,24 @@ def bench(
             raw_samples,
         )
         _bench(names, chosen, *args)
+        if suite == "bbob":
+            _report_bbob(db, study, Path(out))
     except LaboError as err:
         _fail(err)
+
+
+def _report_bbob(location: str, study: str, out: Path) -> None:
+    """The BBOB table (mean ± s.e. over instances), paired counts, plot and JSON of a study."""
+    from labo.bench import bbob_report as report
+
+    with open_store(location) as store:
+        finals = report.bbob_finals(store, study)
+    summaries, differences = report.summarize_bbob(finals), report.paired_differences(finals)
+    text = report.format_bbob_table(summaries) + "\n\n" + report.format_bbob_counts(differences)
+    png = report.plot_bbob(summaries, out / f"{study}_bbob.png")
+    (out / f"{study}_bbob.json").write_text(json.dumps(report.bbob_payload(summaries, differences), indent=1))
+    typer.echo("\nBBOB, final log10(f_best - f_opt), mean ± s.e. (runs):\n\n" + text + "\n")
+    typer.echo(f"BBOB:     {png} and {out / f'{study}_bbob.json'}")
 
 
 @app.command()

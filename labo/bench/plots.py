@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from labo.bench.problems import PROBLEM_NAMES, get_problem
+from labo.bench.problems import get_problem, is_problem_name
 from labo.bench.store import Evaluation, StudyStore
 
 _FLOOR = 1e-12  # regret 0 is plotted as 1e-12 (log10 = -12)
@@ -51,7 +51,7 @@ class Summary:
 def _curve(problem: str, rows: list[Evaluation], minimize: bool) -> list[float]:
     """Curve value after each evaluation (rows in insertion order)."""
     done = [r for r in rows if r.status != "running"]
-    if problem not in PROBLEM_NAMES:
+    if not is_problem_name(problem):
         best, out, sign = -math.inf, [], -1.0 if minimize else 1.0
         for r in done:
             if r.status == "ok":
@@ -59,7 +59,9 @@ def _curve(problem: str, rows: list[Evaluation], minimize: bool) -> list[float]:
             out.append(sign * best if math.isfinite(best) else math.nan)
         return out
     prob = get_problem(problem)
-    Y = torch.tensor([r.y if r.status == "ok" else [math.nan] * prob.num_objectives for r in done])
+    # float64: float32 spacing is 6e-5 near 1000 (BBOB's f_opt), a floor under small regrets
+    rows = [r.y if r.status == "ok" else [math.nan] * prob.num_objectives for r in done]
+    Y = torch.tensor(rows, dtype=torch.float64)
     if Y.numel() == 0:
         return []
     if prob.num_objectives == 1:
@@ -82,7 +84,7 @@ def curves(store: StudyStore, study: str) -> dict[tuple[str, str], dict[int, lis
 
 
 def _metric(problem: str) -> str:
-    if problem not in PROBLEM_NAMES:
+    if not is_problem_name(problem):
         return "best value"
     return "log10 regret" if get_problem(problem).num_objectives == 1 else "log10 hypervolume gap"
 
@@ -154,10 +156,13 @@ def plot_study(store: StudyStore, study: str, path: str | Path) -> Path:
 
     all_curves = curves(store, study)
     problems = sorted({p for p, _ in all_curves})
-    fig, axes = plt.subplots(
-        1, max(len(problems), 1), figsize=(4.5 * max(len(problems), 1), 3.6), squeeze=False
-    )
-    for ax, problem in zip(axes[0], problems, strict=False):
+    # At most 6 panels a row: a suite of many problems (BBOB) wraps into a grid.
+    cols = min(max(len(problems), 1), 6)
+    rows = max(math.ceil(len(problems) / cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(problems) :]:
+        ax.set_axis_off()
+    for ax, problem in zip(axes.flat, problems, strict=False):
         for (p, method), by_seed in sorted(all_curves.items()):
             if p != problem:
                 continue

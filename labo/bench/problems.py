@@ -133,7 +133,10 @@ def _make(name: str) -> Problem:
         fn = BraninCurrin(negate=True)
         ref = tuple(float(r) for r in fn.ref_point)
         return Problem(name, fn.bounds, 50, 1, initial_design_size(2), fn, fn.max_hv, ref)
-    raise BenchmarkError(f"problem must be one of {', '.join(PROBLEM_NAMES)}, got {name!r}.")
+    raise BenchmarkError(
+        f"problem must be one of {', '.join(PROBLEM_NAMES)}, or a BBOB name "
+        f"bbob_fFF_iI_dD (e.g. bbob_f01_i1_d20; pip install coco-experiment), got {name!r}."
+    )
 
 
 PROBLEM_NAMES = (
@@ -148,8 +151,22 @@ PROBLEM_NAMES = (
 
 
 def get_problem(name: str) -> Problem:
-    """The benchmark problem called ``name`` (one of :data:`PROBLEM_NAMES`)."""
+    """The benchmark problem called ``name``: one of :data:`PROBLEM_NAMES`, or a BBOB
+    function named ``bbob_fFF_iI_dD`` (see :mod:`labo.bench.bbob`; needs ``cocoex``)."""
+    if isinstance(name, str) and name.startswith("bbob_"):
+        from labo.bench.bbob import bbob_problem_from_name  # lazily: cocoex is optional
+
+        return bbob_problem_from_name(name)
     return _make(name)
+
+
+def is_problem_name(name: str) -> bool:
+    """Whether ``name`` is a benchmark problem's name (a suite name or a BBOB name)."""
+    if name in PROBLEM_NAMES:
+        return True
+    from labo.bench.bbob import is_bbob_name  # lazily: labo.bench.bbob imports this module
+
+    return is_bbob_name(name)
 
 
 class ProblemObjective:
