@@ -163,7 +163,7 @@ def format_bbob_counts(differences: list[PairedDifference]) -> str:
             f"(not on {_missing(diffs, beats)}); equals or beats it on {len(equal)} of {n} "
             f"(not on {_missing(diffs, equal)})"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) or "No paired comparison: it needs sobol or gp and another method."
 
 
 def _missing(diffs: list[PairedDifference], chosen: list[int]) -> str:
@@ -204,7 +204,7 @@ def plot_bbob(summaries: list[BBOBSummary], path: str | Path) -> Path:
     dims = sorted({s.dim for s in summaries}) or [0]
     methods = _ordered({s.method for s in summaries})
     fig, axes = plt.subplots(len(dims), 1, figsize=(13, 4.2 * len(dims)), squeeze=False)
-    width = 0.8 / max(len(methods), 1)
+    width = 0.6 / max(len(methods), 1)
     for ax, dim in zip(axes[:, 0], dims, strict=True):
         functions = sorted({s.function for s in summaries if s.dim == dim})
         for k, method in enumerate(methods):
@@ -213,6 +213,7 @@ def plot_bbob(summaries: list[BBOBSummary], path: str | Path) -> Path:
             errs = [0.0 if math.isnan(s.se) else s.se for s in rows]
             ax.errorbar(xs, [s.mean for s in rows], yerr=errs, fmt="o", ms=4, capsize=2, label=method)
         ax.set_xticks(range(len(functions)), [f"f{f}" for f in functions])
+        ax.set_xlim(-0.6, len(functions) - 0.4)
         ax.set(ylabel="log10(f_best - f_opt)", title=f"BBOB, d = {dim}: final regret, mean ± s.e.")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
