@@ -1,8 +1,10 @@
 """The ``labo`` command line: demo, optimize, bench, plot, export.
 
 Run ``labo --help`` or ``labo COMMAND --help`` for the options. Every evaluation
-is written to an SQLite study store (``--db``, a path or ``sqlite:///`` URL)
-before the next point is proposed; ``--resume`` continues a study after a crash.
+is written to an SQLite study store (``--db``, a path or ``sqlite:///`` URL; one
+default, ``labo_studies.db``, for every command) before the next point is
+proposed; ``--resume`` continues a study after a crash or Ctrl-C, or extends its
+budget. ``plot`` and ``export`` only read: they never create a database.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -21,8 +25,17 @@ from tqdm import tqdm
 from labo.bench.plots import format_table, plot_study, summarize
 from labo.bench.problems import PROBLEM_NAMES, get_problem
 from labo.bench.runner import METHODS, RunSpec, check_bounds, run_bo, spec_from_problem
-from labo.bench.store import open_store
-from labo.exceptions import BenchmarkError, LaboError, ObjectiveImportError
+from labo.bench.store import open_store, to_json
+from labo.exceptions import BenchmarkError, LaboError, ObjectiveImportError, StudyError
+
+DEFAULT_DB = "labo_studies.db"
+# The former default of `labo bench` and `labo plot`: still searched by the reading commands.
+LEGACY_DB = "labo_bench.db"
+_DB_HELP = f"Study database: a file path or sqlite:/// URL (default {DEFAULT_DB}, shared by every command)."
+_READ_DB_HELP = (
+    "Study database: a file path or sqlite:/// URL "
+    f"(default {DEFAULT_DB}, or {LEGACY_DB} if the study is there)."
+)
 
 app = typer.Typer(
     help="Bayesian optimisation with Laplace-approximated neural-network surrogates.",
@@ -107,19 +120,113 @@ def _progress_bar(total: int, desc: str) -> tuple[tqdm, Callable]:
 
 
 def _report(location: str, study: str, out: Path) -> None:
-    with open_store(location) as store:
+    with open_store(location, read_only=True) as store:
+        store.study_config(study)
+        out.mkdir(parents=True, exist_ok=True)
         summaries = summarize(store, study)
         table = format_table(summaries)
         png = plot_study(store, study, out / f"{study}.png")
         json_path = store.export(study, out / f"{study}.json")
     (out / f"{study}_table.md").write_text(table + "\n")
     summary_json = out / f"{study}_summary.json"
-    summary_json.write_text(json.dumps([s.__dict__ for s in summaries], indent=1))
+    summary_json.write_text(to_json([s.__dict__ for s in summaries], indent=1))
     typer.echo("\n" + table + "\n")
     typer.echo(f"Plot:     {png}")
     typer.echo(f"Table:    {out / f'{study}_table.md'} (summary {summary_json})")
     typer.echo(f"Export:   {json_path}")
     typer.echo(f"Database: {location} (study {study!r}; `labo plot {study} --db {location}` redraws)")
+
+
+def _study_location(db: str | None, study: str) -> str:
+    """The database to read ``study`` from: ``db`` if given, else the default, else the legacy one.
+
+    Never creates a file: a missing database or study raises ``StudyError``.
+    """
+    if db is not None:
+        return db
+    for candidate in (DEFAULT_DB, LEGACY_DB):
+        if Path(candidate).is_file():
+            with open_store(candidate, read_only=True) as store:
+                if study in store.study_names():
+                    return candidate
+    found = [c for c in (DEFAULT_DB, LEGACY_DB) if Path(c).is_file()]
+    if not found:
+        raise StudyError(
+            f"no study database here ({DEFAULT_DB} or {LEGACY_DB}); run `labo optimize` or "
+            "`labo bench` first, or pass --db with the database that holds the study."
+        )
+    with open_store(found[0], read_only=True) as store:
+        store.study_config(study)  # raises "not found", listing the known studies
+    return found[0]
+
+
+def _check_resume_location(db: str, study: str, resume: bool) -> None:
+    """Refuse to start afresh in the default database a study that lives in the legacy one."""
+    if not resume or db != DEFAULT_DB or not Path(LEGACY_DB).is_file():
+        return
+    if Path(DEFAULT_DB).is_file():
+        with open_store(DEFAULT_DB, read_only=True) as store:
+            if study in store.study_names():
+                return
+    with open_store(LEGACY_DB, read_only=True) as store:
+        if study in store.study_names():
+            raise StudyError(
+                f"study {study!r} is in {LEGACY_DB} (the former default database), not in {DEFAULT_DB}; "
+                f"pass --db {LEGACY_DB} to resume it."
+            )
+
+
+def _option_for(field: str, value) -> str:
+    """How to pass a stored configuration value on the command line (for resume messages)."""
+    if field == "kind":
+        return f"`labo {value}`"
+    if field == "problem":
+        return f"objective {shlex.quote(str(value))}"
+    if field == "minimize":
+        return "--minimize" if value else "--maximize"
+    if field == "bounds":
+        return "--bounds " + shlex.quote(",".join(f"{lo!r}:{hi!r}" for lo, hi in value))
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    return f"--{field.replace('_', '-')} {shlex.quote(str(value))}"
+
+
+def _resume_command(ctx: typer.Context) -> str:
+    """The command line of ``ctx``'s command with ``--resume`` added (its non-default options kept)."""
+    words = ["labo"]
+    threads = ctx.parent.params.get("threads", 1) if ctx.parent is not None else 1
+    if threads != 1:
+        words += ["--threads", str(threads)]
+    words.append(ctx.info_name or "")
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == "resume" or value is None:
+            continue
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif value == param.default:
+            continue
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join([*words, "--resume"])
+
+
+@contextmanager
+def _resumable(db: str, study: str, total: int, command: str) -> Iterator[None]:
+    """On Ctrl-C, exit (code 130) with one line: where the study is and ``command`` to resume it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        with open_store(db, read_only=True) as store:
+            done = sum(r.status != "running" for r in store.evaluations(study))
+        typer.echo(
+            f"\nInterrupted: study {study!r} is saved in {db} ({done} of {total} evaluations done); "
+            f"resume with: {command}",
+            err=True,
+        )
+        raise typer.Exit(code=130) from None
 
 
 def _bench(
@@ -135,6 +242,7 @@ def _bench(
     scheduler: str | None,
     num_restarts: int,
     raw_samples: int,
+    resume_command: str = "labo bench --resume",
 ) -> None:
     for name in problems:
         get_problem(name)
@@ -157,10 +265,11 @@ def _bench(
         "num_restarts": num_restarts,
         "raw_samples": raw_samples,
     }
+    _check_resume_location(db, study, resume)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with open_store(db) as store:
-        store.create_study(study, config, resume)
+    with open_store(db) as store, _resumable(db, study, sum(sp.budget for sp in specs), resume_command):
+        store.create_study(study, config, resume, option=_option_for)
         done = {(r.problem, r.method, r.seed) for r in store.evaluations(study) if r.status != "running"}
         counts = {k: 0 for k in done}
         for r in store.evaluations(study):
@@ -171,15 +280,19 @@ def _bench(
             from labo.bench.distributed import make_client, run_many
 
             bar = tqdm(total=len(specs), desc="runs", unit="run", dynamic_ncols=True)
-            with make_client(workers, scheduler) as client:
-                run_many(specs, db, client, on_done=lambda summary: bar.update(1))
-            bar.close()
+            try:
+                with make_client(workers, scheduler) as client:
+                    run_many(specs, db, client, on_done=lambda summary: bar.update(1))
+            finally:
+                bar.close()
         else:
             bar, update = _progress_bar(todo, "evaluations")
-            for spec in specs:
-                bar.set_description(f"{spec.problem}/{spec.method}/seed {spec.seed}")
-                run_bo(spec, _objective_of(spec.problem), store, progress=update)
-            bar.close()
+            try:
+                for spec in specs:
+                    bar.set_description(f"{spec.problem}/{spec.method}/seed {spec.seed}")
+                    run_bo(spec, _objective_of(spec.problem), store, progress=update)
+            finally:
+                bar.close()
     typer.echo(f"Finished in {time.perf_counter() - t0:.0f} s.")
     _report(db, study, out)
 
@@ -202,6 +315,7 @@ def _split(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     out: str = typer.Option("labo-demo", help="Folder for the plot, table, export and database."),
     seeds: int = typer.Option(3, help="Seeds per (problem, method)."),
     budget_scale: float = typer.Option(0.25, help="Fraction of the suite's BO evaluations to run."),
@@ -219,13 +333,15 @@ def demo(
         if not resume and Path(db).exists():
             Path(db).unlink()
         problems, methods = ["branin", "hartmann6"], ["laplace", "gp", "sobol"]
-        _bench(problems, methods, seeds, budget_scale, db, "demo", resume, Path(out), 1, None, 4, 128)
+        args = (seeds, budget_scale, db, "demo", resume, Path(out), 1, None, 4, 128)
+        _bench(problems, methods, *args, resume_command=_resume_command(ctx))
     except LaboError as err:
         _fail(err)
 
 
 @app.command()
 def optimize(
+    ctx: typer.Context,
     objective: str = typer.Argument(
         ..., help="Your function as MODULE:FUNCTION; it takes a list of d floats."
     ),
@@ -236,37 +352,53 @@ def optimize(
     scheduler: str = typer.Option(
         None, help="Address of an existing Dask scheduler instead of a LocalCluster."
     ),
-    minimize: bool = typer.Option(False, "--minimize/--maximize", help="Minimise instead of maximise."),
+    minimize: bool = typer.Option(
+        False, "--minimize/--maximize", help="Minimise (e.g. a loss) or maximise; maximise is the default."
+    ),
     method: str = typer.Option("laplace", help=f"Surrogate: one of {', '.join(METHODS)}."),
     n_init: int = typer.Option(0, help="Sobol initial design size (default: 2d, at most 20)."),
     seed: int = typer.Option(0, help="Seed of the initial design and the acquisition optimisation."),
-    db: str = typer.Option("labo_studies.db", help="Study database: a file path or sqlite:/// URL."),
+    db: str = typer.Option(DEFAULT_DB, help=_DB_HELP),
     study: str = typer.Option("optimize", help="Study name inside the database."),
-    resume: bool = typer.Option(False, help="Continue an existing study (after a crash or kill)."),
+    resume: bool = typer.Option(
+        False,
+        help="Continue an existing study (after a crash, kill or Ctrl-C); with a larger --budget, extend it.",
+    ),
 ) -> None:
-    """Optimise your own Python function with BO (Laplace surrogate by default).
+    """Maximise (the default) or minimise (--minimize) your Python function with BO.
 
-    Example: labo optimize mymodule:loss --bounds "-5:10,0:15" --minimize --budget 40
+    The Laplace surrogate is the default method. Example:
+
+        labo optimize mymodule:loss --bounds "-5:10,0:15" --minimize --budget 40
     """
     try:
         fn = load_objective(objective)
         box = parse_bounds(bounds)
-        n0 = n_init or min(2 * len(box), 20, budget)
+        _check_resume_location(db, study, resume)
+        stored = _stored_config(db, study) if resume else {}
+        # A resumed study keeps its initial design, also when --budget extends it.
+        n0 = n_init or stored.get("n_init") or min(2 * len(box), 20, budget)
         spec = RunSpec(study, objective, method, seed, box, budget, q, n0, minimize)
         config = {"kind": "optimize", **spec.to_dict()}
         config.pop("study")
-        with open_store(db) as store:
-            store.create_study(study, json.loads(json.dumps(config)), resume)
+        direction = "Minimising" if minimize else "Maximising (the default; --minimize for a loss)"
+        typer.echo(
+            f"{direction} {objective} over {len(box)} dimensions, budget {budget}: study {study!r} in {db}."
+        )
+        with open_store(db) as store, _resumable(db, study, budget, _resume_command(ctx)):
+            store.create_study(study, config, resume, option=_option_for)
             done = sum(r.status != "running" for r in store.evaluations(study, objective, method, seed))
-            bar, update = _progress_bar(budget - done, objective)
-            if workers > 1 or scheduler:
-                from labo.bench.distributed import make_client, run_async
+            bar, update = _progress_bar(max(budget - done, 0), objective)
+            try:
+                if workers > 1 or scheduler:
+                    from labo.bench.distributed import make_client, run_async
 
-                with make_client(workers, scheduler) as client:
-                    result = run_async(spec, fn, store, client, workers, progress=update)
-            else:
-                result = run_bo(spec, fn, store, progress=update)
-            bar.close()
+                    with make_client(workers, scheduler) as client:
+                        result = run_async(spec, fn, store, client, workers, progress=update)
+                else:
+                    result = run_bo(spec, fn, store, progress=update)
+            finally:
+                bar.close()
     except LaboError as err:
         _fail(err)
     for row in result.failed[:5]:
@@ -277,12 +409,26 @@ def optimize(
     if best is None:
         typer.echo("No successful evaluation.")
         raise typer.Exit(code=1)
-    typer.echo(f"Best value: {best.y[0]:.6g} at x = {[round(v, 6) for v in best.x]}")
+    found = "the minimum found" if minimize else "the maximum found"
+    typer.echo(f"Best value: {best.y[0]:.6g} ({found}) at x = {[round(v, 6) for v in best.x]}")
     typer.echo(f"Database: {db} (study {study!r})")
+
+
+def _stored_config(db: str, study: str) -> dict:
+    """The stored configuration of ``study`` in ``db``, or ``{}`` (nothing is created)."""
+    if not _path_exists(db):
+        return {}
+    with open_store(db, read_only=True) as store:
+        return store.study_config(study) if study in store.study_names() else {}
+
+
+def _path_exists(db: str) -> bool:
+    return Path(db[len("sqlite:///") :] if db.startswith("sqlite:///") else db).is_file()
 
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     problems: str = typer.Option(
         "branin,hartmann6", help=f"Comma-separated from: {', '.join(PROBLEM_NAMES)}."
     ),
@@ -307,9 +453,12 @@ def bench(
         1, help="Run (problem, method, seed) runs in parallel on a Dask LocalCluster."
     ),
     scheduler: str = typer.Option(None, help="Address of an existing Dask scheduler."),
-    db: str = typer.Option("labo_bench.db", help="Study database: a file path or sqlite:/// URL."),
+    db: str = typer.Option(DEFAULT_DB, help=_DB_HELP),
     study: str = typer.Option("bench", help="Study name inside the database."),
-    resume: bool = typer.Option(False, help="Continue an existing study."),
+    resume: bool = typer.Option(
+        False,
+        help="Continue an existing study (after a crash or Ctrl-C); a larger --budget-scale extends it.",
+    ),
     out: str = typer.Option("labo-bench", help="Folder for the plot, table and exports."),
     num_restarts: int = typer.Option(10, help="optimize_acqf restarts (protocol: 10)."),
     raw_samples: int = typer.Option(512, help="optimize_acqf raw samples (protocol: 512)."),
@@ -343,7 +492,7 @@ def bench(
             num_restarts,
             raw_samples,
         )
-        _bench(names, chosen, *args)
+        _bench(names, chosen, *args, resume_command=_resume_command(ctx))
         if suite == "bbob":
             _report_bbob(db, study, Path(out))
     except LaboError as err:
@@ -367,15 +516,12 @@ def _report_bbob(location: str, study: str, out: Path) -> None:
 @app.command()
 def plot(
     study: str = typer.Argument(..., help="Study name."),
-    db: str = typer.Option("labo_bench.db", help="Study database: a file path or sqlite:/// URL."),
+    db: str = typer.Option(None, help=_READ_DB_HELP),
     out: str = typer.Option(".", help="Folder for the PNG, table and JSON export."),
 ) -> None:
-    """Redraw the plot and table of a stored study."""
+    """Redraw the plot and table of a stored study (reads the database, never creates one)."""
     try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with open_store(db) as store:
-            store.study_config(study)
-        _report(db, study, Path(out))
+        _report(_study_location(db, study), study, Path(out))
     except LaboError as err:
         _fail(err)
 
@@ -384,11 +530,11 @@ def plot(
 def export(
     study: str = typer.Argument(..., help="Study name."),
     path: str = typer.Argument(..., help="Output file ending in .json or .csv."),
-    db: str = typer.Option("labo_studies.db", help="Study database: a file path or sqlite:/// URL."),
+    db: str = typer.Option(None, help=_READ_DB_HELP),
 ) -> None:
-    """Export every evaluation of a study to JSON or CSV."""
+    """Export every evaluation of a study to JSON or CSV (CSV: one column per input, x0, x1, ...)."""
     try:
-        with open_store(db) as store:
+        with open_store(_study_location(db, study), read_only=True) as store:
             written = store.export(study, path)
     except LaboError as err:
         _fail(err)

@@ -17,6 +17,17 @@ def slow_sphere(x):
     return -sum((v - 0.3) ** 2 for v in x)
 
 
+CALLS = []
+
+
+def interrupted_on_third_call(x):
+    """Ctrl-C (KeyboardInterrupt) during its third call in this process, fine otherwise."""
+    CALLS.append(x)
+    if len(CALLS) == 3:
+        raise KeyboardInterrupt
+    return -sum((v - 0.3) ** 2 for v in x)
+
+
 def flaky(x):
     """Raises left of 0.25, NaN between 0.25 and 0.5, fine elsewhere."""
     if x[0] < 0.25:

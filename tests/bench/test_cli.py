@@ -1,5 +1,7 @@
+import csv
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -33,7 +35,8 @@ def test_optimize_reports_best_point_and_failures(objectives):
         rows = store.evaluations("optimize")
     ok = [r for r in rows if r.status == "ok"]
     best = min(ok, key=lambda r: r.y[0])
-    assert f"Best value: {best.y[0]:.6g}" in result.output
+    assert "Minimising labo_test_objectives:flaky over 2 dimensions, budget 8" in result.output
+    assert f"Best value: {best.y[0]:.6g} (the minimum found)" in result.output
     # Same study again without --resume is refused, with --resume it is already complete.
     again = runner.invoke(app, args + ["--method", "sobol", "--db", "o.db", "--minimize"])
     assert again.exit_code == 2 and "--resume" in again.output
@@ -79,6 +82,124 @@ def test_help_texts():
     for command in ["demo", "optimize", "bench", "plot", "export"]:
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+    # optimize's direction: the default in the first line of its help
+    lines = [line.strip() for line in runner.invoke(app, ["optimize", "--help"]).output.splitlines()]
+    first = next(line for line in lines if line and not line.startswith("Usage"))
+    assert first == "Maximise (the default) or minimise (--minimize) your Python function with BO."
+
+
+def test_optimize_says_it_maximises_by_default(objectives):
+    args = [
+        "optimize",
+        "labo_test_objectives:sphere",
+        "--bounds",
+        "0:1",
+        "--budget",
+        "3",
+        "--method",
+        "sobol",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Maximising (the default; --minimize for a loss) labo_test_objectives:sphere" in result.output
+    assert "(the maximum found)" in result.output
+
+
+def test_one_default_database_for_every_command(objectives, tmp_path):
+    """optimize writes labo_studies.db; plot and export find the study there without --db."""
+    args = ["optimize", "labo_test_objectives:sphere", "--bounds", "0:1,0:1,0:1", "--budget", "4"]
+    assert runner.invoke(app, args + ["--method", "sobol"]).exit_code == 0
+    assert (tmp_path / "labo_studies.db").is_file()
+    replot = runner.invoke(app, ["plot", "optimize", "--out", "plots"])
+    assert replot.exit_code == 0, replot.output
+    assert (tmp_path / "plots" / "optimize.png").is_file()
+    # one seed: no standard error, written as null (bare NaN is not JSON)
+    text = (tmp_path / "plots" / "optimize_summary.json").read_text()
+    (summary,) = json.loads(text, parse_constant=pytest.fail)
+    assert summary["final_se"] is None and summary["final_mean"] == pytest.approx(
+        max(r.y[0] for r in open_store("labo_studies.db").evaluations("optimize"))
+    )
+    exported = runner.invoke(app, ["export", "optimize", "rows.csv"])
+    assert exported.exit_code == 0, exported.output
+    with open(tmp_path / "rows.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and all(0 <= float(r[f"x{i}"]) <= 1 for r in rows for i in range(3))
+    assert "x" not in rows[0] and "x3" not in rows[0]
+
+
+def test_reading_commands_never_create_a_database(objectives, tmp_path):
+    before = sorted(os.listdir(tmp_path))
+    for args, message in [
+        (["plot", "optimize"], "no study database here"),
+        (["export", "optimize", "rows.csv"], "no study database here"),
+        (["plot", "optimize", "--db", "missing.db", "--out", "plots"], "no study database at 'missing.db'"),
+        (["export", "optimize", "rows.json", "--db", "sqlite:///missing.db"], "no study database at"),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert sorted(os.listdir(tmp_path)) == before  # no database, no output folder, no export
+    with open_store("labo_studies.db") as store:
+        store.create_study("other", {"kind": "optimize"}, resume=False)
+    missing = runner.invoke(app, ["plot", "optimize", "--out", "plots"])
+    assert missing.exit_code == 2 and "study 'optimize' not found" in missing.output
+    assert "known studies: ['other']" in missing.output and not (tmp_path / "plots").exists()
+
+
+def test_plot_finds_a_study_in_the_former_bench_default(objectives, tmp_path):
+    with open_store("labo_bench.db") as store:
+        store.create_study("old", {"kind": "optimize", "minimize": False}, resume=False)
+        store.finish(store.add_running("old", "f", "sobol", 0, 0, [0.5]), [1.0], 0.1)
+    result = runner.invoke(app, ["plot", "old", "--out", "plots"])
+    assert result.exit_code == 0, result.output
+    assert "Database: labo_bench.db" in result.output and not (tmp_path / "labo_studies.db").exists()
+    resumed = runner.invoke(
+        app, ["optimize", "labo_test_objectives:sphere", "--bounds", "0:1", "--study", "old", "--resume"]
+    )
+    assert resumed.exit_code == 2 and "pass --db labo_bench.db to resume it" in resumed.output
+
+
+def test_resume_with_another_configuration_names_the_field(objectives):
+    args = ["optimize", "labo_test_objectives:sphere", "--bounds", "0:1,0:1", "--budget", "3"]
+    assert runner.invoke(app, args + ["--method", "sobol"]).exit_code == 0
+    result = runner.invoke(app, args + ["--method", "gp", "--seed", "2", "--resume"])
+    assert result.exit_code == 2
+    assert "differs in method: stored 'sobol', given 'gp'; seed: stored 0, given 2." in result.output
+    assert "rerun with the stored values: --method sobol --seed 0" in result.output
+    assert "'kind'" not in result.output and "'bounds'" not in result.output  # not two whole dicts
+
+
+def test_resume_with_a_larger_budget_extends_a_finished_study(objectives):
+    # d = 3: the default initial design is min(2d, budget) = 4 here, and stays 4 when extended
+    args = ["optimize", "labo_test_objectives:sphere", "--bounds", "0:1*3", "--method", "sobol"]
+    assert runner.invoke(app, args + ["--budget", "4"]).exit_code == 0
+    first = [r.x for r in open_store("labo_studies.db").evaluations("optimize")]
+    extended = runner.invoke(app, args + ["--budget", "9", "--resume"])
+    assert extended.exit_code == 0, extended.output
+    rows = open_store("labo_studies.db").evaluations("optimize")
+    assert len(rows) == 9 and [r.x for r in rows[:4]] == first and all(r.status == "ok" for r in rows)
+    assert open_store("labo_studies.db").study_config("optimize")["budget"] == 9
+    shrunk = runner.invoke(app, args + ["--budget", "5", "--resume"])
+    assert (
+        shrunk.exit_code == 2 and "budget: stored 9, given 5 (--resume can extend a budget" in shrunk.output
+    )
+
+
+def test_ctrl_c_says_where_the_study_is_and_how_to_resume(objectives):
+    args = ["optimize", "labo_test_objectives:interrupted_on_third_call", "--bounds", "0:1,0:1"]
+    args += ["--budget", "6", "--method", "sobol", "--minimize"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Interrupted")]
+    command = "labo optimize labo_test_objectives:interrupted_on_third_call --bounds 0:1,0:1 --budget 6"
+    assert line == (
+        "Interrupted: study 'optimize' is saved in labo_studies.db (2 of 6 evaluations done); "
+        f"resume with: {command} --minimize --method sobol --resume"
+    )
+    words = shlex.split(line.split("resume with: ")[1])
+    resumed = runner.invoke(app, words[1:])
+    assert resumed.exit_code == 0, resumed.output
+    rows = open_store("labo_studies.db").evaluations("optimize")
+    assert len(rows) == 6 and all(r.status == "ok" for r in rows)
 
 
 def _ok_rows(db):
@@ -138,3 +259,21 @@ def test_optimize_on_an_existing_scheduler(objectives):
         rows = store.evaluations("optimize")
     assert len(rows) == 6 and all(r.status == "ok" for r in rows)
     assert "Best value" in result.output
+
+
+def test_ctrl_c_in_bench_names_the_bench_command(objectives, monkeypatch):
+    from labo import cli
+    from labo.bench.problems import get_problem
+
+    def interrupted(spec, objective, store, progress=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_bo", interrupted)
+    args = ["bench", "--problems", "branin", "--methods", "sobol", "--seeds", "1", "--db", "b.db"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    assert result.output.strip().splitlines()[-1] == (
+        f"Interrupted: study 'bench' is saved in b.db (0 of {get_problem('branin').scaled_budget(1.0)} "
+        "evaluations done); resume with: "
+        "labo bench --problems branin --methods sobol --seeds 1 --db b.db --resume"
+    )
