@@ -5,6 +5,11 @@ after (or during) a run. For a named benchmark problem the curve is the log10
 simple regret of the best point after each evaluation (failed evaluations count
 as evaluations and improve nothing); for a user objective it is the best
 observed value.
+
+Each plot says what a reader needs without the code: the study's name and
+direction (title), the metric and which way is better (y label), where the Sobol
+initial design ends and BO begins (a dashed line), and what the shaded band is
+(mean ± standard error over seeds, in the legend).
 """
 
 from __future__ import annotations
@@ -89,6 +94,27 @@ def _metric(problem: str) -> str:
     return "log10 regret" if get_problem(problem).num_objectives == 1 else "log10 hypervolume gap"
 
 
+def _y_label(problem: str, minimize: bool) -> str:
+    """The metric and which way is better: regrets fall; a best value falls when minimising."""
+    if is_problem_name(problem):
+        return f"{_metric(problem)} (lower is better)"
+    return "best value so far " + (
+        "(minimised: lower is better)" if minimize else "(maximised: higher is better)"
+    )
+
+
+def initial_design_sizes(store: StudyStore, study: str) -> dict[str, int]:
+    """``{problem: n}``: the size of the Sobol initial design (iteration 0) of its runs (the largest)."""
+    sizes: dict[tuple[str, str, int], int] = defaultdict(int)
+    for row in store.evaluations(study):
+        if row.iteration == 0 and row.status != "running":
+            sizes[(row.problem, row.method, row.seed)] += 1
+    out: dict[str, int] = {}
+    for (problem, _, _), n in sizes.items():
+        out[problem] = max(out.get(problem, 0), n)
+    return out
+
+
 def _mean_se(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if math.isfinite(v)]
     if not values:
@@ -130,58 +156,102 @@ def format_table(summaries: list[Summary]) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
+        mean = "n/a" if math.isnan(s.final_mean) else f"{s.final_mean:.2f}"
         se = "n/a" if math.isnan(s.final_se) else f"{s.final_se:.2f}"
         lines.append(
-            f"| {s.problem} | {s.method} | {s.seeds} | {s.final_mean:.2f} ± {se} ({s.metric}) | "
+            f"| {s.problem} | {s.method} | {s.seeds} | {mean} ± {se} ({s.metric}) | "
             f"{s.fit_seconds:.2f} | {s.acq_seconds:.2f} | {s.failed} |"
         )
     return "\n".join(lines)
 
 
 def plot_study(store: StudyStore, study: str, path: str | Path) -> Path:
-    """Draw one panel per problem: curve mean ± standard error over seeds vs evaluations.
+    """Draw the study (see :func:`draw_study`) into a PNG file.
 
     Args:
         store: The study store.
         study: Study name.
-        path: Output PNG path.
+        path: Output PNG path (its folder is created if needed).
 
     Returns:
         The PNG path.
+    """
+    import matplotlib.pyplot as plt
+
+    fig = draw_study(store, study)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def draw_study(store: StudyStore, study: str):
+    """One panel per problem: the curve's mean over seeds vs evaluations, ± one standard error.
+
+    The figure is titled with the study's name and direction; each panel has the
+    problem as title, the metric and which way is better as y label, a dashed line
+    where the initial design ends and BO begins, and a legend with the methods, the
+    line and the meaning of the shaded band.
+
+    Args:
+        store: The study store.
+        study: Study name.
+
+    Returns:
+        The matplotlib ``Figure`` (Agg backend); close it with ``plt.close(fig)``.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
+    minimize = bool(store.study_config(study).get("minimize", False))
     all_curves = curves(store, study)
+    n_init = initial_design_sizes(store, study)
     problems = sorted({p for p, _ in all_curves})
     # At most 6 panels a row: a suite of many problems (BBOB) wraps into a grid.
     cols = min(max(len(problems), 1), 6)
     rows = max(math.ceil(len(problems) / cols), 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows + 0.4), squeeze=False)
     for ax in axes.flat[len(problems) :]:
         ax.set_axis_off()
     for ax, problem in zip(axes.flat, problems, strict=False):
+        n_seeds, longest = 0, 0
         for (p, method), by_seed in sorted(all_curves.items()):
             if p != problem:
                 continue
             length = min(len(c) for c in by_seed.values())
             if length == 0:
                 continue
-            data = torch.tensor([c[:length] for c in by_seed.values()])
+            data = torch.tensor([c[:length] for c in by_seed.values()], dtype=torch.float64)
             data = torch.where(torch.isfinite(data), data, torch.full_like(data, math.nan))
             mean = data.nanmean(0)
             se = data.std(0) / math.sqrt(data.shape[0]) if data.shape[0] > 1 else torch.zeros_like(mean)
             xs = range(1, length + 1)
-            ax.plot(xs, mean, label=method)
-            ax.fill_between(xs, mean - se, mean + se, alpha=0.2)
-        metric = _metric(problem)
-        ax.set(title=problem, xlabel="evaluations", ylabel=metric)
-        ax.legend(fontsize=8)
+            (line,) = ax.plot(xs, mean, label=method)
+            ax.fill_between(xs, mean - se, mean + se, alpha=0.2, color=line.get_color())
+            n_seeds, longest = max(n_seeds, data.shape[0]), max(longest, length)
+        n0 = n_init.get(problem, 0)
+        if 0 < n0 < longest:
+            ax.axvline(
+                n0 + 0.5,
+                color="0.4",
+                linestyle="--",
+                linewidth=1,
+                label=f"BO starts after {n0} initial points",
+            )
+        ax.set(title=problem, xlabel="evaluations", ylabel=_y_label(problem, minimize))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        band = f"band: mean ± s.e. over {n_seeds} seeds" if n_seeds > 1 else "1 seed: no band"
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=[*handles, Patch(color="0.5", alpha=0.2, label=band)], fontsize=8)
+    if problems and all(is_problem_name(p) for p in problems):
+        what = "regret on benchmark problems, lower is better"
+    else:
+        what = "minimisation" if minimize else "maximisation"
+    fig.suptitle(f"Study {study!r}: {what}")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from labo.bench.plots import curves, format_table, plot_study, summarize
+from labo.bench.plots import curves, draw_study, format_table, initial_design_sizes, plot_study, summarize
 from labo.bench.problems import get_problem
 from labo.bench.store import open_store
 
@@ -15,9 +15,9 @@ def store(tmp_path):
         yield s
 
 
-def _add(store, problem, method, seed, xs, ys, iteration=0, fit=None, acq=None):
+def _add(store, problem, method, seed, xs, ys, iteration=0, fit=None, acq=None, study="st"):
     for x, y in zip(xs, ys, strict=True):
-        rid = store.add_running("st", problem, method, seed, iteration, x, fit, acq)
+        rid = store.add_running(study, problem, method, seed, iteration, x, fit, acq)
         store.finish(rid, y, 0.01, None if y is not None else "boom")
 
 
@@ -82,3 +82,55 @@ def test_plot_writes_png(store, tmp_path):
     _add(store, "my:f", "gp", 0, [[0.0]], [[1.0]])
     path = plot_study(store, "st", tmp_path / "sub" / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _legend_texts(ax):
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_plot_of_a_benchmark_says_what_it_shows(store):
+    """Title with the study, direction, labels, the end of the initial design and the band, named."""
+    import matplotlib.pyplot as plt
+
+    for seed in range(2):
+        _add(store, "branin", "gp", seed, [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]], [[-9.0], [-7.0], [-5.0]])
+        _add(store, "branin", "gp", seed, [[0.4, 0.4], [0.5, 0.5]], [[-3.0], [-2.0 - seed]], iteration=1)
+        _add(store, "branin", "sobol", seed, [[0.6, 0.6]] * 3, [[-8.0]] * 3)
+        _add(store, "branin", "sobol", seed, [[0.7, 0.7]] * 2, [[-8.0]] * 2, iteration=1 + seed)
+    store.add_running("st", "branin", "gp", 0, 0, [0.5, 0.5])  # running rows do not count
+    assert initial_design_sizes(store, "st") == {"branin": 3}
+    fig = draw_study(store, "st")
+    try:
+        assert fig._suptitle.get_text() == "Study 'st': regret on benchmark problems, lower is better"
+        ax = next(a for a in fig.axes if a.get_title() == "branin")
+        assert ax.get_xlabel() == "evaluations" and ax.get_ylabel() == "log10 regret (lower is better)"
+        assert _legend_texts(ax) == [
+            "gp",
+            "sobol",
+            "BO starts after 3 initial points",
+            "band: mean ± s.e. over 2 seeds",
+        ]
+        (boundary,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert list(boundary.get_xdata()) == [3.5, 3.5]
+        assert len(ax.collections) == 2  # one shaded band per method
+    finally:
+        plt.close(fig)
+
+
+def test_plot_of_a_minimised_user_objective_says_minimisation(tmp_path):
+    import matplotlib.pyplot as plt
+
+    with open_store(tmp_path / "m.db") as store:
+        store.create_study("loss", {"kind": "optimize", "minimize": True}, resume=False)
+        _add(store, "my:loss", "laplace", 0, [[0.1], [0.9]], [[3.0], [2.0]], study="loss")
+        _add(store, "my:loss", "laplace", 0, [[0.5]], [[1.0]], iteration=1, study="loss")
+        fig = draw_study(store, "loss")
+    try:
+        assert fig._suptitle.get_text() == "Study 'loss': minimisation"
+        (ax,) = [a for a in fig.axes if a.get_title()]
+        assert ax.get_title() == "my:loss"
+        assert ax.get_ylabel() == "best value so far (minimised: lower is better)"
+        assert _legend_texts(ax) == ["laplace", "BO starts after 2 initial points", "1 seed: no band"]
+        assert list(ax.get_lines()[0].get_ydata()) == [3.0, 2.0, 1.0]
+    finally:
+        plt.close(fig)
