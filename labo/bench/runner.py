@@ -18,6 +18,9 @@ One *run* optimises one objective with one method and one seed. Methods:
   the centres and the lengthscale too (under Kron, past 250 rows, as one full GGN block,
   ``Kron(rest="auto")``, through the closed form of ``labo.laplace.rbf``; see
   ``docs/benchmarks.md``, "The centres as one full Kron block").
+- ``laplace-rff``: ``LaplaceModel(network="rff")``, a Bayesian last layer on random Fourier
+  features whose ARD lengthscales, prior precision and noise are tuned on the exact
+  evidence (``labo.surrogates.feature_evidence``).
 - ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
 - ``sobol``: the next points of the run's scrambled Sobol sequence.
 
@@ -66,6 +69,7 @@ METHODS = (
     "laplace-init",
     "laplace-rbf",
     "laplace-rbf-all",
+    "laplace-rff",
     "gp",
     "sobol",
 )
@@ -79,6 +83,7 @@ _LAPLACE_VARIANTS = {
     "laplace-init": {"prior_mean": "init"},
     "laplace-rbf": {"network": "rbf"},
     "laplace-rbf-all": {"network": "rbf", "weights": AllWeights()},
+    "laplace-rff": {"network": "rff"},
 }
 _FIT_OPTIONS = {"laplace-lbfgs": FitOptions(optimizer="lbfgs"), "laplace-ard": FitOptions(prior="ard")}
 

@@ -11,6 +11,7 @@ a differentiable function of the prior precision and of the noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -52,6 +53,8 @@ def optimize_hyperparameters(
     tol: float = 1e-6,
     min_noise_std: float = 0.0,
     prior_groups: Tensor | None = None,
+    tie_prior: bool = False,
+    hyperprior: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> list[float]:
     """Tune prior precision (and noise, for regression) by maximising the log marginal likelihood.
 
@@ -71,6 +74,15 @@ def optimize_hyperparameters(
     determination (ARD), a network's analogue of a GP's lengthscale per input
     (:func:`input_relevance_groups`).
 
+    ``tie_prior=True`` tunes one common factor of the current prior precision and keeps
+    the ratios between its entries (e.g. a per-tensor prior proportional to each
+    layer's fan-in, the NTK scaling, whose overall scale the evidence sets).
+
+    ``hyperprior(prior_precision, noise_std)`` returns a log density (scalar tensor)
+    added to the objective: the hyperparameters are then tuned by MAP-II, as BoTorch
+    tunes a GP's with its priors, which keeps a marginal likelihood that is flat in
+    some direction (few data, many weights) from wandering off.
+
     Raises:
         ValueError: If ``min_noise_std`` is negative or not finite, or ``prior_groups``
             does not give one group in ``[0, G)`` to every selected weight with every
@@ -84,7 +96,12 @@ def optimize_hyperparameters(
     tune_noise = tune_noise and la.likelihood == "regression" and not bool(la.fixed_noise)
     floor = min_noise_std if tune_noise else 0.0
     groups = None if prior_groups is None else _check_groups(prior_groups, la)
+    if tie_prior and groups is not None:
+        raise ValueError("tie_prior and prior_groups cannot be combined.")
     prior0 = la.prior_precision.detach()
+    base = prior0
+    if tie_prior:  # tune log(c) of c * prior0
+        prior0 = torch.ones((), dtype=prior0.dtype, device=prior0.device)
     if groups is not None:  # start from each group's mean of the current per-weight prior
         full = la._expand_prior(prior0)
         count = torch.zeros(int(groups.max()) + 1, dtype=full.dtype, device=full.device)
@@ -92,6 +109,8 @@ def optimize_hyperparameters(
     log_prior = prior0.log().clone().requires_grad_(tune_prior)
 
     def prior(v: Tensor) -> Tensor:
+        if tie_prior:
+            return v.exp() * base
         return v.exp() if groups is None else v.exp()[groups]
 
     start = la.noise_std.detach()
@@ -111,6 +130,8 @@ def optimize_hyperparameters(
     for _ in range(n_steps):
         opt.zero_grad()
         lml = log_marginal_likelihood(la, prior(log_prior), noise(log_noise))
+        if hyperprior is not None:
+            lml = lml + hyperprior(prior(log_prior), noise(log_noise))
         value = float(lml.detach())
         history.append(value)
         if value > best[0]:
@@ -121,7 +142,10 @@ def optimize_hyperparameters(
             break
     # Keep the best iterate seen (Adam may overshoot at the end).
     with torch.no_grad():
-        final = float(log_marginal_likelihood(la, prior(log_prior), noise(log_noise)))
+        final = log_marginal_likelihood(la, prior(log_prior), noise(log_noise))
+        if hyperprior is not None:
+            final = final + hyperprior(prior(log_prior), noise(log_noise))
+        final = float(final)
     if final < best[0]:
         log_prior, log_noise = best[1], best[2]
     la.prior_precision = prior(log_prior.detach())

@@ -47,6 +47,7 @@ from gpytorch.mlls import MarginalLogLikelihood
 from torch import Tensor
 
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
+from labo.surrogates.feature_evidence import fit_feature_evidence
 from labo.surrogates.model import LaplaceModel
 
 
@@ -77,10 +78,28 @@ class FitOptions:
         hyper_lr: Adam learning rate of the hyperparameter tuning.
         min_noise_std: Floor of the tuned noise standard deviation, in standardised
             target units (not applied to known noise, ``train_Yvar``).
-        prior: ``"scalar"`` (one prior precision, or the shape the model was given) or
+        prior: ``"scalar"`` (one prior precision, or the shape the model was given),
             ``"ard"``: one prior precision per input for the first layer's weights
             (automatic relevance determination, like a GP's lengthscale per input) and
-            one per other weight tensor (``labo.laplace.input_relevance_groups``).
+            one per other weight tensor (``labo.laplace.input_relevance_groups``), or
+            ``"fanin"``: one per tensor, ``c · fan_in`` for the weights of a Linear layer
+            and ``c`` for every other tensor, with the one factor ``c`` tuned (the NTK
+            scaling: a layer's pre-activation variance does not grow with its width or
+            with the input dimension; :func:`fanin_prior_base`), or ``"function"``: the
+            same shape with ``c`` pinned in function space for the posterior, so that the
+            linearised prior variance ``J(x) Λ⁻¹ J(x)ᵀ`` averaged over the box is 1 in
+            standardised units (``Var(y)``, where a GP's outputscale settles;
+            :func:`function_space_scale`). MAP training keeps the scalar prior tuned
+            by the marginal likelihood (``model.map_prior_precision``): the MAP under
+            the calibrated prior collapses to the all-zero network on small data.
+        hyperprior_std: With ``prior="fanin"``, the standard deviation of a normal
+            hyperprior on ``log c`` centred at 0 (``c = 1``: weights ``N(0, 1/fan_in)``,
+            LeCun's initialisation scale); ``None``: no hyperprior (type-II ML). With
+            ``prior="function"``, centred at the pinned ``c``; ``None``: ``c`` stays pinned.
+        evidence_iters: L-BFGS iterations of the evidence fit of ``network="rff"``
+            (``labo.surrogates.feature_evidence``), which replaces the rounds above.
+        noise_prior: Add BoTorch's GP noise prior, ``LogNormal(-4, 1)`` on the noise
+            variance in standardised units, to the tuning objective (MAP-II).
         seed: Seed of torch's global random generator, set before a cold fit (the
             network's initial weights were drawn before, at construction); ``None``
             leaves the generator alone.
@@ -105,6 +124,9 @@ class FitOptions:
     seed: int | None = 0
     cosine: bool = False
     lr_warm: float = 1e-2
+    hyperprior_std: float | None = None
+    noise_prior: bool = False
+    evidence_iters: int = 100
 
     def __post_init__(self) -> None:
         if self.optimizer not in _DEFAULT_STEPS:
@@ -113,8 +135,14 @@ class FitOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}.")
-        if self.prior not in ("scalar", "ard"):
-            raise ValueError(f"prior must be 'scalar' or 'ard', got {self.prior!r}.")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}.")
+        if self.hyperprior_std is not None and not (
+            math.isfinite(self.hyperprior_std) and self.hyperprior_std > 0
+        ):
+            raise ValueError(
+                f"hyperprior_std must be a positive number or None, got {self.hyperprior_std!r}."
+            )
         if not (self.min_noise_std >= 0.0 and math.isfinite(self.min_noise_std)):
             raise ValueError(f"min_noise_std must be a finite number >= 0, got {self.min_noise_std!r}.")
 
@@ -125,6 +153,90 @@ class FitOptions:
 
 
 _DEFAULT_STEPS = {"lbfgs": (1000, 200), "adam": (2000, 400)}
+PRIORS = ("scalar", "ard", "fanin", "function")
+
+
+def fanin_prior_base(la) -> Tensor:
+    """Per-tensor prior precisions proportional to the fan-in (the NTK scaling).
+
+    A Linear layer's weight gets its ``in_features``; every other selected tensor
+    (biases, non-Linear parameters) gets 1. With prior precision ``c · fan_in`` a unit's
+    pre-activation has prior variance ``‖a‖² / (c · fan_in)``: O(1) whatever the width
+    of the layer below or the input dimension, where one shared precision lets the
+    first layer's term grow with ``d`` (and with ``‖x‖²`` towards the corners).
+
+    Returns:
+        ``(T,)`` tensor, one value per selected tensor of ``la.subset``.
+    """
+    fan_in = {}
+    for name, module in la.network.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            fan_in[f"{name}.weight" if name else "weight"] = float(module.in_features)
+    values = [fan_in.get(s.name, 1.0) for s in la.subset.selected]
+    return torch.tensor(values, dtype=la.theta_map.dtype, device=la.theta_map.device)
+
+
+def function_space_scale(la, X: Tensor, base: Tensor, n_points: int = 256) -> Tensor:
+    """``c`` such that the prior ``c · base`` gives a mean linearised prior variance of 1.
+
+    The prior predictive variance of the linearised network at ``x`` is
+    ``Σ_t ‖J_t(x)‖² / (c · base_t)`` (``J_t``: Jacobian w.r.t. the selected entries of
+    tensor ``t`` at the current weights, averaged over outputs). It is averaged over
+    ``n_points`` uniform points of the box: the unit cube when the inputs ``X`` lie in
+    it (as after ``Normalize``), else their bounding box. Drawn from a fixed generator,
+    so the same network gives the same ``c``.
+
+    Args:
+        la: The ``LaplaceApproximation`` (its network at the MAP weights).
+        X: ``n x d`` model-space training inputs (they set the box).
+        base: ``(T,)`` per-tensor base precisions (:func:`fanin_prior_base`).
+        n_points: Number of box points.
+
+    Returns:
+        Scalar tensor ``c``.
+    """
+    from torch.func import functional_call, jacrev, vmap
+
+    net = la.network
+    lo, hi = X.min(0).values, X.max(0).values
+    if bool((lo >= 0).all() and (hi <= 1).all()):
+        lo, hi = torch.zeros_like(lo), torch.ones_like(hi)
+    g = torch.Generator().manual_seed(0)
+    U = torch.rand(n_points, X.shape[-1], generator=g, dtype=torch.float64).to(X)
+    box = lo + U * (hi - lo)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    names = [s.name for s in la.subset.selected]
+
+    def f(sel: dict, x: Tensor) -> Tensor:
+        return functional_call(net, {**params, **sel}, (x.unsqueeze(0),)).squeeze(0)
+
+    with torch.no_grad():
+        jac = vmap(jacrev(f), in_dims=(None, 0))({k: params[k] for k in names}, box)
+    total = torch.zeros((), dtype=X.dtype, device=X.device)
+    for s, b in zip(la.subset.selected, base, strict=True):
+        J = jac[s.name].reshape(n_points, -1, params[s.name].numel())
+        if s.index is not None:
+            J = J[..., s.index]
+        total = total + J.pow(2).sum(-1).mean() / b
+    return total.clamp_min(1e-12)
+
+
+def _hyperprior(opts: FitOptions, base: Tensor | None):
+    """The log hyperprior density of :class:`FitOptions`, or ``None`` (type-II ML)."""
+    if opts.hyperprior_std is None and not opts.noise_prior:
+        return None
+
+    def log_density(prior: Tensor, noise: Tensor) -> Tensor:
+        out = torch.zeros((), dtype=prior.dtype, device=prior.device)
+        if opts.hyperprior_std is not None and base is not None:
+            log_c = (prior / base).log().mean()
+            out = out - 0.5 * (log_c / opts.hyperprior_std).pow(2)
+        if opts.noise_prior:  # LogNormal(-4, 1) on the noise variance, as BoTorch's GP default
+            log_var = 2 * noise.log()
+            out = out + (-0.5 * (log_var + 4.0).pow(2) - log_var).sum()
+        return out
+
+    return log_density
 
 
 def train_map(
@@ -140,7 +252,8 @@ def train_map(
     net = model.network
     params = [p for p in net.parameters() if p.requires_grad]
     subset = la.subset
-    prior_vec = la._expand_prior(la.prior_precision.detach())
+    train_prior = model.map_prior_precision
+    prior_vec = la._expand_prior((la.prior_precision if train_prior is None else train_prior).detach())
     other_prior = float(prior_vec.mean())
     noise_var = model.z_noise_var.detach()
     weights = None
@@ -304,7 +417,24 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     hyper_steps = opts.hyper_steps_warm if warm else opts.hyper_steps_cold
     train_steps, history = [], []
     fixed_noise = model.train_Yvar is not None
-    for _ in range(rounds):
+    if model.evidence_fit:  # network="rff": exact evidence of the last layer on its features
+        info = fit_feature_evidence(
+            model, X, Z, max_iter=opts.evidence_iters, min_noise_std=opts.min_noise_std
+        )
+        train_steps, history = [info["steps"]], info["lml_history"]
+        rounds = 0
+    base = None
+    if opts.prior in ("fanin", "function"):
+        if model.weight_strategy is not None:
+            raise ValueError(f"FitOptions(prior={opts.prior!r}) needs a fixed weight subset, not a strategy.")
+    if opts.prior == "fanin":
+        base = fanin_prior_base(la)
+        if la.prior_precision.dim() == 0:  # a fresh model: c · fan_in from its scalar c
+            la.prior_precision = la.prior_precision.detach() * base
+    if opts.prior == "function" and model.map_prior_precision is not None:
+        la.prior_precision = model.map_prior_precision  # tuned below; pinned after
+    hyperprior = _hyperprior(opts, base)
+    for round_ in range(rounds):
         info = train_map(model, X, Z, opts, max_epochs, lr=opts.lr_warm if warm else opts.lr)
         la = model.select_weights(X, Z)  # a weight strategy picks the subnetwork of the trained net
         train_steps.append(info["steps"])
@@ -319,7 +449,24 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             tune_noise=not fixed_noise,
             min_noise_std=opts.min_noise_std,
             prior_groups=input_relevance_groups(la) if opts.prior == "ard" else None,
+            tie_prior=opts.prior == "fanin",
+            hyperprior=hyperprior,
         )
+        if opts.prior == "function":
+            model.map_prior_precision = la.prior_precision.detach().clone()
+            if round_ < rounds - 1:
+                continue
+            fan_in = fanin_prior_base(la)
+            la.prior_precision = function_space_scale(la, X, fan_in) * fan_in
+            if not fixed_noise:  # the noise that goes with the calibrated prior
+                history += optimize_hyperparameters(
+                    la,
+                    n_steps=hyper_steps,
+                    lr=opts.hyper_lr,
+                    tune_prior=False,
+                    min_noise_std=opts.min_noise_std,
+                    hyperprior=hyperprior,
+                )
     model.eval()
     with torch.no_grad():
         noise = (model.z_noise_var * model.y_scale.pow(2)).mean()

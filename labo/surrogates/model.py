@@ -26,19 +26,19 @@ from gpytorch.models import GP
 from torch import Tensor, nn
 
 from labo.exceptions import WeightSubsetError
-from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, WeightMask
+from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, LastLayer, WeightMask
 from labo.laplace.functional import Functional, prefer_functional
 from labo.laplace.structures import Structure
 from labo.laplace.subnetworks import WeightStrategy, by_module, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.surrogates.model_posterior import PosteriorMixin
 from labo.surrogates.model_support import ChecksMixin, ConditioningMixin, check_training_data
-from labo.surrogates.networks import RBF_BAYESIAN_LAYERS, default_network, rbf_network
+from labo.surrogates.networks import RBF_BAYESIAN_LAYERS, default_network, rbf_network, rff_network
 
 # Where the weight prior can be centred (the ``prior_mean`` argument).
 PRIOR_MEANS = ("zero", "init")
 # The built-in networks (the ``network`` argument as a string; see labo.surrogates.networks).
-NETWORKS = ("mlp", "rbf")
+NETWORKS = ("mlp", "rbf", "rff")
 # The default structure is Functional() up to this many training rows n·m, then Kron().
 FUNCTIONAL_MAX_ROWS = 250
 
@@ -127,7 +127,7 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         warm_start: LaplaceModel | None = None,
         prior_mean: str = "zero",
     ) -> None:
-        check_training_data(train_X, train_Y, train_Yvar)
+        check_training_data(train_X, train_Y, train_Yvar, input_transform)
         super().__init__()
         with torch.no_grad():
             X_tf = self.transform_inputs(train_X, input_transform=input_transform)
@@ -148,10 +148,18 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         self.register_buffer("y_scale", scale, persistent=False)
         if isinstance(network, str) and network not in NETWORKS:
             raise ValueError(f"network must be an nn.Module or one of {NETWORKS}, got {network!r}.")
+        # network="rff": a Bayesian last layer on random Fourier features, every
+        # hyperparameter tuned on its exact evidence (labo.surrogates.feature_evidence).
+        self.evidence_fit = network == "rff" and weights is None and train_Yvar is None
         if network == "rbf":
             network = rbf_network(X_tf, m)
             if weights is None:
                 weights = by_module(network, names=list(RBF_BAYESIAN_LAYERS))
+        elif network == "rff":
+            network = rff_network(d, m, dtype=train_X.dtype, device=train_X.device)
+            if weights is None:
+                weights = LastLayer()
+                structure = structure or Full()
         elif network is None or network == "mlp":
             network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
         if prior_mean not in PRIOR_MEANS:
@@ -189,6 +197,8 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         if input_transform is not None:
             self.input_transform = input_transform
         self._conditioning: tuple[Tensor, Tensor, Tensor] | None = None
+        # The prior of MAP training when it differs from the posterior's (FitOptions(prior="function")).
+        self.map_prior_precision: Tensor | None = None
         self._outputs: list[int] | None = None  # set by subset_output
         self.fit_info: dict[str, Any] = {}
         self.to(train_X)
@@ -243,6 +253,8 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         self.network_anchor.copy_(other.network_anchor)
         self._set_laplace_prior_mean()
         self.laplace.prior_precision = other.laplace.prior_precision.detach().clone()
+        if other.map_prior_precision is not None:
+            self.map_prior_precision = other.map_prior_precision.detach().clone()
         self.laplace.noise_std = other.laplace.noise_std.detach().clone()
         self.fit_info = {"warm_start": True}
 

@@ -22,12 +22,16 @@ Bayesian under Kron the centres get a closed-form predictive (``labo.laplace.rbf
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from labo.laplace.rbf import RBFFeatures
 
 DEFAULT_WIDTH = 64
+# Random Fourier features of rff_network.
+RFF_FEATURES = 1024
 # The modules of rbf_network whose weights LaplaceModel(network="rbf") makes Bayesian.
 RBF_BAYESIAN_LAYERS = ("1", "3")
 
@@ -40,6 +44,84 @@ def default_network(
         nn.Linear(d, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, m)
     )
     return net.to(dtype=dtype, device=device)
+
+
+class SphereMap(nn.Module):
+    """Inputs of the unit cube onto the unit sphere ``S^d`` (inverse stereographic projection).
+
+    ``u = (2x − 1) · sqrt(3 / d)`` (centred at the box centre, scaled so that a uniform
+    point has ``E‖u‖² = 1``), then ``z = (2u, 1 − ‖u‖²) / (1 + ‖u‖²)``, so ``‖z‖ = 1`` for
+    every ``x``: a first layer's pre-activation no longer grows towards the corners,
+    where ``‖x‖²`` is largest. Follows Doumont et al. 2025 ("We still don't understand
+    high-dimensional Bayesian optimization"). Unlike a central projection
+    ``(2x − 1, c) / ‖(2x − 1, c)‖``, which squeezes the box towards one pole, it keeps
+    the angles between directions (conformal) and spreads the box over the sphere.
+    Maps ``... x d`` to ``... x (d + 1)``; no parameters.
+    """
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.d = d
+        self.scale = (3.0 / d) ** 0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        u = (2 * x - 1) * self.scale
+        sq = u.pow(2).sum(-1, keepdim=True)
+        return torch.cat([2 * u, 1 - sq], -1) / (1 + sq)
+
+
+class RandomFourierFeatures(nn.Module):
+    """``x -> sqrt(2 / D) cos(Ω (x / ℓ) + b)``: random Fourier features of an RBF kernel.
+
+    ``Ω`` (``D x d``, standard normal) and ``b`` (uniform in ``[0, 2π)``) are fixed
+    buffers drawn from a seeded generator; the ARD lengthscales ``ℓ`` (one per input,
+    stored as their log) are the only parameters. ``φ(x)ᵀφ(x') ≈ exp(−‖(x − x')/ℓ‖² / 2)``
+    and ``‖φ(x)‖² ≈ 1`` everywhere, so a Bayesian linear layer on top has a bounded,
+    stationary prior variance, like a GP's, instead of one that grows towards the
+    corners of the box (Rahimi & Recht 2007; a sparse-spectrum GP with fixed frequencies).
+    Maps ``... x d`` to ``... x D``.
+    """
+
+    def __init__(self, d: int, n_features: int, lengthscale: float, seed: int = 0, dtype=None, device=None):
+        super().__init__()
+        if not (isinstance(n_features, int) and n_features > 0):
+            raise ValueError(f"n_features must be a positive integer, got {n_features!r}.")
+        if not lengthscale > 0:
+            raise ValueError(f"lengthscale must be positive, got {lengthscale!r}.")
+        g = torch.Generator().manual_seed(seed)
+        kw = {"dtype": dtype or torch.get_default_dtype()}
+        self.register_buffer("omega", torch.randn(n_features, d, generator=g, **kw).to(device))
+        self.register_buffer("phase", (2 * torch.pi * torch.rand(n_features, generator=g, **kw)).to(device))
+        self.log_lengthscale = nn.Parameter(torch.full((d,), float(lengthscale), **kw).log().to(device))
+
+    @property
+    def n_features(self) -> int:
+        return self.omega.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = (x / self.log_lengthscale.exp()) @ self.omega.T + self.phase
+        return (2.0 / self.n_features) ** 0.5 * torch.cos(z)
+
+
+def dim_scaled_lengthscale_prior(d: int) -> tuple[float, float]:
+    """``(loc, scale)`` of the LogNormal lengthscale prior of Hvarfner et al. 2024,
+    ``LogNormal(√2 + log(d) / 2, √3)``, BoTorch's GP default since 0.12: lengthscales
+    grow like ``√d``, which keeps a high-dimensional model from treating every
+    unexplored point as unrelated to the data."""
+    return 2**0.5 + 0.5 * math.log(d), 3**0.5
+
+
+def rff_network(
+    d: int, m: int, n_features: int = RFF_FEATURES, seed: int = 0, dtype=None, device=None
+) -> nn.Sequential:
+    """Random Fourier features (:class:`RandomFourierFeatures`) then ``D -> m`` linear.
+
+    The lengthscales start at the mode of the dimension-scaled prior
+    (:func:`dim_scaled_lengthscale_prior`), as BoTorch's GP does.
+    """
+    loc, scale = dim_scaled_lengthscale_prior(d)
+    features = RandomFourierFeatures(d, n_features, math.exp(loc - scale**2), seed, dtype, device)
+    return nn.Sequential(features, nn.Linear(n_features, m)).to(dtype=dtype, device=device)
 
 
 def rbf_centres(X: Tensor, n_centres: int) -> Tensor:
