@@ -6,7 +6,8 @@ last layer), tunes the prior precision and noise by the marginal likelihood and
 prints the predictive mean ± two standard deviations at a few test inputs:
 inside the data the uncertainty is small, outside it grows.
 
-Run: ``make demo`` (or ``python examples/quickstart.py``).
+Run from the repository root: ``.venv/bin/python examples/quickstart.py`` (``make test``
+or ``make demo`` creates ``.venv``; ``make demo`` itself runs ``labo demo``, the BO demo).
 """
 
 import torch

@@ -321,7 +321,7 @@ def demo(
     budget_scale: float = typer.Option(0.25, help="Fraction of the suite's BO evaluations to run."),
     resume: bool = typer.Option(False, help="Continue an interrupted demo instead of starting over."),
 ) -> None:
-    """LaplaceModel vs SingleTaskGP vs Sobol on Branin and Hartmann6 (about 3 minutes on 2 cores).
+    """LaplaceModel vs SingleTaskGP vs Sobol on Branin and Hartmann6 (about 2 minutes on 2 cores).
 
     A reduced version of `labo bench` (fewer seeds, a fraction of the budget, a lighter
     acquisition optimisation: 4 restarts, 128 raw samples). Prints a table of final

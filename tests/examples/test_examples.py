@@ -51,7 +51,7 @@ def floats_after(label: str, text: str) -> list[float]:
 def test_every_example_has_a_test_and_a_docstring():
     names = {p.stem for p in EXAMPLES.glob("*.py")}
     tested = {
-        "quickstart",  # run by `make demo`
+        "quickstart",  # no --smoke: it is short already
         "botorch_loop",
         "ax_loop",
         "high_dimensional",
@@ -66,6 +66,19 @@ def test_every_example_has_a_test_and_a_docstring():
         assert source.startswith('"""'), f"{p.name} has no module docstring"
         if p.stem != "quickstart":
             assert "--smoke" in source, f"{p.name} has no --smoke flag"
+
+
+def test_quickstart():
+    """The six posteriors print; inside the data [-1, 1] the band is narrower than outside it."""
+    out = run_example("quickstart")
+    assert "MAP network trained on n=60 points in [-1, 1]" in out and "true sin(3x)" in out
+    rows = [line for line in out.splitlines() if line.startswith(("AllWeights()", "LastLayer()"))]
+    assert len(rows) == 6
+    for row in rows:
+        widths = [float(v) for v in re.findall(r"±([0-9.]+)", row)]  # at x = -2, -1, 0, 0.5, 1, 2
+        assert len(widths) == 6 and max(widths[2], widths[3]) < min(widths[0], widths[5])
+    source = (EXAMPLES / "quickstart.py").read_text()
+    assert "Run: ``make demo``" not in source and "examples/quickstart.py" in source
 
 
 def test_laplace_core_writes_png_only_when_asked(tmp_path):
