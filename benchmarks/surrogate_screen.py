@@ -89,6 +89,11 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         kwargs["network"] = "rbf"
     if "rff" in parts:
         kwargs["network"] = "rff"
+    for part in parts:  # rff<D>: that many random features, e.g. rff2048
+        if part.startswith("rff") and part[3:].isdigit():
+            from labo.surrogates.networks import rff_network
+
+            kwargs["network"] = rff_network(d, 1, n_features=int(part[3:]), dtype=X.dtype)
     if "sphere" in parts:
         kwargs["network"] = _sphere_network(d, 1, X.dtype)
     if "ll" in parts:

@@ -33,7 +33,13 @@ from labo.laplace.subnetworks import WeightStrategy, by_module, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.surrogates.model_posterior import PosteriorMixin
 from labo.surrogates.model_support import ChecksMixin, ConditioningMixin, check_training_data
-from labo.surrogates.networks import RBF_BAYESIAN_LAYERS, default_network, rbf_network, rff_network
+from labo.surrogates.networks import (
+    RBF_BAYESIAN_LAYERS,
+    default_network,
+    is_rff_network,
+    rbf_network,
+    rff_network,
+)
 
 # Where the weight prior can be centred (the ``prior_mean`` argument).
 PRIOR_MEANS = ("zero", "init")
@@ -150,16 +156,15 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
             raise ValueError(f"network must be an nn.Module or one of {NETWORKS}, got {network!r}.")
         # network="rff": a Bayesian last layer on random Fourier features, every
         # hyperparameter tuned on its exact evidence (labo.surrogates.feature_evidence).
-        self.evidence_fit = network == "rff" and weights is None and train_Yvar is None
+        if network == "rff":
+            network = rff_network(d, m, dtype=train_X.dtype, device=train_X.device)
+        self.evidence_fit = is_rff_network(network) and weights is None and train_Yvar is None
+        if is_rff_network(network) and weights is None:
+            weights, structure = LastLayer(), structure or Full()
         if network == "rbf":
             network = rbf_network(X_tf, m)
             if weights is None:
                 weights = by_module(network, names=list(RBF_BAYESIAN_LAYERS))
-        elif network == "rff":
-            network = rff_network(d, m, dtype=train_X.dtype, device=train_X.device)
-            if weights is None:
-                weights = LastLayer()
-                structure = structure or Full()
         elif network is None or network == "mlp":
             network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
         if prior_mean not in PRIOR_MEANS:

@@ -124,6 +124,17 @@ def rff_network(
     return nn.Sequential(features, nn.Linear(n_features, m)).to(dtype=dtype, device=device)
 
 
+def is_rff_network(network) -> bool:
+    """Whether ``network`` is ``nn.Sequential(RandomFourierFeatures, nn.Linear)`` (as built by
+    :func:`rff_network`): ``LaplaceModel`` then fits it on the exact evidence."""
+    return (
+        isinstance(network, nn.Sequential)
+        and len(network) == 2
+        and isinstance(network[0], RandomFourierFeatures)
+        and isinstance(network[1], nn.Linear)
+    )
+
+
 def rbf_centres(X: Tensor, n_centres: int) -> Tensor:
     """``n_centres`` rows of ``X`` drawn without replacement; when ``X`` has fewer rows,
     all of them plus uniform draws in the bounding box of ``X``."""
