@@ -96,6 +96,10 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
             kwargs["network"] = rff_network(d, 1, n_features=int(part[3:]), dtype=X.dtype)
     if "sphere" in parts:
         kwargs["network"] = _sphere_network(d, 1, X.dtype)
+    if "func" in parts:
+        from labo.laplace import Functional
+
+        kwargs["structure"] = Functional()
     if "ll" in parts:
         from labo.laplace import LastLayer
 

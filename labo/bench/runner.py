@@ -17,7 +17,7 @@ One *run* optimises one objective with one method and one seed. Methods:
 - ``laplace-rbf-all``: the same network with every weight Bayesian (``AllWeights()``),
   the centres and the lengthscale too (under Kron, past 250 rows, as one full GGN block,
   ``Kron(rest="auto")``, through the closed form of ``labo.laplace.rbf``; see
-  ``docs/benchmarks.md``, "The centres as one full Kron block").
+  ``docs/research-log.md``, "The centres as one full Kron block").
 - ``laplace-rff``: ``LaplaceModel(network="rff")``, a Bayesian last layer on random Fourier
   features whose ARD lengthscales, prior precision and noise are tuned on the exact
   evidence (``labo.surrogates.feature_evidence``).

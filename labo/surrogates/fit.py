@@ -19,7 +19,7 @@ are re-tuned on every fit.
 
 Adam or L-BFGS: L-BFGS gets much closer to the minimum of the loss, which the
 Laplace posterior assumes (on 40 Branin points: held-out RMSE 0.05 vs 0.11 in
-standardised units, tuned noise 0.02 vs 0.09; ``benchmarks/map_training.py``),
+standardised units, tuned noise 0.02 vs 0.09; ``benchmarks/diagnostics/map_training.py``),
 and BO on Branin improves (log10 regret −1.80 ± 0.25 vs −1.17 ± 0.14, 10 seeds),
 but on Hartmann6 it is worse (−0.07 ± 0.10 vs −0.26 ± 0.07), and on a 2-D
 quadratic whose optimum lies near an edge the sharper fit extrapolates toward

@@ -160,7 +160,7 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
             network = rff_network(d, m, dtype=train_X.dtype, device=train_X.device)
         self.evidence_fit = is_rff_network(network) and weights is None and train_Yvar is None
         if is_rff_network(network) and weights is None:
-            weights, structure = LastLayer(), structure or Full()
+            weights = LastLayer()  # its default structure, Functional or Kron, is exact here
         if network == "rbf":
             network = rbf_network(X_tf, m)
             if weights is None:

@@ -14,7 +14,7 @@ default Kron posterior handles with 1000x1000 and 64x64 factors.
 Its features vanish away from the centres, so the network's mean flattens and its
 predictive variance settles away from the data, as a stationary GP's do; the MLP's
 mean keeps rising towards the faces of the box, where qLogNEI's candidates then pile
-up (``docs/benchmarks.md``, "What pushes the default model's candidates onto the
+up (``docs/research-log.md``, "What pushes the default model's candidates onto the
 bounds"). By default only its two linear layers are Bayesian (``RBF_BAYESIAN_LAYERS``)
 and the centres and the lengthscale are fitted by MAP training; with every weight
 Bayesian under Kron the centres get a closed-form predictive (``labo.laplace.rbf``).

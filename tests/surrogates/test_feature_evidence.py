@@ -15,6 +15,7 @@ import torch
 from botorch.acquisition import qLogNoisyExpectedImprovement
 from botorch.models.transforms import Standardize
 
+from labo.laplace import Full
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 from labo.surrogates.feature_evidence import blr_log_evidence, blr_posterior_mean
 from labo.surrogates.networks import RandomFourierFeatures, dim_scaled_lengthscale_prior, rff_network
@@ -75,9 +76,14 @@ def _data(n=25, d=3, seed=0):
     return X, Y
 
 
-def test_fitted_model_is_the_exact_blr_posterior_and_its_lml_is_labos():
-    X, Y = _data()
-    model = fit_laplace_model(LaplaceModel(X, Y, network="rff"), FitOptions(evidence_iters=30))
+@pytest.mark.parametrize("n, structure", [(25, "Functional"), (300, "Kron"), (25, "Full")])
+def test_fitted_model_is_the_exact_blr_posterior_and_its_lml_is_labos(n, structure):
+    """Functional (few rows) and Kron (more) are the defaults; both are exact for a last layer."""
+    X, Y = _data(n=n)
+    net = rff_network(3, 1, n_features=64, dtype=D64)
+    kw = {"structure": Full()} if structure == "Full" else {}
+    model = fit_laplace_model(LaplaceModel(X, Y, network=net, **kw), FitOptions(evidence_iters=30))
+    assert type(model.laplace.structure).__name__ == structure
     la = model.laplace
     Z = (Y - model.y_mean) / model.y_scale
     feats = model.network[0]
@@ -92,7 +98,7 @@ def test_fitted_model_is_the_exact_blr_posterior_and_its_lml_is_labos():
         float(blr_log_evidence(Phi, Z, lam, s2)), rel=1e-8
     )
     # the posterior over f at new points is the BLR posterior (in z-space, times y_scale²)
-    Xt = torch.rand(7, 3, dtype=D64)
+    Xt = torch.rand(7, 3, dtype=D64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         Pt = torch.cat([feats(Xt), torch.ones(7, 1, dtype=D64)], -1)
         cov = Pt @ torch.linalg.inv(Phi.T @ Phi / s2 + lam * torch.eye(Phi.shape[1], dtype=D64)) @ Pt.T
