@@ -52,45 +52,75 @@ def split_feature_network(network: nn.Module) -> tuple[nn.Module, nn.Linear]:
 def blr_log_evidence(Phi: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor) -> Tensor:
     """Exact log marginal likelihood of Bayesian linear regression, summed over outputs.
 
-    ``Z[:, k] ~ N(0, Φ Φᵀ / λ + σ² I)`` independently for each output ``k``.
+    ``Z[:, k] ~ N(0, Φ Φᵀ / λ + diag(σ²_k))`` independently for each output ``k``.
 
     Args:
         Phi: ``n x D`` design matrix (features, bias column included).
         Z: ``n x m`` targets.
         prior_precision: Scalar ``λ`` (weights ``N(0, 1/λ)``).
-        noise_var: Scalar ``σ²``.
+        noise_var: Scalar ``σ²``, or ``n x m`` known noise variances.
 
     Returns:
         Scalar tensor.
     """
+    if noise_var.dim() > 0:  # known, per-row noise: one output at a time
+        return sum(
+            _evidence(Phi, Z[:, k : k + 1], prior_precision, noise_var[:, k]) for k in range(Z.shape[-1])
+        )
+    return _evidence(Phi, Z, prior_precision, noise_var)
+
+
+def blr_posterior_mean(Phi: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor) -> Tensor:
+    """``D x m`` posterior mean weights of Bayesian linear regression (the MAP).
+
+    ``noise_var``: scalar ``σ²`` or ``n x m`` known noise variances."""
+    if noise_var.dim() > 0:
+        cols = [_mean(Phi, Z[:, k : k + 1], prior_precision, noise_var[:, k]) for k in range(Z.shape[-1])]
+        return torch.cat(cols, -1)
+    return _mean(Phi, Z, prior_precision, noise_var)
+
+
+def _evidence(Phi: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor) -> Tensor:
+    """The evidence for a scalar ``noise_var`` or a vector ``(n,)`` of them."""
     n, D = Phi.shape
     m = Z.shape[-1]
+    eye_n = torch.eye(n, dtype=Phi.dtype, device=Phi.device)
     if n <= D:  # kernel form
-        K = Phi @ Phi.T / prior_precision + noise_var * torch.eye(n, dtype=Phi.dtype, device=Phi.device)
+        K = (
+            Phi @ Phi.T / prior_precision + noise_var * eye_n
+            if noise_var.dim() == 0
+            else (Phi @ Phi.T / prior_precision + torch.diag(noise_var))
+        )
         L = torch.linalg.cholesky(K)
         alpha = torch.cholesky_solve(Z, L)
         return -0.5 * (Z * alpha).sum() - m * L.diagonal().log().sum() - 0.5 * n * m * math.log(2 * math.pi)
-    A = Phi.T @ Phi / noise_var + prior_precision * torch.eye(D, dtype=Phi.dtype, device=Phi.device)
+    w = (1.0 / noise_var).expand(n)
+    A = (Phi.T * w) @ Phi + prior_precision * torch.eye(D, dtype=Phi.dtype, device=Phi.device)
     L = torch.linalg.cholesky(A)
-    M = torch.cholesky_solve(Phi.T @ Z / noise_var, L)
-    fit = (Z - Phi @ M).pow(2).sum()
+    M = torch.cholesky_solve((Phi.T * w) @ Z, L)
+    fit = ((Z - Phi @ M).pow(2) * w.unsqueeze(-1)).sum()
     return (
-        -0.5 * n * m * torch.log(2 * math.pi * noise_var)
-        - 0.5 * fit / noise_var
+        -0.5 * m * torch.log(2 * math.pi * noise_var.expand(n)).sum()
+        - 0.5 * fit
         - 0.5 * prior_precision * M.pow(2).sum()
         - m * L.diagonal().log().sum()
         + 0.5 * m * D * prior_precision.log()
     )
 
 
-def blr_posterior_mean(Phi: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor) -> Tensor:
-    """``D x m`` posterior mean weights of Bayesian linear regression (the MAP)."""
+def _mean(Phi: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor) -> Tensor:
     n, D = Phi.shape
     if n <= D:
-        K = Phi @ Phi.T / prior_precision + noise_var * torch.eye(n, dtype=Phi.dtype, device=Phi.device)
+        noise = (
+            noise_var * torch.eye(n, dtype=Phi.dtype, device=Phi.device)
+            if noise_var.dim() == 0
+            else (torch.diag(noise_var))
+        )
+        K = Phi @ Phi.T / prior_precision + noise
         return Phi.T @ torch.cholesky_solve(Z, torch.linalg.cholesky(K)) / prior_precision
-    A = Phi.T @ Phi / noise_var + prior_precision * torch.eye(D, dtype=Phi.dtype, device=Phi.device)
-    return torch.cholesky_solve(Phi.T @ Z / noise_var, torch.linalg.cholesky(A))
+    w = (1.0 / noise_var).expand(n)
+    A = (Phi.T * w) @ Phi + prior_precision * torch.eye(D, dtype=Phi.dtype, device=Phi.device)
+    return torch.cholesky_solve((Phi.T * w) @ Z, torch.linalg.cholesky(A))
 
 
 def _design(features: nn.Module, X: Tensor) -> Tensor:
@@ -98,15 +128,19 @@ def _design(features: nn.Module, X: Tensor) -> Tensor:
     return torch.cat([F, torch.ones_like(F[:, :1])], -1)
 
 
-def fit_feature_evidence(model, X: Tensor, Z: Tensor, max_iter: int, min_noise_std: float) -> dict:
+def fit_feature_evidence(
+    model, X: Tensor, Z: Tensor, max_iter: int, min_noise_std: float, noise_var: Tensor | None = None
+) -> dict:
     """Tune the feature parameters, ``λ`` and ``σ`` on the exact evidence (MAP-II), set the
     last layer to the posterior mean and fit the Laplace posterior. In place.
 
     Args:
         model: A ``LaplaceModel`` whose network is ``nn.Sequential(features, nn.Linear)``
-            with the last layer Bayesian (``network="rff"``) and no fixed noise.
+            with the last layer Bayesian (``network="rff"``).
         X: ``n x d`` transformed training inputs.
         Z: ``n x m`` standardised targets.
+        noise_var: ``n x m`` known noise variances (standardised units), or ``None``
+            to tune one noise level.
         max_iter: L-BFGS iterations.
         min_noise_std: Floor of the noise standard deviation (standardised units).
 
@@ -131,17 +165,20 @@ def fit_feature_evidence(model, X: Tensor, Z: Tensor, max_iter: int, min_noise_s
 
     def objective() -> Tensor:
         Phi = _design(features, X)
-        sigma = noise_std(log_noise)
-        value = blr_log_evidence(Phi, Z, log_prior.exp(), sigma.pow(2))
-        log_var = 2 * sigma.log()
-        value = value - 0.5 * (log_var + 4.0).pow(2) - log_var  # LogNormal(-4, 1) on σ²
+        if noise_var is not None:
+            value = blr_log_evidence(Phi, Z, log_prior.exp(), noise_var)
+        else:
+            sigma = noise_std(log_noise)
+            value = blr_log_evidence(Phi, Z, log_prior.exp(), sigma.pow(2))
+            log_var = 2 * sigma.log()
+            value = value - 0.5 * (log_var + 4.0).pow(2) - log_var  # LogNormal(-4, 1) on σ²
         value = value - 0.5 * ((log_prior - _LOG_PRIOR_LOC) / _LOG_PRIOR_SCALE).pow(2)
         for f, loc, scale in ls_prior:  # LogNormal(loc, scale) on each lengthscale
             log_ls = f.log_lengthscale
             value = value - (0.5 * ((log_ls - loc) / scale).pow(2) + log_ls).sum()
         return -value / Z.numel()
 
-    params = [*feature_params, log_prior, log_noise]
+    params = [*feature_params, log_prior] + ([log_noise] if noise_var is None else [])
     saved = [p.detach().clone() for p in params]
     history: list[float] = []
     opt = torch.optim.LBFGS(
@@ -178,10 +215,13 @@ def fit_feature_evidence(model, X: Tensor, Z: Tensor, max_iter: int, min_noise_s
     with torch.no_grad():
         prior, sigma = log_prior.exp(), noise_std(log_noise)
         Phi = _design(features, X)
-        M = blr_posterior_mean(Phi, Z, prior, sigma.pow(2))
+        M = blr_posterior_mean(Phi, Z, prior, sigma.pow(2) if noise_var is None else noise_var)
         head.weight.copy_(M[:-1].T)
         head.bias.copy_(M[-1])
     la.prior_precision = prior.detach()
-    la.noise_std = sigma.detach()
-    la.fit(X, Z)
+    if noise_var is None:
+        la.noise_std = sigma.detach()
+        la.fit(X, Z)
+    else:
+        la.fit(X, Z, noise_var=noise_var)
     return {"steps": steps, "seconds": time.perf_counter() - t0, "lml_history": history}

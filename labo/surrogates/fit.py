@@ -418,8 +418,9 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     train_steps, history = [], []
     fixed_noise = model.train_Yvar is not None
     if model.evidence_fit:  # network="rff": exact evidence of the last layer on its features
+        known = (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12) if fixed_noise else None
         info = fit_feature_evidence(
-            model, X, Z, max_iter=opts.evidence_iters, min_noise_std=opts.min_noise_std
+            model, X, Z, max_iter=opts.evidence_iters, min_noise_std=opts.min_noise_std, noise_var=known
         )
         train_steps, history = [info["steps"]], info["lml_history"]
         rounds = 0

@@ -158,7 +158,7 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         # hyperparameter tuned on its exact evidence (labo.surrogates.feature_evidence).
         if network == "rff":
             network = rff_network(d, m, dtype=train_X.dtype, device=train_X.device)
-        self.evidence_fit = is_rff_network(network) and weights is None and train_Yvar is None
+        self.evidence_fit = is_rff_network(network) and weights is None
         if is_rff_network(network) and weights is None:
             weights = LastLayer()  # its default structure, Functional or Kron, is exact here
         if network == "rbf":

@@ -143,3 +143,38 @@ def test_rff_model_gives_acquisition_gradients():
     Xc = torch.rand(4, 2, 3, dtype=D64, requires_grad=True)
     acqf(Xc).sum().backward()
     assert Xc.grad is not None and torch.isfinite(Xc.grad).all() and Xc.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("n", [6, 30])  # kernel and weight forms
+def test_blr_evidence_with_known_per_row_noise(n):
+    g = torch.Generator().manual_seed(n)
+    Phi = torch.randn(n, 12, generator=g, dtype=D64)
+    Z = torch.randn(n, 2, generator=g, dtype=D64)
+    lam = torch.tensor(0.8, dtype=D64)
+    noise = 0.1 + torch.rand(n, 2, generator=g, dtype=D64)
+    expected, means = 0.0, []
+    for k in range(2):
+        K = Phi @ Phi.T / lam + torch.diag(noise[:, k])
+        expected += torch.distributions.MultivariateNormal(torch.zeros(n, dtype=D64), K).log_prob(Z[:, k])
+        A = (Phi.T / noise[:, k]) @ Phi + lam * torch.eye(12, dtype=D64)
+        means.append(torch.linalg.solve(A, (Phi.T / noise[:, k]) @ Z[:, k : k + 1]))
+    assert blr_log_evidence(Phi, Z, lam, noise) == pytest.approx(float(expected), rel=1e-10)
+    assert torch.allclose(blr_posterior_mean(Phi, Z, lam, noise), torch.cat(means, -1))
+
+
+def test_known_noise_model_keeps_the_noise_and_is_the_exact_posterior():
+    X, Y = _data(n=20)
+    Yvar = torch.full_like(Y, 0.01)
+    net = rff_network(3, 1, n_features=32, dtype=D64)
+    model = fit_laplace_model(LaplaceModel(X, Y, Yvar, network=net), FitOptions(evidence_iters=20))
+    assert model.evidence_fit and bool(model.laplace.fixed_noise)
+    Z = (Y - model.y_mean) / model.y_scale
+    with torch.no_grad():
+        Phi = torch.cat([net[0](X), torch.ones(20, 1, dtype=D64)], -1)
+    known = Yvar / model.y_scale.pow(2)
+    M = blr_posterior_mean(Phi, Z, model.laplace.prior_precision, known)
+    assert torch.allclose(net[-1].weight.detach(), M[:-1].T, atol=1e-8)
+    lml = float(model.laplace.log_marginal_likelihood())
+    assert lml == pytest.approx(
+        float(blr_log_evidence(Phi, Z, model.laplace.prior_precision, known)), rel=1e-8
+    )
