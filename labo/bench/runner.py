@@ -2,16 +2,18 @@
 
 One *run* optimises one objective with one method and one seed. Methods:
 
-- ``laplace``: :class:`~labo.surrogates.LaplaceModel` with its default configuration,
-  warm-started from the previous iteration's model (``fit_laplace_model``).
-- ``laplace-ll`` / ``laplace-kron`` / ``laplace-functional``: the main variants
+- ``laplace``: :class:`~labo.surrogates.LaplaceModel` with its default configuration
+  (``network="rff"``), warm-started from the previous iteration's model (``fit_laplace_model``).
+- ``laplace-mlp``: the MLP d-64-64-m with every weight Bayesian (``network="mlp"``), the
+  default before ``"rff"``.
+- ``laplace-ll`` / ``laplace-kron`` / ``laplace-functional``: the MLP's main variants
   (last-layer weights; Kron over all weights; the function-space posterior).
-- ``laplace-lbfgs``: the default model with its network trained by L-BFGS instead of
-  Adam (``FitOptions(optimizer="lbfgs")``).
-- ``laplace-ard``: the default model with one prior precision per input for the first
-  layer's weights (``FitOptions(prior="ard")``).
-- ``laplace-init``: the default model with its weight prior centred at the network's
-  initial weights instead of zero (``LaplaceModel(prior_mean="init")``).
+- ``laplace-lbfgs``: the MLP with its network trained by L-BFGS instead of Adam
+  (``FitOptions(optimizer="lbfgs")``).
+- ``laplace-ard``: the MLP with one prior precision per input for the first layer's
+  weights (``FitOptions(prior="ard")``).
+- ``laplace-init``: the MLP with its weight prior centred at the network's initial
+  weights instead of zero (``LaplaceModel(prior_mean="init")``).
 - ``laplace-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around
   learnable centres, then a tanh layer; its two linear layers are Bayesian.
 - ``laplace-rbf-all``: the same network with every weight Bayesian (``AllWeights()``),
@@ -61,6 +63,7 @@ from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
 METHODS = (
     "laplace",
+    "laplace-mlp",
     "laplace-ll",
     "laplace-kron",
     "laplace-functional",
@@ -75,12 +78,13 @@ METHODS = (
 )
 _LAPLACE_VARIANTS = {
     "laplace": {},
-    "laplace-ll": {"weights": LastLayer()},
-    "laplace-kron": {"structure": Kron()},
-    "laplace-functional": {"structure": Functional()},
-    "laplace-lbfgs": {},
-    "laplace-ard": {},
-    "laplace-init": {"prior_mean": "init"},
+    "laplace-mlp": {"network": "mlp"},
+    "laplace-ll": {"network": "mlp", "weights": LastLayer()},
+    "laplace-kron": {"network": "mlp", "structure": Kron()},
+    "laplace-functional": {"network": "mlp", "structure": Functional()},
+    "laplace-lbfgs": {"network": "mlp"},
+    "laplace-ard": {"network": "mlp"},
+    "laplace-init": {"network": "mlp", "prior_mean": "init"},
     "laplace-rbf": {"network": "rbf"},
     "laplace-rbf-all": {"network": "rbf", "weights": AllWeights()},
     "laplace-rff": {"network": "rff"},

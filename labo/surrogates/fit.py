@@ -17,19 +17,19 @@ data): one round, starting from the previous weights and hyperparameters, with a
 smaller step budget, so a refit costs a fraction of a fresh fit. Hyperparameters
 are re-tuned on every fit.
 
-Adam or L-BFGS: L-BFGS gets much closer to the minimum of the loss, which the
-Laplace posterior assumes (on 40 Branin points: held-out RMSE 0.05 vs 0.11 in
-standardised units, tuned noise 0.02 vs 0.09; ``benchmarks/diagnostics/map_training.py``),
-and BO on Branin improves (log10 regret −1.80 ± 0.25 vs −1.17 ± 0.14, 10 seeds),
-but on Hartmann6 it is worse (−0.07 ± 0.10 vs −0.26 ± 0.07), and on a 2-D
-quadratic whose optimum lies near an edge the sharper fit extrapolates toward
-the edge and BO stays there. So Adam stays the default (docs/benchmarks.md).
+Adam or L-BFGS: L-BFGS gets closer to the minimum of the loss, which the Laplace
+posterior assumes, but its sharper fit also extrapolates more (BO stayed on an edge
+of a 2-D quadratic), so Adam stays the MAP default (docs/research-log.md).
 
-Noise floor: on noiseless objectives a network that interpolates its data
-drives the marginal-likelihood noise to zero; with a repeated point the
-posterior then collapses everywhere and BO proposes the same point forever
-(seen with L-BFGS on Branin). ``min_noise_std`` (0.01 in standardised units,
-BoTorch's ``1e-4`` noise-variance floor for GPs) prevents it.
+The default network, ``network="rff"``, skips all of this: its last layer on fixed
+features has an exact evidence, tuned with the features' lengthscales by
+:func:`labo.surrogates.feature_evidence.fit_feature_evidence` (only
+``evidence_iters`` and ``min_noise_std`` of :class:`FitOptions` apply to it).
+
+Noise floor: on noiseless objectives a model that interpolates its data drives
+the marginal-likelihood noise to zero, the posterior collapses and BO proposes
+one point forever. ``min_noise_std`` (0.01 in standardised units, BoTorch's
+``1e-4`` noise-variance floor for GPs) prevents it.
 
 Early stopping: Adam stops when the loss has not improved by more than
 ``rel_tol`` (relative) for ``patience`` consecutive steps, or at the step limit;
@@ -48,7 +48,9 @@ from torch import Tensor
 
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
 from labo.surrogates.feature_evidence import fit_feature_evidence
+from labo.surrogates.map_training import train_map
 from labo.surrogates.model import LaplaceModel
+from labo.surrogates.priors import fanin_prior_base, function_space_scale, log_hyperprior
 
 
 @dataclass
@@ -156,227 +158,6 @@ _DEFAULT_STEPS = {"lbfgs": (1000, 200), "adam": (2000, 400)}
 PRIORS = ("scalar", "ard", "fanin", "function")
 
 
-def fanin_prior_base(la) -> Tensor:
-    """Per-tensor prior precisions proportional to the fan-in (the NTK scaling).
-
-    A Linear layer's weight gets its ``in_features``; every other selected tensor
-    (biases, non-Linear parameters) gets 1. With prior precision ``c · fan_in`` a unit's
-    pre-activation has prior variance ``‖a‖² / (c · fan_in)``: O(1) whatever the width
-    of the layer below or the input dimension, where one shared precision lets the
-    first layer's term grow with ``d`` (and with ``‖x‖²`` towards the corners).
-
-    Returns:
-        ``(T,)`` tensor, one value per selected tensor of ``la.subset``.
-    """
-    fan_in = {}
-    for name, module in la.network.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            fan_in[f"{name}.weight" if name else "weight"] = float(module.in_features)
-    values = [fan_in.get(s.name, 1.0) for s in la.subset.selected]
-    return torch.tensor(values, dtype=la.theta_map.dtype, device=la.theta_map.device)
-
-
-def function_space_scale(la, X: Tensor, base: Tensor, n_points: int = 256) -> Tensor:
-    """``c`` such that the prior ``c · base`` gives a mean linearised prior variance of 1.
-
-    The prior predictive variance of the linearised network at ``x`` is
-    ``Σ_t ‖J_t(x)‖² / (c · base_t)`` (``J_t``: Jacobian w.r.t. the selected entries of
-    tensor ``t`` at the current weights, averaged over outputs). It is averaged over
-    ``n_points`` uniform points of the box: the unit cube when the inputs ``X`` lie in
-    it (as after ``Normalize``), else their bounding box. Drawn from a fixed generator,
-    so the same network gives the same ``c``.
-
-    Args:
-        la: The ``LaplaceApproximation`` (its network at the MAP weights).
-        X: ``n x d`` model-space training inputs (they set the box).
-        base: ``(T,)`` per-tensor base precisions (:func:`fanin_prior_base`).
-        n_points: Number of box points.
-
-    Returns:
-        Scalar tensor ``c``.
-    """
-    from torch.func import functional_call, jacrev, vmap
-
-    net = la.network
-    lo, hi = X.min(0).values, X.max(0).values
-    if bool((lo >= 0).all() and (hi <= 1).all()):
-        lo, hi = torch.zeros_like(lo), torch.ones_like(hi)
-    g = torch.Generator().manual_seed(0)
-    U = torch.rand(n_points, X.shape[-1], generator=g, dtype=torch.float64).to(X)
-    box = lo + U * (hi - lo)
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    names = [s.name for s in la.subset.selected]
-
-    def f(sel: dict, x: Tensor) -> Tensor:
-        return functional_call(net, {**params, **sel}, (x.unsqueeze(0),)).squeeze(0)
-
-    with torch.no_grad():
-        jac = vmap(jacrev(f), in_dims=(None, 0))({k: params[k] for k in names}, box)
-    total = torch.zeros((), dtype=X.dtype, device=X.device)
-    for s, b in zip(la.subset.selected, base, strict=True):
-        J = jac[s.name].reshape(n_points, -1, params[s.name].numel())
-        if s.index is not None:
-            J = J[..., s.index]
-        total = total + J.pow(2).sum(-1).mean() / b
-    return total.clamp_min(1e-12)
-
-
-def _hyperprior(opts: FitOptions, base: Tensor | None):
-    """The log hyperprior density of :class:`FitOptions`, or ``None`` (type-II ML)."""
-    if opts.hyperprior_std is None and not opts.noise_prior:
-        return None
-
-    def log_density(prior: Tensor, noise: Tensor) -> Tensor:
-        out = torch.zeros((), dtype=prior.dtype, device=prior.device)
-        if opts.hyperprior_std is not None and base is not None:
-            log_c = (prior / base).log().mean()
-            out = out - 0.5 * (log_c / opts.hyperprior_std).pow(2)
-        if opts.noise_prior:  # LogNormal(-4, 1) on the noise variance, as BoTorch's GP default
-            log_var = 2 * noise.log()
-            out = out + (-0.5 * (log_var + 4.0).pow(2) - log_var).sum()
-        return out
-
-    return log_density
-
-
-def train_map(
-    model: LaplaceModel, X: Tensor, Z: Tensor, opts: FitOptions, max_epochs: int, lr: float | None = None
-) -> dict:
-    """Full-batch training on the negative log joint; returns steps taken and the final loss.
-
-    By L-BFGS or Adam (``opts.optimizer``), at most ``max_epochs`` steps. The network
-    ends at the lowest-loss weights seen, so a warm refit never returns weights worse
-    than it started from.
-    """
-    la = model.laplace
-    net = model.network
-    params = [p for p in net.parameters() if p.requires_grad]
-    subset = la.subset
-    train_prior = model.map_prior_precision
-    prior_vec = la._expand_prior((la.prior_precision if train_prior is None else train_prior).detach())
-    other_prior = float(prior_vec.mean())
-    noise_var = model.z_noise_var.detach()
-    weights = None
-    if model.train_Yvar is not None:
-        weights = 1.0 / (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12)
-    n = X.shape[0]
-
-    anchor = model.anchor_parameters()  # the prior's centre (zeros or the initial weights)
-    theta0 = la.prior_mean
-
-    def objective() -> Tensor:
-        resid2 = (net(X) - Z).pow(2)
-        data = 0.5 * (resid2 * weights).sum() if weights is not None else 0.5 * (resid2 / noise_var).sum()
-        sel = torch.cat([_selected(p, s) for p, s in _selected_pairs(net, subset)])
-        prior = 0.5 * (prior_vec * (sel - theta0).pow(2)).sum()
-        rest = sum(
-            (
-                (p - anchor[name]).pow(2).sum()
-                for name, p in net.named_parameters()
-                if p.requires_grad and not subset.is_whole(name)
-            ),
-            start=torch.zeros((), dtype=X.dtype, device=X.device),
-        )
-        rest = rest - _partial_selected_sq(net, subset, anchor)
-        return (data + prior + 0.5 * other_prior * rest) / n
-
-    if opts.optimizer == "lbfgs":
-        return _train_lbfgs(objective, params, max_epochs)
-    lr = opts.lr if lr is None else lr
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, max_epochs, eta_min=lr * 1e-2)
-        if opts.cosine
-        else None
-    )
-    best, since_best, steps = float("inf"), 0, 0
-    lowest, lowest_params = float("inf"), None
-    for steps in range(1, max_epochs + 1):  # noqa: B007 - steps is reported
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        loss_value = float(loss.detach())
-        if loss_value < lowest:  # the weights before this step
-            lowest, lowest_params = loss_value, [p.detach().clone() for p in params]
-        opt.step()
-        if sched is not None:
-            sched.step()
-        if best == float("inf") or loss_value < best - opts.rel_tol * abs(best):
-            best, since_best = loss_value, 0
-        else:
-            since_best += 1
-            if since_best >= opts.patience:
-                break
-    with torch.no_grad():
-        final = float(objective())
-        if lowest_params is not None and lowest < final:
-            for p, q in zip(params, lowest_params, strict=True):
-                p.copy_(q)
-            final = lowest
-    return {"steps": steps, "loss": final}
-
-
-def _train_lbfgs(objective, params: list[Tensor], max_steps: int) -> dict:
-    """Full-batch L-BFGS (strong-Wolfe line search) from the current weights.
-
-    The line search only accepts steps that decrease the loss, so the weights never
-    end worse than they started; a non-finite loss restores the starting weights.
-    """
-    with torch.no_grad():
-        start_loss = float(objective())
-    if max_steps == 0 or not params:
-        return {"steps": 0, "loss": start_loss}
-    start = [p.detach().clone() for p in params]
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_steps,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        history_size=50,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    steps = int(opt.state[params[0]].get("n_iter", 0))
-    with torch.no_grad():
-        final = float(objective())
-        if not (math.isfinite(final) and final <= start_loss):
-            for p, q in zip(params, start, strict=True):
-                p.copy_(q)
-            final = start_loss
-    return {"steps": steps, "loss": final}
-
-
-def _selected_pairs(net, subset):
-    params = dict(net.named_parameters())
-    return [(params[s.name], s) for s in subset.selected]
-
-
-def _selected(p: Tensor, s) -> Tensor:
-    flat = p.reshape(-1)
-    return flat if s.index is None else flat[s.index]
-
-
-def _partial_selected_sq(net, subset, anchor: dict[str, Tensor]) -> Tensor:
-    """Sum of squared offsets from the prior's centre of the selected entries inside partly
-    selected tensors (counted in ``rest``)."""
-    params = dict(net.named_parameters())
-    p0 = next(net.parameters())
-    total = torch.zeros((), dtype=p0.dtype, device=p0.device)
-    for s in subset.selected:
-        if s.index is not None:
-            offset = params[s.name].reshape(-1)[s.index] - anchor[s.name].reshape(-1)[s.index]
-            total = total + offset.pow(2).sum()
-    return total
-
-
 def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) -> LaplaceModel:
     """MAP-train the network, fit the Laplace posterior and tune its hyperparameters.
 
@@ -411,11 +192,6 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     with torch.no_grad():
         X = model.transform_inputs(model.train_inputs[0])
     Z = (model.train_targets - model.y_mean) / model.y_scale
-    la = model.laplace
-    rounds = opts.rounds_warm if warm else opts.rounds_cold
-    max_epochs = opts.steps(warm)
-    hyper_steps = opts.hyper_steps_warm if warm else opts.hyper_steps_cold
-    train_steps, history = [], []
     fixed_noise = model.train_Yvar is not None
     if model.evidence_fit:  # network="rff": exact evidence of the last layer on its features
         known = (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12) if fixed_noise else None
@@ -423,7 +199,38 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             model, X, Z, max_iter=opts.evidence_iters, min_noise_std=opts.min_noise_std, noise_var=known
         )
         train_steps, history = [info["steps"]], info["lml_history"]
-        rounds = 0
+    else:
+        train_steps, history = _map_rounds(model, X, Z, opts, warm)
+    la = model.laplace
+    model.eval()
+    with torch.no_grad():
+        noise = (model.z_noise_var * model.y_scale.pow(2)).mean()
+        if not fixed_noise:
+            model.likelihood.noise = noise.clamp_min(1e-9).reshape(1)
+    model._conditioning = None
+    model.fit_info = {
+        "warm_start": warm,
+        "seconds": time.perf_counter() - t0,
+        "train_steps": train_steps,
+        "lml_history": history,
+        "prior_precision": la.prior_precision.detach().clone(),
+        "noise_std": la.noise_std.detach().clone(),
+    }
+    return model
+
+
+def _map_rounds(model: LaplaceModel, X: Tensor, Z: Tensor, opts: FitOptions, warm: bool):
+    """Rounds of MAP training → Laplace fit → hyperparameter tuning (module docstring).
+
+    Returns:
+        ``(train_steps per round, marginal-likelihood history)``.
+    """
+    la = model.laplace
+    rounds = opts.rounds_warm if warm else opts.rounds_cold
+    max_epochs = opts.steps(warm)
+    hyper_steps = opts.hyper_steps_warm if warm else opts.hyper_steps_cold
+    train_steps, history = [], []
+    fixed_noise = model.train_Yvar is not None
     base = None
     if opts.prior in ("fanin", "function"):
         if model.weight_strategy is not None:
@@ -434,7 +241,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             la.prior_precision = la.prior_precision.detach() * base
     if opts.prior == "function" and model.map_prior_precision is not None:
         la.prior_precision = model.map_prior_precision  # tuned below; pinned after
-    hyperprior = _hyperprior(opts, base)
+    hyperprior = log_hyperprior(opts.hyperprior_std, opts.noise_prior, base)
     for round_ in range(rounds):
         info = train_map(model, X, Z, opts, max_epochs, lr=opts.lr_warm if warm else opts.lr)
         la = model.select_weights(X, Z)  # a weight strategy picks the subnetwork of the trained net
@@ -468,21 +275,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
                     min_noise_std=opts.min_noise_std,
                     hyperprior=hyperprior,
                 )
-    model.eval()
-    with torch.no_grad():
-        noise = (model.z_noise_var * model.y_scale.pow(2)).mean()
-        if not fixed_noise:
-            model.likelihood.noise = noise.clamp_min(1e-9).reshape(1)
-    model._conditioning = None
-    model.fit_info = {
-        "warm_start": warm,
-        "seconds": time.perf_counter() - t0,
-        "train_steps": train_steps,
-        "lml_history": history,
-        "prior_precision": la.prior_precision.detach().clone(),
-        "noise_std": la.noise_std.detach().clone(),
-    }
-    return model
+    return train_steps, history
 
 
 class LaplaceMarginalLogLikelihood(MarginalLogLikelihood):

@@ -45,6 +45,8 @@ from labo.surrogates.networks import (
 PRIOR_MEANS = ("zero", "init")
 # The built-in networks (the ``network`` argument as a string; see labo.surrogates.networks).
 NETWORKS = ("mlp", "rbf", "rff")
+# The network of LaplaceModel(train_X, train_Y) (docs/benchmarks.md, "BO suite").
+DEFAULT_NETWORK = "rff"
 # The default structure is Functional() up to this many training rows n·m, then Kron().
 FUNCTIONAL_MAX_ROWS = 250
 
@@ -84,11 +86,19 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         train_Yvar: Optional ``n x m`` observed noise variances (fixed noise; the
             noise level is then not tuned).
         network: An ``nn.Module`` mapping ``b x d`` to ``b x m``, or a built-in one by
-            name: ``"mlp"`` (the default, :func:`labo.surrogates.networks.default_network`,
-            MLP d-64-64-m, tanh) or ``"rbf"`` (:func:`labo.surrogates.networks.rbf_network`:
-            64 Gaussian RBF features around centres drawn from the inputs, then 64-64-m
-            tanh; its default ``weights`` are the two linear layers).
-        weights: Which weights are Bayesian (default ``AllWeights()``), or a strategy
+            name: ``"rff"`` (the default, :func:`labo.surrogates.networks.rff_network`: 1024
+            random Fourier features with one learnable lengthscale per input, then a
+            linear layer; its default ``weights`` are that last layer, and its lengthscales,
+            prior precision and noise are tuned on the exact evidence, see
+            ``labo.surrogates.feature_evidence``: a bounded, GP-like variance away from
+            the data), ``"mlp"`` (:func:`labo.surrogates.networks.default_network`, MLP
+            d-64-64-m, tanh, every weight Bayesian; the default before the surrogate
+            screen of docs/benchmarks.md) or ``"rbf"``
+            (:func:`labo.surrogates.networks.rbf_network`: 64 Gaussian RBF features around
+            centres drawn from the inputs, then 64-64-m tanh; its default ``weights`` are
+            the two linear layers).
+        weights: Which weights are Bayesian (default ``AllWeights()``; ``LastLayer()``
+            for ``"rff"``), or a strategy
             ``(network, X, Z) -> WeightMask`` (``labo.laplace.subnetworks``, e.g.
             ``partial(largest_variance, n_weights=1000)``) applied by ``fit_laplace_model``
             after each MAP training round to the trained network, the transformed inputs
@@ -156,6 +166,8 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
             raise ValueError(f"network must be an nn.Module or one of {NETWORKS}, got {network!r}.")
         # network="rff": a Bayesian last layer on random Fourier features, every
         # hyperparameter tuned on its exact evidence (labo.surrogates.feature_evidence).
+        if network is None:
+            network = DEFAULT_NETWORK
         if network == "rff":
             network = rff_network(d, m, dtype=train_X.dtype, device=train_X.device)
         self.evidence_fit = is_rff_network(network) and weights is None
@@ -165,7 +177,7 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
             network = rbf_network(X_tf, m)
             if weights is None:
                 weights = by_module(network, names=list(RBF_BAYESIAN_LAYERS))
-        elif network is None or network == "mlp":
+        elif network == "mlp":
             network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
         if prior_mean not in PRIOR_MEANS:
             raise ValueError(f"prior_mean must be one of {PRIOR_MEANS}, got {prior_mean!r}.")

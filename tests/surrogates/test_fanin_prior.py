@@ -8,8 +8,8 @@ from torch.func import functional_call, jacrev
 
 from labo.laplace import Kron, fit_laplace, optimize_hyperparameters
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
-from labo.surrogates.fit import fanin_prior_base, function_space_scale
 from labo.surrogates.networks import default_network
+from labo.surrogates.priors import fanin_prior_base, function_space_scale
 
 D64 = torch.float64
 
@@ -76,7 +76,7 @@ def test_model_fits_with_fanin_priors(prior):
     opts = FitOptions(
         prior=prior, max_epochs_cold=60, hyper_steps_cold=20, hyperprior_std=1.0, noise_prior=True
     )
-    model = fit_laplace_model(LaplaceModel(X, Y), opts)
+    model = fit_laplace_model(LaplaceModel(X, Y, network="mlp"), opts)
     p = model.laplace.prior_precision
     assert p.shape == (6,)
     ratio = p / torch.tensor([4.0, 1, 64, 1, 64, 1], dtype=D64)
