@@ -243,14 +243,22 @@ def _bench(
     num_restarts: int,
     raw_samples: int,
     resume_command: str = "labo bench --resume",
+    problem_scales: dict[str, float] | None = None,
 ) -> None:
+    scales = problem_scales or {}
     for name in problems:
         get_problem(name)
     if seeds < 1:
         raise BenchmarkError(f"seeds must be a positive integer, got {seeds}.")
     specs = [
         spec_from_problem(
-            study, get_problem(p), m, s, budget_scale, num_restarts=num_restarts, raw_samples=raw_samples
+            study,
+            get_problem(p),
+            m,
+            s,
+            scales.get(p, budget_scale),
+            num_restarts=num_restarts,
+            raw_samples=raw_samples,
         )
         for p in problems
         for s in range(seeds)
@@ -265,6 +273,8 @@ def _bench(
         "num_restarts": num_restarts,
         "raw_samples": raw_samples,
     }
+    if scales:
+        config["problem_scales"] = scales
     _check_resume_location(db, study, resume)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -321,20 +331,21 @@ def demo(
     budget_scale: float = typer.Option(0.25, help="Fraction of the suite's BO evaluations to run."),
     resume: bool = typer.Option(False, help="Continue an interrupted demo instead of starting over."),
 ) -> None:
-    """LaplaceModel vs SingleTaskGP vs Sobol on Branin and Hartmann6 (about 2 minutes on 2 cores).
+    """LaplaceModel vs SingleTaskGP vs Sobol on Branin, Hartmann6 and Hartmann6 in 100 D.
 
-    A reduced version of `labo bench` (fewer seeds, a fraction of the budget, a lighter
-    acquisition optimisation: 4 restarts, 128 raw samples). Prints a table of final
-    log10 regret and seconds per iteration, and writes a PNG plot, the table, a JSON
-    export and the study database into OUT.
+    A reduced version of `labo bench` (fewer seeds, a fraction of the budget, a tenth for
+    the 100-D problem, a lighter acquisition optimisation: 4 restarts, 128 raw samples).
+    Prints a table of final log10 regret and seconds per iteration, and writes a PNG
+    plot, the table, a JSON export and the study database into OUT.
     """
     try:
         db = str(Path(out) / "study.db")
         if not resume and Path(db).exists():
             Path(db).unlink()
-        problems, methods = ["branin", "hartmann6"], ["laplace", "gp", "sobol"]
+        problems, methods = ["branin", "hartmann6", "hartmann6_100d"], ["laplace", "gp", "sobol"]
         args = (seeds, budget_scale, db, "demo", resume, Path(out), 1, None, 4, 128)
-        _bench(problems, methods, *args, resume_command=_resume_command(ctx))
+        scales = {"hartmann6_100d": budget_scale * 0.4}  # 3 iterations of q = 5 at 0.25
+        _bench(problems, methods, *args, resume_command=_resume_command(ctx), problem_scales=scales)
     except LaboError as err:
         _fail(err)
 
