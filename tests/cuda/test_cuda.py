@@ -127,7 +127,12 @@ def test_factor_root_sampling_and_pruning_on_cuda():
     X = torch.rand(120, 4, dtype=torch.float64, device=CUDA, generator=g)
     Y = torch.sin(6 * X).sum(-1, keepdim=True)
     model = LaplaceModel(
-        X, Y, weights=LastLayer(), input_transform=Normalize(4), outcome_transform=Standardize(1)
+        X,
+        Y,
+        network="mlp",  # 65 last-layer weights < 120 rows: the factor-root path
+        weights=LastLayer(),
+        input_transform=Normalize(4),
+        outcome_transform=Standardize(1),
     )
     fit_laplace_model(model, FitOptions(max_epochs_cold=200, hyper_steps_cold=20))
     Xt = torch.rand(2, 150, 4, dtype=torch.float64, device=CUDA, generator=g)

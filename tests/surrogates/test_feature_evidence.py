@@ -178,3 +178,11 @@ def test_known_noise_model_keeps_the_noise_and_is_the_exact_posterior():
     assert lml == pytest.approx(
         float(blr_log_evidence(Phi, Z, model.laplace.prior_precision, known)), rel=1e-8
     )
+
+
+def test_the_default_network_is_rff_with_its_last_layer_bayesian():
+    X, Y = _data(n=12)
+    model = LaplaceModel(X, Y)
+    assert model.evidence_fit and isinstance(model.network[0], RandomFourierFeatures)
+    assert type(model.laplace.weights).__name__ == "LastLayer"
+    assert not LaplaceModel(X, Y, network="mlp").evidence_fit
