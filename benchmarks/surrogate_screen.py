@@ -57,7 +57,8 @@ FULL_CASES = [
     ("ackley10_many", 1000),
 ]
 REDUCED_CASES = [("branin", 20), ("hartmann6", 30), ("hartmann6_100d", 40)]
-DEFAULT_VARIANTS = "gp,default,rbf,fanin,fanin-hp,sphere,sphere-fanin-hp"
+# "default" is LaplaceModel's default (network="rff"); "mlp" the former default.
+DEFAULT_VARIANTS = "gp,default,mlp,rbf,rff2048,mlp-fanin-hp,sphere-fanin-hp"
 
 
 # ---------------------------------------------------------------------- variants
@@ -85,6 +86,8 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
     d = X.shape[-1]
     parts = set(name.split("-"))
     kwargs: dict = {}
+    if "mlp" in parts or "fanin" in parts or "fn" in parts:
+        kwargs["network"] = "mlp"  # the prior options are for MAP-trained networks
     if "rbf" in parts:
         kwargs["network"] = "rbf"
     if "rff" in parts:
