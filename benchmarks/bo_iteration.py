@@ -1,7 +1,8 @@
 """One BO iteration, LaplaceModel vs SingleTaskGP, measured side by side (issue 4).
 
-Methods: ``LaplaceModel`` (its default: Functional up to 250 rows, Kron beyond),
-``LaplaceModel-ll`` (last-layer weights, default structure), ``LaplaceModel-rbf``
+Methods: ``LaplaceModel`` (its default, ``network="rff"``), ``LaplaceModel-mlp`` (the
+MLP with every weight Bayesian: Functional up to 250 rows, Kron beyond; the default
+until session 11), ``LaplaceModel-ll`` (the MLP's last-layer weights, default structure), ``LaplaceModel-rbf``
 (``network="rbf"``), ``LaplaceModel-rbf-all`` (the RBF network with every weight
 Bayesian: under Kron its centres and lengthscale form one full GGN block, with the
 closed form of ``labo.laplace.rbf``) and
@@ -85,7 +86,8 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
 
         variant = {
             "LaplaceModel": {},
-            "LaplaceModel-ll": {"weights": LastLayer()},
+            "LaplaceModel-mlp": {"network": "mlp"},
+            "LaplaceModel-ll": {"network": "mlp", "weights": LastLayer()},
             "LaplaceModel-rbf": {"network": "rbf"},
             "LaplaceModel-rbf-all": {"network": "rbf", "weights": AllWeights()},
         }[method]

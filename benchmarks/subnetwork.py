@@ -232,7 +232,7 @@ def bo_run(method: str, seed: int, args, dims) -> dict:
             torch.manual_seed(seed)
             model = LaplaceModel(
                 X, Y, input_transform=Normalize(d, bounds=bounds), outcome_transform=Standardize(1),
-                warm_start=prev, **options[method],
+                warm_start=prev, **{"network": "mlp", **options[method]},
             )  # fmt: skip
             fit_laplace_model(model, opts)
             t1 = time.perf_counter()

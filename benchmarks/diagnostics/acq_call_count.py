@@ -92,7 +92,9 @@ def fit(method: str, X, Y):
         kwargs["network"] = "rbf"
     elif method != "LM":
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}.")
-    model = LaplaceModel(X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1), **kwargs)
+    model = LaplaceModel(
+        X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1), **{"network": "mlp", **kwargs}
+    )
     fit_laplace_model(model)
     return model
 

@@ -47,7 +47,13 @@ def fit(method: str, X, Y):
         from labo.surrogates import LaplaceModel, fit_laplace_model
 
         kwargs = {"weights": LastLayer()} if method == "LM-ll" else {}
-        model = LaplaceModel(X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1), **kwargs)
+        model = LaplaceModel(
+            X,
+            Y,
+            input_transform=Normalize(d),
+            outcome_transform=Standardize(1),
+            **{"network": "mlp", **kwargs},
+        )
         fit_laplace_model(model)
         return model
     if method == "GP":

@@ -25,7 +25,7 @@ def main(out: str | None = None) -> None:
     n, d = 2000, 100
     X = torch.rand(n, d, dtype=torch.float64, device=dev)
     Y = torch.sin(5 * X[:, :8]).sum(-1, keepdim=True)
-    model = LaplaceModel(X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1))
+    model = LaplaceModel(X, Y, network="mlp", input_transform=Normalize(d), outcome_transform=Standardize(1))
     fit_laplace_model(model, FitOptions(max_epochs_cold=300, hyper_steps_cold=20))
     Xq = torch.rand(10, 548, d, dtype=torch.float64, device=dev, requires_grad=True)
 

@@ -46,7 +46,7 @@ def fit_variant(variant: str, X: torch.Tensor, Y: torch.Tensor):
         return gp, float(gp.likelihood.noise.detach().sqrt())
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    model = LaplaceModel(X, Y, outcome_transform=Standardize(1))
+    model = LaplaceModel(X, Y, network="mlp", outcome_transform=Standardize(1))
     fit_laplace_model(model, FitOptions(prior="ard") if variant == "ard" else FitOptions(optimizer=variant))
     return model, float(model.fit_info["noise_std"].mean())
 

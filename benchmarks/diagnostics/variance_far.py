@@ -85,7 +85,7 @@ def fit_variant(variant: str, X: torch.Tensor, Y: torch.Tensor):
         kwargs["network"] = nn.Sequential(Sphere(), *default_network(d + 1, 1, dtype=X.dtype))
     if variant == "last-layer":
         kwargs["weights"] = LastLayer()
-    model = LaplaceModel(X, Y, outcome_transform=Standardize(1), **kwargs)
+    model = LaplaceModel(X, Y, outcome_transform=Standardize(1), **{"network": "mlp", **kwargs})
     options = {"lbfgs": FitOptions(optimizer="lbfgs"), "ard": FitOptions(prior="ard")}.get(variant)
     if variant == "init-prior-lbfgs":
         options = FitOptions(optimizer="lbfgs")
