@@ -277,3 +277,22 @@ def test_ctrl_c_in_bench_names_the_bench_command(objectives, monkeypatch):
         "evaluations done); resume with: "
         "labo bench --problems branin --methods sobol --seeds 1 --db b.db --resume"
     )
+
+
+def test_per_problem_budget_scales_of_the_demo(tmp_path):
+    """`labo demo` runs its 100-D problem at a smaller share of the BO budget than the others."""
+    from pathlib import Path
+
+    from labo.bench.problems import get_problem
+    from labo.cli import _bench
+
+    db = str(tmp_path / "s.db")
+    _bench(["branin", "hartmann6"], ["sobol"], 1, 0.25, db, "s", False, Path(tmp_path), 1, None, 2, 16,
+           problem_scales={"hartmann6": 0.1})  # fmt: skip
+    with open_store(db) as store:
+        rows = store.evaluations("s")
+    counts = {p: sum(r.problem == p for r in rows) for p in ("branin", "hartmann6")}
+    assert counts == {
+        "branin": get_problem("branin").scaled_budget(0.25),
+        "hartmann6": get_problem("hartmann6").scaled_budget(0.1),
+    }
