@@ -415,7 +415,7 @@ def optimize(
     for row in result.failed[:5]:
         typer.echo(f"failed evaluation at x={row.x}: {row.error}")
     if result.failed:
-        typer.echo(f"{len(result.failed)} of {len(result.evaluations)} evaluations failed.")
+        typer.echo(result.failure_summary())
     best = result.best()
     if best is None:
         typer.echo("No successful evaluation.")

@@ -26,6 +26,7 @@ from labo.bench.problems import ProblemObjective
 from labo.bench.runner import (
     RunResult,
     RunSpec,
+    failed_inputs,
     from_unit,
     initial_design,
     propose,
@@ -123,7 +124,10 @@ def run_async(
             X, Y = training_data(spec, existing)
             pending = torch.tensor([r.x for r in in_flight.values()], dtype=torch.float64)
             X_pending = to_unit(spec, pending) if len(in_flight) else None
-            cand, fit_s, acq_s, model = propose(spec, X, Y, 1, X_pending, model, n_rows=len(existing))
+            X_failed = failed_inputs(spec, existing)
+            cand, fit_s, acq_s, model = propose(
+                spec, X, Y, 1, X_pending, model, n_rows=len(existing), X_failed=X_failed
+            )
             iteration += 1
             row_id = store.add_running(*key, iteration, from_unit(spec, cand)[0].tolist(), fit_s, acq_s)
             existing = rows()

@@ -34,7 +34,13 @@ minimised objective is negated for the model only (the store keeps raw values).
 
 An objective takes a length-``d`` list of floats and returns a float or a sequence
 of ``m`` floats. Exceptions and non-finite values are stored as ``failed`` and the
-run goes on; failed points are left out of the model's training data.
+run goes on, and every model-based method keeps its proposals away from the failed
+points (``labo.acquisition.failures.failure_rule``): from 2 failures on (with at
+least one success), a classification Laplace of ``P(success | x)`` weights the
+acquisition (``SuccessWeighted``) and the surrogate is fitted with the worst value
+seen imputed at the failed points (as SMAC does); with fewer failures, they are
+left out of the surrogate's data. In both cases the failed points are passed to
+the acquisition as pending points.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import Tensor
 from torch.quasirandom import SobolEngine
 
+from labo.acquisition.failures import SuccessWeighted, failure_rule, fit_success_model
 from labo.bench.store import Evaluation, StudyStore
 from labo.exceptions import BenchmarkError
 from labo.laplace import AllWeights, Functional, Kron, LastLayer
@@ -175,6 +182,13 @@ class RunResult:
         sign = -1.0 if self.spec.minimize else 1.0
         return max(ok, key=lambda e: sign * e.y[0])
 
+    def failure_summary(self) -> str | None:
+        """``"k of n evaluations failed (first error: ...)"``, or ``None`` if none failed."""
+        failed = self.failed
+        if not failed:
+            return None
+        return f"{len(failed)} of {len(self.evaluations)} evaluations failed (first error: {failed[0].error})"
+
 
 def evaluate(objective: Callable, x: list[float]) -> tuple[list[float] | None, float, str | None]:
     """Call ``objective(x)``; returns ``(values or None, seconds, error message or None)``."""
@@ -211,6 +225,7 @@ def propose(
     X_pending: Tensor | None = None,
     previous=None,
     n_rows: int = 0,
+    X_failed: Tensor | None = None,
 ) -> tuple[Tensor, float, float, object]:
     """Propose ``q`` unit-cube points from the data of a run.
 
@@ -222,6 +237,8 @@ def propose(
         X_pending: ``p x d`` points being evaluated (unit cube), or ``None``.
         previous: The previous iteration's model (warm start), or ``None``.
         n_rows: Points proposed so far in the run (position in the Sobol sequence).
+        X_failed: ``f x d`` inputs whose evaluation failed (unit cube), or ``None``: the
+            proposals keep away from them (:func:`~labo.acquisition.failures.failure_rule`).
 
     Returns:
         ``(q x d candidates, fit seconds, acquisition seconds, model or None)``.
@@ -233,7 +250,20 @@ def propose(
         return engine.draw(q).to(torch.float64), 0.0, 0.0, None
     torch.manual_seed(1_000_003 * spec.seed + n_rows)
     t0 = time.perf_counter()
-    model = fit_model(spec.method, X, Y, previous)
+    rule = failure_rule(X.shape[0], 0 if X_failed is None else X_failed.shape[0])
+    X_fit, Y_fit = X, Y
+    if rule == "classifier":  # impute the worst value seen at the failed points (as SMAC does)
+        X_fit = torch.cat([X, X_failed])
+        Y_fit = torch.cat([Y, Y.min(0).values.expand(len(X_failed), -1)])
+    model = fit_model(spec.method, X_fit, Y_fit, previous)
+    if rule != "none":  # the classifier rule too: no creeping back to failed points
+        X_pending = X_failed if X_pending is None else torch.cat([X_pending, X_failed])
+    success_model = None
+    if rule == "classifier":
+        success = torch.cat(
+            [torch.ones(len(X), dtype=torch.bool), torch.zeros(len(X_failed), dtype=torch.bool)]
+        )
+        success_model = fit_success_model(torch.cat([X, X_failed]), success, seed=spec.seed)
     t1 = time.perf_counter()
     if spec.num_objectives == 1:
         acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, X_pending=X_pending, prune_baseline=True)
@@ -242,6 +272,8 @@ def propose(
         acqf = qLogNoisyExpectedHypervolumeImprovement(
             model, ref_point=ref, X_baseline=X, X_pending=X_pending, prune_baseline=True
         )
+    if success_model is not None:
+        acqf = SuccessWeighted(acqf, success_model)
     unit = torch.stack([torch.zeros(d), torch.ones(d)]).to(X)
     cand, _ = optimize_acqf(
         acqf, bounds=unit, q=q, num_restarts=spec.num_restarts, raw_samples=spec.raw_samples
@@ -276,6 +308,14 @@ def training_data(spec: RunSpec, rows: list[Evaluation]) -> tuple[Tensor, Tensor
     X = to_unit(spec, torch.tensor([r.x for r in ok], dtype=torch.float64))
     Y = torch.tensor([r.y for r in ok], dtype=torch.float64)
     return X, -Y if spec.minimize else Y
+
+
+def failed_inputs(spec: RunSpec, rows: list[Evaluation]) -> Tensor:
+    """Unit-cube inputs ``f x d`` of the ``failed`` rows (the points to keep away from)."""
+    failed = [r.x for r in rows if r.status == "failed"]
+    if not failed:
+        return torch.zeros(0, len(spec.bounds), dtype=torch.float64)
+    return to_unit(spec, torch.tensor(failed, dtype=torch.float64))
 
 
 def _evaluate_row(store: StudyStore, spec: RunSpec, objective: Callable, row_id: int, x: list[float]) -> str:
@@ -329,7 +369,10 @@ def run_bo(
         q = min(spec.q, spec.budget - len(existing))
         X, Y = training_data(spec, existing)
         iteration = max(r.iteration for r in existing) + 1
-        cand, fit_s, acq_s, model = propose(spec, X, Y, q, previous=model, n_rows=len(existing))
+        X_failed = failed_inputs(spec, existing)
+        cand, fit_s, acq_s, model = propose(
+            spec, X, Y, q, previous=model, n_rows=len(existing), X_failed=X_failed
+        )
         for x in from_unit(spec, cand):
             store.add_running(*key, iteration, x.tolist(), fit_s, acq_s)
         run_rows([r for r in rows() if r.status == "running"])

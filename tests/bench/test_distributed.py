@@ -19,9 +19,9 @@ def test_async_bo_keeps_both_workers_busy_with_pending_points(tmp_path, objectiv
     seen = []
     real_propose = distributed.propose
 
-    def recording_propose(spec, X, Y, q, X_pending=None, previous=None, n_rows=0):
+    def recording_propose(spec, X, Y, q, X_pending=None, previous=None, n_rows=0, X_failed=None):
         seen.append((X.shape[0], None if X_pending is None else X_pending.clone()))
-        return real_propose(spec, X, Y, q, X_pending, previous, n_rows)
+        return real_propose(spec, X, Y, q, X_pending, previous, n_rows, X_failed)
 
     monkeypatch.setattr(distributed, "propose", recording_propose)
     spec = RunSpec(
