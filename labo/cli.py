@@ -10,27 +10,32 @@ budget. ``plot`` and ``export`` only read: they never create a database.
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import shlex
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
-from tqdm import tqdm
 
-from labo.bench.plots import format_table, plot_study, summarize
-from labo.bench.problems import PROBLEM_NAMES, get_problem
-from labo.bench.runner import METHODS, RunSpec, check_bounds, run_bo, spec_from_problem
-from labo.bench.store import open_store, to_json
-from labo.exceptions import BenchmarkError, LaboError, ObjectiveImportError, StudyError
+from labo.bench.cli_support import (
+    DEFAULT_DB,
+    LEGACY_DB,
+    check_resume_location,
+    option_for,
+    progress_bar,
+    report_bbob,
+    report_study,
+    resumable,
+    resume_command,
+    run_bench,
+    stored_config,
+    study_location,
+)
+from labo.bench.problems import PROBLEM_NAMES
+from labo.bench.runner import METHODS, RunSpec, check_bounds, run_bo
+from labo.bench.store import open_store
+from labo.exceptions import BenchmarkError, LaboError, ObjectiveImportError
 
-DEFAULT_DB = "labo_studies.db"
-# The former default of `labo bench` and `labo plot`: still searched by the reading commands.
-LEGACY_DB = "labo_bench.db"
 _DB_HELP = f"Study database: a file path or sqlite:/// URL (default {DEFAULT_DB}, shared by every command)."
 _READ_DB_HELP = (
     "Study database: a file path or sqlite:/// URL "
@@ -106,213 +111,6 @@ def load_objective(target: str) -> Callable:
     return function
 
 
-def _progress_bar(total: int, desc: str) -> tuple[tqdm, Callable]:
-    bar = tqdm(total=total, desc=desc, unit="eval", dynamic_ncols=True)
-    failed = [0]
-
-    def update(row, status: str) -> None:
-        failed[0] += status == "failed"
-        bar.update(1)
-        if failed[0]:
-            bar.set_postfix(failed=failed[0])
-
-    return bar, update
-
-
-def _report(location: str, study: str, out: Path) -> None:
-    with open_store(location, read_only=True) as store:
-        store.study_config(study)
-        out.mkdir(parents=True, exist_ok=True)
-        summaries = summarize(store, study)
-        table = format_table(summaries)
-        png = plot_study(store, study, out / f"{study}.png")
-        json_path = store.export(study, out / f"{study}.json")
-    (out / f"{study}_table.md").write_text(table + "\n")
-    summary_json = out / f"{study}_summary.json"
-    summary_json.write_text(to_json([s.__dict__ for s in summaries], indent=1))
-    typer.echo("\n" + table + "\n")
-    typer.echo(f"Plot:     {png}")
-    typer.echo(f"Table:    {out / f'{study}_table.md'} (summary {summary_json})")
-    typer.echo(f"Export:   {json_path}")
-    typer.echo(f"Database: {location} (study {study!r}; `labo plot {study} --db {location}` redraws)")
-
-
-def _study_location(db: str | None, study: str) -> str:
-    """The database to read ``study`` from: ``db`` if given, else the default, else the legacy one.
-
-    Never creates a file: a missing database or study raises ``StudyError``.
-    """
-    if db is not None:
-        return db
-    for candidate in (DEFAULT_DB, LEGACY_DB):
-        if Path(candidate).is_file():
-            with open_store(candidate, read_only=True) as store:
-                if study in store.study_names():
-                    return candidate
-    found = [c for c in (DEFAULT_DB, LEGACY_DB) if Path(c).is_file()]
-    if not found:
-        raise StudyError(
-            f"no study database here ({DEFAULT_DB} or {LEGACY_DB}); run `labo optimize` or "
-            "`labo bench` first, or pass --db with the database that holds the study."
-        )
-    with open_store(found[0], read_only=True) as store:
-        store.study_config(study)  # raises "not found", listing the known studies
-    return found[0]
-
-
-def _check_resume_location(db: str, study: str, resume: bool) -> None:
-    """Refuse to start afresh in the default database a study that lives in the legacy one."""
-    if not resume or db != DEFAULT_DB or not Path(LEGACY_DB).is_file():
-        return
-    if Path(DEFAULT_DB).is_file():
-        with open_store(DEFAULT_DB, read_only=True) as store:
-            if study in store.study_names():
-                return
-    with open_store(LEGACY_DB, read_only=True) as store:
-        if study in store.study_names():
-            raise StudyError(
-                f"study {study!r} is in {LEGACY_DB} (the former default database), not in {DEFAULT_DB}; "
-                f"pass --db {LEGACY_DB} to resume it."
-            )
-
-
-def _option_for(field: str, value) -> str:
-    """How to pass a stored configuration value on the command line (for resume messages)."""
-    if field == "kind":
-        return f"`labo {value}`"
-    if field == "problem":
-        return f"objective {shlex.quote(str(value))}"
-    if field == "minimize":
-        return "--minimize" if value else "--maximize"
-    if field == "bounds":
-        return "--bounds " + shlex.quote(",".join(f"{lo!r}:{hi!r}" for lo, hi in value))
-    if isinstance(value, list):
-        value = ",".join(map(str, value))
-    return f"--{field.replace('_', '-')} {shlex.quote(str(value))}"
-
-
-def _resume_command(ctx: typer.Context) -> str:
-    """The command line of ``ctx``'s command with ``--resume`` added (its non-default options kept)."""
-    words = ["labo"]
-    threads = ctx.parent.params.get("threads", 1) if ctx.parent is not None else 1
-    if threads != 1:
-        words += ["--threads", str(threads)]
-    words.append(ctx.info_name or "")
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if param.name == "resume" or value is None:
-            continue
-        if param.param_type_name == "argument":
-            words.append(str(value))
-        elif value == param.default:
-            continue
-        elif getattr(param, "is_flag", False):
-            words.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
-        else:
-            words += [param.opts[0], str(value)]
-    return shlex.join([*words, "--resume"])
-
-
-@contextmanager
-def _resumable(db: str, study: str, total: int, command: str) -> Iterator[None]:
-    """On Ctrl-C, exit (code 130) with one line: where the study is and ``command`` to resume it."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        with open_store(db, read_only=True) as store:
-            done = sum(r.status != "running" for r in store.evaluations(study))
-        typer.echo(
-            f"\nInterrupted: study {study!r} is saved in {db} ({done} of {total} evaluations done); "
-            f"resume with: {command}",
-            err=True,
-        )
-        raise typer.Exit(code=130) from None
-
-
-def _bench(
-    problems: list[str],
-    methods: list[str],
-    seeds: int,
-    budget_scale: float,
-    db: str,
-    study: str,
-    resume: bool,
-    out: Path,
-    workers: int,
-    scheduler: str | None,
-    num_restarts: int,
-    raw_samples: int,
-    resume_command: str = "labo bench --resume",
-    problem_scales: dict[str, float] | None = None,
-) -> None:
-    scales = problem_scales or {}
-    for name in problems:
-        get_problem(name)
-    if seeds < 1:
-        raise BenchmarkError(f"seeds must be a positive integer, got {seeds}.")
-    specs = [
-        spec_from_problem(
-            study,
-            get_problem(p),
-            m,
-            s,
-            scales.get(p, budget_scale),
-            num_restarts=num_restarts,
-            raw_samples=raw_samples,
-        )
-        for p in problems
-        for s in range(seeds)
-        for m in methods
-    ]
-    config = {
-        "kind": "bench",
-        "problems": problems,
-        "methods": methods,
-        "seeds": seeds,
-        "budget_scale": budget_scale,
-        "num_restarts": num_restarts,
-        "raw_samples": raw_samples,
-    }
-    if scales:
-        config["problem_scales"] = scales
-    _check_resume_location(db, study, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open_store(db) as store, _resumable(db, study, sum(sp.budget for sp in specs), resume_command):
-        store.create_study(study, config, resume, option=_option_for)
-        done = {(r.problem, r.method, r.seed) for r in store.evaluations(study) if r.status != "running"}
-        counts = {k: 0 for k in done}
-        for r in store.evaluations(study):
-            if r.status != "running":
-                counts[(r.problem, r.method, r.seed)] += 1
-        todo = sum(sp.budget - counts.get((sp.problem, sp.method, sp.seed), 0) for sp in specs)
-        if workers > 1 or scheduler:
-            from labo.bench.distributed import make_client, run_many
-
-            bar = tqdm(total=len(specs), desc="runs", unit="run", dynamic_ncols=True)
-            try:
-                with make_client(workers, scheduler) as client:
-                    run_many(specs, db, client, on_done=lambda summary: bar.update(1))
-            finally:
-                bar.close()
-        else:
-            bar, update = _progress_bar(todo, "evaluations")
-            try:
-                for spec in specs:
-                    bar.set_description(f"{spec.problem}/{spec.method}/seed {spec.seed}")
-                    run_bo(spec, _objective_of(spec.problem), store, progress=update)
-            finally:
-                bar.close()
-    typer.echo(f"Finished in {time.perf_counter() - t0:.0f} s.")
-    _report(db, study, out)
-
-
-def _objective_of(problem: str):
-    from labo.bench.problems import ProblemObjective
-
-    return ProblemObjective(problem)
-
-
 def _split(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     items = [t for t in text.replace(" ", "").split(",") if t]
     bad = [t for t in items if t not in allowed]
@@ -345,7 +143,7 @@ def demo(
         problems, methods = ["branin", "hartmann6", "hartmann6_100d"], ["laplace", "gp", "sobol"]
         args = (seeds, budget_scale, db, "demo", resume, Path(out), 1, None, 4, 128)
         scales = {"hartmann6_100d": budget_scale * 0.4}  # 3 iterations of q = 5 at 0.25
-        _bench(problems, methods, *args, resume_command=_resume_command(ctx), problem_scales=scales)
+        run_bench(problems, methods, *args, resume_command=resume_command(ctx), problem_scales=scales)
     except LaboError as err:
         _fail(err)
 
@@ -385,8 +183,8 @@ def optimize(
     try:
         fn = load_objective(objective)
         box = parse_bounds(bounds)
-        _check_resume_location(db, study, resume)
-        stored = _stored_config(db, study) if resume else {}
+        check_resume_location(db, study, resume)
+        stored = stored_config(db, study) if resume else {}
         # A resumed study keeps its initial design, also when --budget extends it.
         n0 = n_init or stored.get("n_init") or min(2 * len(box), 20, budget)
         spec = RunSpec(study, objective, method, seed, box, budget, q, n0, minimize)
@@ -396,10 +194,10 @@ def optimize(
         typer.echo(
             f"{direction} {objective} over {len(box)} dimensions, budget {budget}: study {study!r} in {db}."
         )
-        with open_store(db) as store, _resumable(db, study, budget, _resume_command(ctx)):
-            store.create_study(study, config, resume, option=_option_for)
+        with open_store(db) as store, resumable(db, study, budget, resume_command(ctx)):
+            store.create_study(study, config, resume, option=option_for)
             done = sum(r.status != "running" for r in store.evaluations(study, objective, method, seed))
-            bar, update = _progress_bar(max(budget - done, 0), objective)
+            bar, update = progress_bar(max(budget - done, 0), objective)
             try:
                 if workers > 1 or scheduler:
                     from labo.bench.distributed import make_client, run_async
@@ -423,18 +221,6 @@ def optimize(
     found = "the minimum found" if minimize else "the maximum found"
     typer.echo(f"Best value: {best.y[0]:.6g} ({found}) at x = {[round(v, 6) for v in best.x]}")
     typer.echo(f"Database: {db} (study {study!r})")
-
-
-def _stored_config(db: str, study: str) -> dict:
-    """The stored configuration of ``study`` in ``db``, or ``{}`` (nothing is created)."""
-    if not _path_exists(db):
-        return {}
-    with open_store(db, read_only=True) as store:
-        return store.study_config(study) if study in store.study_names() else {}
-
-
-def _path_exists(db: str) -> bool:
-    return Path(db[len("sqlite:///") :] if db.startswith("sqlite:///") else db).is_file()
 
 
 @app.command()
@@ -503,25 +289,11 @@ def bench(
             num_restarts,
             raw_samples,
         )
-        _bench(names, chosen, *args, resume_command=_resume_command(ctx))
+        run_bench(names, chosen, *args, resume_command=resume_command(ctx))
         if suite == "bbob":
-            _report_bbob(db, study, Path(out))
+            report_bbob(db, study, Path(out))
     except LaboError as err:
         _fail(err)
-
-
-def _report_bbob(location: str, study: str, out: Path) -> None:
-    """The BBOB table (mean ± s.e. over instances), paired counts, plot and JSON of a study."""
-    from labo.bench import bbob_report as report
-
-    with open_store(location) as store:
-        finals = report.bbob_finals(store, study)
-    summaries, differences = report.summarize_bbob(finals), report.paired_differences(finals)
-    text = report.format_bbob_table(summaries) + "\n\n" + report.format_bbob_counts(differences)
-    png = report.plot_bbob(summaries, out / f"{study}_bbob.png")
-    (out / f"{study}_bbob.json").write_text(json.dumps(report.bbob_payload(summaries, differences), indent=1))
-    typer.echo("\nBBOB, final log10(f_best - f_opt), mean ± s.e. (runs):\n\n" + text + "\n")
-    typer.echo(f"BBOB:     {png} and {out / f'{study}_bbob.json'}")
 
 
 @app.command()
@@ -532,7 +304,7 @@ def plot(
 ) -> None:
     """Redraw the plot and table of a stored study (reads the database, never creates one)."""
     try:
-        _report(_study_location(db, study), study, Path(out))
+        report_study(study_location(db, study), study, Path(out))
     except LaboError as err:
         _fail(err)
 
@@ -545,7 +317,7 @@ def export(
 ) -> None:
     """Export every evaluation of a study to JSON or CSV (CSV: one column per input, x0, x1, ...)."""
     try:
-        with open_store(_study_location(db, study), read_only=True) as store:
+        with open_store(study_location(db, study), read_only=True) as store:
             written = store.export(study, path)
     except LaboError as err:
         _fail(err)

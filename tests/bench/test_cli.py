@@ -262,13 +262,13 @@ def test_optimize_on_an_existing_scheduler(objectives):
 
 
 def test_ctrl_c_in_bench_names_the_bench_command(objectives, monkeypatch):
-    from labo import cli
+    from labo.bench import cli_support
     from labo.bench.problems import get_problem
 
     def interrupted(spec, objective, store, progress=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_bo", interrupted)
+    monkeypatch.setattr(cli_support, "run_bo", interrupted)
     args = ["bench", "--problems", "branin", "--methods", "sobol", "--seeds", "1", "--db", "b.db"]
     result = runner.invoke(app, args)
     assert result.exit_code == 130
@@ -283,11 +283,11 @@ def test_per_problem_budget_scales_of_the_demo(tmp_path):
     """`labo demo` runs its 100-D problem at a smaller share of the BO budget than the others."""
     from pathlib import Path
 
+    from labo.bench.cli_support import run_bench
     from labo.bench.problems import get_problem
-    from labo.cli import _bench
 
     db = str(tmp_path / "s.db")
-    _bench(["branin", "hartmann6"], ["sobol"], 1, 0.25, db, "s", False, Path(tmp_path), 1, None, 2, 16,
+    run_bench(["branin", "hartmann6"], ["sobol"], 1, 0.25, db, "s", False, Path(tmp_path), 1, None, 2, 16,
            problem_scales={"hartmann6": 0.1})  # fmt: skip
     with open_store(db) as store:
         rows = store.evaluations("s")
