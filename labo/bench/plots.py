@@ -186,13 +186,26 @@ def plot_study(store: StudyStore, study: str, path: str | Path) -> Path:
     return path
 
 
+def failed_positions(store: StudyStore, study: str) -> dict[tuple[str, str], list[int]]:
+    """``{(problem, method): sorted evaluation numbers (1-based) that failed in some seed}``."""
+    runs: dict[tuple[str, str, int], list[Evaluation]] = defaultdict(list)
+    for row in store.evaluations(study):
+        if row.status != "running":
+            runs[(row.problem, row.method, row.seed)].append(row)
+    out: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for (problem, method, _), rows in runs.items():
+        out[(problem, method)].update(i + 1 for i, r in enumerate(rows) if r.status == "failed")
+    return {k: sorted(v) for k, v in out.items() if v}
+
+
 def draw_study(store: StudyStore, study: str):
     """One panel per problem: the curve's mean over seeds vs evaluations, ± one standard error.
 
     The figure is titled with the study's name and direction; each panel has the
     problem as title, the metric and which way is better as y label, a dashed line
-    where the initial design ends and BO begins, and a legend with the methods, the
-    line and the meaning of the shaded band.
+    where the initial design ends and BO begins, crosses on a method's curve at the
+    evaluations that failed (in any seed), and a legend with the methods, the line, the
+    crosses and the meaning of the shaded band.
 
     Args:
         store: The study store.
@@ -210,6 +223,7 @@ def draw_study(store: StudyStore, study: str):
 
     minimize = bool(store.study_config(study).get("minimize", False))
     all_curves = curves(store, study)
+    failed = failed_positions(store, study)
     n_init = initial_design_sizes(store, study)
     problems = sorted({p for p, _ in all_curves})
     # At most 6 panels a row: a suite of many problems (BBOB) wraps into a grid.
@@ -233,6 +247,10 @@ def draw_study(store: StudyStore, study: str):
             xs = range(1, length + 1)
             (line,) = ax.plot(xs, mean, label=method)
             ax.fill_between(xs, mean - se, mean + se, alpha=0.2, color=line.get_color())
+            at = [i for i in failed.get((p, method), []) if i <= length]
+            if at:
+                marks = [float(mean[i - 1]) for i in at]
+                ax.plot(at, marks, "x", color=line.get_color(), label=f"{method}: failed evaluations")
             n_seeds, longest = max(n_seeds, data.shape[0]), max(longest, length)
         n0 = n_init.get(problem, 0)
         if 0 < n0 < longest:

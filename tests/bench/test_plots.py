@@ -134,3 +134,32 @@ def test_plot_of_a_minimised_user_objective_says_minimisation(tmp_path):
         assert list(ax.get_lines()[0].get_ydata()) == [3.0, 2.0, 1.0]
     finally:
         plt.close(fig)
+
+
+def test_plot_marks_failed_evaluations(tmp_path):
+    import matplotlib.pyplot as plt
+
+    with open_store(tmp_path / "f.db") as store:
+        store.create_study("fails", {"kind": "optimize"}, resume=False)
+        _add(store, "my:f", "laplace", 0, [[0.1], [0.9]], [[1.0], [2.0]], study="fails")
+        _add(store, "my:f", "laplace", 0, [[0.5], [0.6]], [None, [3.0]], iteration=1, study="fails")
+        fig = draw_study(store, "fails")
+    try:
+        (ax,) = [a for a in fig.axes if a.get_title()]
+        assert "laplace: failed evaluations" in _legend_texts(ax)
+        crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+        assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [3]
+        assert list(crosses[0].get_ydata()) == [2.0]  # on the curve: best so far after evaluation 3
+    finally:
+        plt.close(fig)
+
+
+def test_plot_without_failures_has_no_crosses(store):
+    import matplotlib.pyplot as plt
+
+    _add(store, "branin", "gp", 0, [[0.1, 0.2]], [[-5.0]])
+    fig = draw_study(store, "st")
+    try:
+        assert not [line for a in fig.axes for line in a.get_lines() if line.get_marker() == "x"]
+    finally:
+        plt.close(fig)
