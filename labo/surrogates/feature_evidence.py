@@ -30,6 +30,7 @@ import time
 import torch
 from torch import Tensor, nn
 
+from labo.surrogates.map_training import minimize_lbfgs
 from labo.surrogates.networks import RandomFourierFeatures, dim_scaled_lengthscale_prior
 
 # log λ ~ N(log 2, 1): prior variance 1/λ per weight, ‖φ‖² ≈ 1 plus the bias: about 1 in all.
@@ -179,39 +180,17 @@ def fit_feature_evidence(
         return -value / Z.numel()
 
     params = [*feature_params, log_prior] + ([log_noise] if noise_var is None else [])
-    saved = [p.detach().clone() for p in params]
     history: list[float] = []
-    opt = torch.optim.LBFGS(
+    info = minimize_lbfgs(
+        objective,
         params,
-        lr=1.0,
-        max_iter=max_iter,
+        max_iter,
         tolerance_grad=1e-7,
         tolerance_change=1e-10,
         history_size=20,
-        line_search_fn="strong_wolfe",
+        on_loss=lambda loss: history.append(-loss * Z.numel()),
     )
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
-        history.append(-float(loss.detach()) * Z.numel())
-        return loss
-
-    with torch.no_grad():
-        start_loss = float(objective())
-    try:
-        opt.step(closure)
-        with torch.no_grad():
-            final = float(objective())
-        ok = math.isfinite(final) and final <= start_loss
-    except RuntimeError:  # a failed Cholesky at an extreme step: keep the starting values
-        ok = False
-    if not ok:
-        with torch.no_grad():
-            for p, q in zip(params, saved, strict=True):
-                p.copy_(q)
-    steps = int(opt.state[params[0]].get("n_iter", 0)) if params else 0
+    steps = info["steps"]
     with torch.no_grad():
         prior, sigma = log_prior.exp(), noise_std(log_noise)
         Phi = _design(features, X)

@@ -61,7 +61,7 @@ def train_map(
         return (data + prior + 0.5 * other_prior * rest) / n
 
     if opts.optimizer == "lbfgs":
-        return _train_lbfgs(objective, params, max_epochs)
+        return minimize_lbfgs(objective, params, max_epochs)
     lr = opts.lr if lr is None else lr
     opt = torch.optim.Adam(params, lr=lr)
     sched = (
@@ -96,24 +96,43 @@ def train_map(
     return {"steps": steps, "loss": final}
 
 
-def _train_lbfgs(objective, params: list[Tensor], max_steps: int) -> dict:
-    """Full-batch L-BFGS (strong-Wolfe line search) from the current weights.
+def minimize_lbfgs(
+    objective,
+    params: list[Tensor],
+    max_iter: int,
+    tolerance_grad: float = 1e-9,
+    tolerance_change: float = 1e-12,
+    history_size: int = 50,
+    on_loss=None,
+) -> dict:
+    """Full-batch L-BFGS (strong-Wolfe line search) on ``objective()`` from the current ``params``.
 
-    The line search only accepts steps that decrease the loss, so the weights never
-    end worse than they started; a non-finite loss restores the starting weights.
+    The line search only accepts steps that decrease the loss, so the parameters never
+    end worse than they started; a non-finite final loss, or an error inside the
+    objective (e.g. a failed Cholesky at an extreme step), restores the starting values.
+
+    Args:
+        objective: ``() -> scalar tensor`` to minimise (differentiable in ``params``).
+        params: The tensors to optimise (in place).
+        max_iter: L-BFGS iterations.
+        tolerance_grad, tolerance_change, history_size: ``torch.optim.LBFGS``'s.
+        on_loss: Called with each evaluated loss (a float), or ``None``.
+
+    Returns:
+        ``{"steps": iterations taken, "loss": final loss}``.
     """
     with torch.no_grad():
         start_loss = float(objective())
-    if max_steps == 0 or not params:
+    if max_iter == 0 or not params:
         return {"steps": 0, "loss": start_loss}
     start = [p.detach().clone() for p in params]
     opt = torch.optim.LBFGS(
         params,
         lr=1.0,
-        max_iter=max_steps,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        history_size=50,
+        max_iter=max_iter,
+        tolerance_grad=tolerance_grad,
+        tolerance_change=tolerance_change,
+        history_size=history_size,
         line_search_fn="strong_wolfe",
     )
 
@@ -121,17 +140,22 @@ def _train_lbfgs(objective, params: list[Tensor], max_steps: int) -> dict:
         opt.zero_grad()
         loss = objective()
         loss.backward()
+        if on_loss is not None:
+            on_loss(float(loss.detach()))
         return loss
 
-    opt.step(closure)
-    steps = int(opt.state[params[0]].get("n_iter", 0))
-    with torch.no_grad():
-        final = float(objective())
-        if not (math.isfinite(final) and final <= start_loss):
+    try:
+        opt.step(closure)
+        with torch.no_grad():
+            final = float(objective())
+    except RuntimeError:
+        final = math.nan
+    if not (math.isfinite(final) and final <= start_loss):
+        with torch.no_grad():
             for p, q in zip(params, start, strict=True):
                 p.copy_(q)
-            final = start_loss
-    return {"steps": steps, "loss": final}
+        final = start_loss
+    return {"steps": int(opt.state[params[0]].get("n_iter", 0)), "loss": final}
 
 
 def _selected_pairs(net, subset):
