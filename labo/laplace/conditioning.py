@@ -34,7 +34,7 @@ from labo.laplace.functional_update import extend_functional
 from labo.laplace.jacobians import output_and_jacobian
 from labo.laplace.linear_factors import LayerFactors, linear_factors
 from labo.laplace.precisions import robust_cholesky
-from labo.laplace.predictive import _factors
+from labo.laplace.predictive import glm_factors
 from labo.laplace.validation import randn
 
 
@@ -207,7 +207,7 @@ class ConditionedLaplace:
             resid = (Y_c.expand(*b, n_c, K) - F_c.expand(*b, n_c, K)).reshape(*b, n_c * K)
         if isinstance(base, FunctionalPrecision) and bp == ():
             # function space: grow the Cholesky factor of the N x N matrix by a block
-            row_scale = (la._scale(la.noise_std) * v).rsqrt()
+            row_scale = (la.curvature_scale(la.noise_std) * v).rsqrt()
             new_factors = None
             if base.supports_factors:
                 res = linear_factors(la.network, la.factor_plan, rows)
@@ -243,7 +243,7 @@ class ConditionedLaplace:
         la = self.la
         lead, rows = la.split_inputs(X)
         bx, q = lead[:-1], lead[-1]
-        fac = _factors(la, rows, lead, self.precision)
+        fac = glm_factors(la, rows, lead, self.precision)
         if fac is not None:
             F, factors = fac  # F (*bx, q, K)
             cov = self.precision.quad_factors(factors)
@@ -265,7 +265,7 @@ class ConditionedLaplace:
         """Marginal variances ``(*b, q, K)`` without the joint covariance."""
         la = self.la
         lead, rows = la.split_inputs(X)
-        fac = _factors(la, rows, lead, self.precision)
+        fac = glm_factors(la, rows, lead, self.precision)
         if fac is not None:
             var = self.precision.quad_diag_factors(fac[1])
         else:

@@ -74,8 +74,8 @@ class LaplaceApproximation(nn.Module):
         self.curvature = self.structure.build(network, self.subset).to(self._dtype).to(self._device)
         self.rbf_plan = None if self.factor_plan else rbf_rest_plan(network, self.subset, self.curvature)
         kw = {"dtype": self._dtype, "device": self._device}
-        self.register_buffer("_prior_precision", self._check_prior(prior_precision).detach().clone())
-        self.register_buffer("_noise_std", self._check_noise(noise_std).detach().clone())
+        self.register_buffer("_prior_precision", self.check_prior(prior_precision).detach().clone())
+        self.register_buffer("_noise_std", self.check_noise(noise_std).detach().clone())
         self.register_buffer("theta_map", torch.zeros(self.subset.n_weights, **kw))
         self.register_buffer("_prior_mean", torch.zeros(self.subset.n_weights, **kw))
         self.prior_mean = prior_mean
@@ -93,11 +93,13 @@ class LaplaceApproximation(nn.Module):
         """S, the number of selected (Bayesian) weights."""
         return self.subset.n_weights
 
-    def _check_prior(self, value) -> Tensor:
+    def check_prior(self, value) -> Tensor:
+        """``value`` as a prior precision tensor (scalar, per tensor or per weight), or a typed error."""
         allowed = {"per tensor": self.subset.n_tensors, "per weight": self.subset.n_weights}
         return as_positive_tensor(value, "prior_precision", allowed, self._dtype, self._device)
 
-    def _check_noise(self, value) -> Tensor:
+    def check_noise(self, value) -> Tensor:
+        """``value`` as a valid (positive, scalar) noise standard deviation, or a typed error."""
         return as_positive_tensor(value, "noise_std", {}, self._dtype, self._device)
 
     @property
@@ -107,7 +109,7 @@ class LaplaceApproximation(nn.Module):
 
     @prior_precision.setter
     def prior_precision(self, value) -> None:
-        self._prior_precision = self._check_prior(value)
+        self._prior_precision = self.check_prior(value)
         self._cache = None
 
     @property
@@ -117,7 +119,7 @@ class LaplaceApproximation(nn.Module):
 
     @noise_std.setter
     def noise_std(self, value) -> None:
-        self._noise_std = self._check_noise(value)
+        self._noise_std = self.check_noise(value)
         self._cache = None
 
     @property
@@ -134,23 +136,27 @@ class LaplaceApproximation(nn.Module):
     def prior_mean(self, value) -> None:
         self._prior_mean = as_weight_vector(value, "prior_mean", self.n_weights, self._dtype, self._device)
 
-    def _expand_prior(self, prior: Tensor) -> Tensor:
+    def expand_prior(self, prior: Tensor) -> Tensor:
+        """A prior precision (scalar, per tensor or per weight) as one value per selected weight, ``(S,)``."""
         if prior.dim() == 0:
             return prior.expand(self.n_weights)
         if prior.numel() == self.n_weights:
             return prior
         return self.subset.expand_per_tensor(prior)
 
-    def _scale(self, noise: Tensor) -> Tensor:
+    _expand_prior = expand_prior  # the older name, read by tests/surrogates/test_prior_mean.py
+
+    def curvature_scale(self, noise: Tensor) -> Tensor:
+        """The curvature's factor in the precision: ``σ⁻²`` (regression, tuned noise), else 1."""
         if self.likelihood == "regression" and not bool(self.fixed_noise):
             return noise.pow(-2)
         return torch.ones((), dtype=self._dtype, device=self._device)
 
-    def _precision(self, prior: Tensor, noise: Tensor):
-        """The posterior precision operator for given hyperparameters."""
+    def precision_at(self, prior: Tensor, noise: Tensor):
+        """The posterior precision operator at given hyperparameters, differentiable in them."""
         precision = self.curvature.precision(
-            self._expand_prior(prior),
-            self._scale(noise),
+            self.expand_prior(prior),
+            self.curvature_scale(noise),
             prior_is_scalar=prior.dim() == 0,
             prior_is_tied=prior.dim() == 0 or prior.numel() != self.n_weights,
         )
@@ -166,11 +172,13 @@ class LaplaceApproximation(nn.Module):
         """
         prior, noise = self._prior_precision, self._noise_std
         if prior.requires_grad or noise.requires_grad:
-            return self._precision(prior, noise)
+            return self.precision_at(prior, noise)
+        # Tensor._version (the in-place write counter) is private, but torch has no public signal of an
+        # in-place update (`la.prior_precision.mul_(2)`), which must not return a stale precision.
         key = (id(prior), prior._version, id(noise), noise._version, id(self.curvature))
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, self._precision(prior, noise))
+                self._cache = (key, self.precision_at(prior, noise))
         return self._cache[1]
 
     # ------------------------------------------------------------------ fitting
@@ -270,11 +278,7 @@ class LaplaceApproximation(nn.Module):
         return predictive.glm_variance(self, X, mode)
 
     def predictive_probs(
-        self,
-        X: Tensor,
-        link: str = "probit",
-        n_samples: int = 100,
-        generator: torch.Generator | None = None,
+        self, X: Tensor, link: str = "probit", n_samples: int = 100, generator: torch.Generator | None = None
     ) -> Tensor:
         """Class probabilities ``(..., n, K)`` (classification): ``link="probit"`` from the
         marginal variances only, or ``"mc"`` from ``n_samples`` linearised function samples."""
@@ -289,11 +293,7 @@ class LaplaceApproximation(nn.Module):
         return self.subset.full_vector(self.network, self.sample_weights(n_samples, generator))
 
     def predictive_samples(
-        self,
-        X: Tensor,
-        n_samples: int,
-        generator: torch.Generator | None = None,
-        linearized: bool = True,
+        self, X: Tensor, n_samples: int, generator: torch.Generator | None = None, linearized: bool = True
     ) -> Tensor:
         """Function samples ``(n_samples, ..., n, K)`` at ``X``.
 

@@ -30,16 +30,16 @@ def log_marginal_likelihood(
         noise_std: Override of ``la.noise_std`` (regression only).
     """
     la.curvature.check_fitted()
-    prior = la.prior_precision if prior_precision is None else la._check_prior(prior_precision)
-    noise = la.noise_std if noise_std is None else la._check_noise(noise_std)
-    prior_vec = la._expand_prior(prior)
+    prior = la.prior_precision if prior_precision is None else la.check_prior(prior_precision)
+    noise = la.noise_std if noise_std is None else la.check_noise(noise_std)
+    prior_vec = la.expand_prior(prior)
     theta = la.theta_map - la.prior_mean
     if la.likelihood == "regression" and not bool(la.fixed_noise):
         n_values = int(la.n_data) * int(la.n_outputs)
         loglik = regression_log_likelihood(la.data_sse, n_values, noise)
     else:
         loglik = la.data_loglik
-    precision = la._precision(prior, noise)
+    precision = la.precision_at(prior, noise)
     log_prior = -0.5 * (prior_vec * theta.pow(2)).sum()
     return loglik + log_prior - 0.5 * (precision.logdet() - prior_vec.log().sum())
 
@@ -103,7 +103,7 @@ def optimize_hyperparameters(
     if tie_prior:  # tune log(c) of c * prior0
         prior0 = torch.ones((), dtype=prior0.dtype, device=prior0.device)
     if groups is not None:  # start from each group's mean of the current per-weight prior
-        full = la._expand_prior(prior0)
+        full = la.expand_prior(prior0)
         count = torch.zeros(int(groups.max()) + 1, dtype=full.dtype, device=full.device)
         prior0 = count.index_add(0, groups, full) / count.index_add(0, groups, torch.ones_like(full))
     log_prior = prior0.log().clone().requires_grad_(tune_prior)
@@ -164,7 +164,7 @@ def _check_groups(groups, la) -> Tensor:
             f"prior_groups has {groups.numel()} entries, but the posterior has "
             f"{la.n_weights} selected weights."
         )
-    groups = groups.to(device=la._device, dtype=torch.int64)
+    groups = groups.to(device=la.theta_map.device, dtype=torch.int64)
     if int(groups.min()) < 0 or torch.unique(groups).numel() != int(groups.max()) + 1:
         raise ValueError("prior_groups must use every group 0, 1, ..., G-1 (and no negative index).")
     return groups
@@ -195,8 +195,8 @@ def input_relevance_groups(la) -> Tensor:
     next_group = d
     for t in la.subset.selected:
         if t.name == wname:
-            groups.append(torch.arange(t.size, device=la._device) % d)
+            groups.append(torch.arange(t.size, device=la.theta_map.device) % d)
         else:
-            groups.append(torch.full((t.size,), next_group, dtype=torch.int64, device=la._device))
+            groups.append(torch.full((t.size,), next_group, dtype=torch.int64, device=la.theta_map.device))
             next_group += 1
     return torch.cat(groups)

@@ -27,7 +27,7 @@ def _jacobians(la, X: Tensor) -> tuple[torch.Size, int, Tensor, Tensor]:
     return lead, F.shape[-1], F, J
 
 
-def _factors(la, rows: Tensor, lead: torch.Size, precision):
+def glm_factors(la, rows: Tensor, lead: torch.Size, precision):
     """Per-layer factors of the rows shaped ``(*lead, ...)``, or None (Jacobian path)."""
     plan = la.factor_plan
     if plan is None or not getattr(precision, "supports_factors", False):
@@ -97,7 +97,7 @@ def glm_predictive(la, X: Tensor, mode: str = "auto") -> tuple[Tensor, Tensor]:
             return F, cov.reshape(*lead[:-1], n, K, n, K)
         mode = auto_mode(False, int(la.n_outputs), la.n_weights)
     if mode == "factors":
-        fac = _factors(la, rows, lead, precision)
+        fac = glm_factors(la, rows, lead, precision)
         if fac is not None:
             F, factors = fac
             n, K = F.shape[-2:]
@@ -133,7 +133,7 @@ def glm_layer_terms(la, X: Tensor):
             return None
         F, factors, term = res
         return F, list(precision.layer_terms(factors)) + term.layer_terms()
-    fac = _factors(la, rows, lead, precision)
+    fac = glm_factors(la, rows, lead, precision)
     if fac is None:
         return None
     F, factors = fac
@@ -156,7 +156,7 @@ def glm_variance(la, X: Tensor, mode: str = "auto") -> Tensor:
             return var.reshape(*lead, K)
         mode = auto_mode(False, K, la.n_weights)
     if mode == "factors":
-        fac = _factors(la, rows, lead, precision)
+        fac = glm_factors(la, rows, lead, precision)
         if fac is not None:
             F, factors = fac
             return precision.quad_diag_factors(factors).reshape(*lead, K)

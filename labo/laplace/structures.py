@@ -125,7 +125,7 @@ class KronCurvature(Curvature):
         self.register_buffer("rest_l", torch.zeros(R if self.full_rest else 0))
         self._rest_subset = None
         if rest_index.numel():
-            self._rest_subset = _restrict(subset, rest_index)
+            self._rest_subset = subset.restrict(rest_index)
 
     def _blocks(self):
         return [
@@ -176,24 +176,6 @@ class KronCurvature(Curvature):
             Q = torch.kron(QG, QA)
             C[index.unsqueeze(-1), index] = (Q * torch.outer(lG, lA).reshape(-1)) @ Q.T
         return C
-
-
-def _restrict(subset: ResolvedSubset, positions: Tensor) -> ResolvedSubset:
-    """The sub-subset of whole selected tensors covering the given flat positions."""
-    from labo.laplace.subsets import SelectedParameter
-
-    keep, offset = [], 0
-    pos = set(positions.tolist())
-    for s in subset.selected:
-        if s.offset in pos:
-            keep.append(SelectedParameter(s.name, s.shape, s.index, offset, s.size))
-            offset += s.size
-    restricted = ResolvedSubset.__new__(ResolvedSubset)
-    restricted.selected = keep
-    restricted.n_weights = offset
-    restricted._names = {s.name for s in keep}
-    restricted._param_names = subset._param_names
-    return restricted
 
 
 # ----------------------------------------------------------------------------------------

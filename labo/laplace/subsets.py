@@ -122,6 +122,22 @@ class ResolvedSubset:
 
         return f
 
+    def restrict(self, positions: Tensor) -> ResolvedSubset:
+        """The sub-subset of the selected tensors whose first entry is among the flat
+        ``positions`` (whole selected tensors), renumbered from 0."""
+        keep, offset = [], 0
+        pos = set(positions.tolist())
+        for s in self.selected:
+            if s.offset in pos:
+                keep.append(SelectedParameter(s.name, s.shape, s.index, offset, s.size))
+                offset += s.size
+        # Built without __init__: there is no network at hand, the parameter names carry over.
+        restricted = ResolvedSubset.__new__(ResolvedSubset)
+        restricted.selected, restricted.n_weights = keep, offset
+        restricted._names = {s.name for s in keep}
+        restricted._param_names = self._param_names
+        return restricted
+
     def expand_per_tensor(self, values: Tensor) -> Tensor:
         """Repeat one value per selected tensor ``(n_tensors,)`` into one per weight ``(S,)``."""
         counts = torch.tensor(self.sizes, device=values.device)

@@ -33,7 +33,7 @@ def train_map(
     params = [p for p in net.parameters() if p.requires_grad]
     subset = la.subset
     train_prior = model.map_prior_precision
-    prior_vec = la._expand_prior((la.prior_precision if train_prior is None else train_prior).detach())
+    prior_vec = la.expand_prior((la.prior_precision if train_prior is None else train_prior).detach())
     other_prior = float(prior_vec.mean())
     noise_var = model.z_noise_var.detach()
     weights = None
