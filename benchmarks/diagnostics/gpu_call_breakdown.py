@@ -49,7 +49,7 @@ def breakdown(method: str, X, Y, device: torch.device) -> dict:
 
     import labo.surrogates.lazy_covariance as lc
     import labo.surrogates.model_posterior as lm
-    import labo.surrogates.model_support as ms
+    from labo.surrogates import LaplaceModel
 
     model = fit(method, X, Y)
     acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True)
@@ -62,21 +62,21 @@ def breakdown(method: str, X, Y, device: torch.device) -> dict:
     if method == "GP":
         return row
     k = int(acqf.X_baseline.shape[0])
-    originals = (ms.ChecksMixin._check_X, lc.HeadCache.get, lm.shared_prefix_rows)
+    originals = (LaplaceModel.check_X, lc.HeadCache.get, lm.shared_prefix_rows)
     cache_get = lc.HeadCache.get
 
     def cached(self, la, X_head):
         return self._entry[3] if self._entry is not None else cache_get(self, la, X_head)
 
     try:
-        ms.ChecksMixin._check_X = lambda self, X, name="X": None
+        LaplaceModel.check_X = lambda self, X, name="X": None
         row["without_check_X"] = median_ms(call, device)
         lc.HeadCache.get = cached
         row["also_without_head_cache_comparison"] = median_ms(call, device)
         lm.shared_prefix_rows = lambda X_full: k if X_full.shape[-2] > k else 0
         row["also_without_shared_prefix_comparison"] = median_ms(call, device)
     finally:
-        ms.ChecksMixin._check_X, lc.HeadCache.get, lm.shared_prefix_rows = originals
+        LaplaceModel.check_X, lc.HeadCache.get, lm.shared_prefix_rows = originals
     X_full = torch.cat([acqf.X_baseline.expand(10, -1, -1), Xc], -2)
 
     def posterior_rows():

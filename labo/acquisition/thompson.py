@@ -50,22 +50,19 @@ class ModelFunctionSamples:
         outcome_transform = getattr(model, "outcome_transform", None)
         if outcome_transform is not None:
             y, _ = outcome_transform.untransform(y)
-        if model._outputs is not None:
-            y = y[..., model._outputs]
+        if model.output_subset is not None:
+            y = y[..., model.output_subset]
         return y
-
-    def _check_X(self, X: Tensor) -> None:
-        self.model._check_X(X)
 
     def __call__(self, X: Tensor) -> Tensor:
         """All functions at ``X`` (``batch_shape x n x d``, untransformed): ``s x batch_shape x n x m``."""
-        self._check_X(X)
+        self.model.check_X(X)
         self.model.eval()
         return self._to_outcome_space(self.samples(self.model.transform_inputs(X)))
 
     def paired(self, X: Tensor) -> Tensor:
         """Function ``i`` at ``X[i]``: ``s x batch_shape x n x d`` -> ``s x batch_shape x n x m``."""
-        self._check_X(X)
+        self.model.check_X(X)
         self.model.eval()
         return self._to_outcome_space(self.samples.paired(self.model.transform_inputs(X)))
 
@@ -86,7 +83,7 @@ def model_function_samples(
     """
     if not getattr(model, "is_fitted", False):
         raise NotFittedError("model_function_samples needs a fitted LaplaceModel (fit_laplace_model).")
-    if getattr(model, "_conditioning", None) is not None:
+    if getattr(model, "conditioning", None) is not None:
         if model.batch_shape != torch.Size([]):
             raise NotImplementedError(
                 f"Function samples of a batched conditioned (fantasy) LaplaceModel (batch_shape "
@@ -94,7 +91,7 @@ def model_function_samples(
             )
         # exact samples of the conditioned linearised posterior (e.g. with pending points)
         return ModelFunctionSamples(
-            model, model._conditioned_laplace().sample_functions(num_samples, generator)
+            model, model.conditioned_laplace().sample_functions(num_samples, generator)
         )
     return ModelFunctionSamples(model, sample_functions(model.laplace, num_samples, generator))
 

@@ -30,7 +30,7 @@ from gpytorch.distributions import MultivariateNormal
 from linear_operator.operators import DenseLinearOperator, LinearOperator
 from torch import Tensor
 
-_FIELDS = 5  # per layer: a_L, b_L, a_R, b_R, w
+LAYER_FIELDS = 5  # per layer: a_L, b_L, a_R, b_R, w
 _NO_SAMPLES = torch.Size()
 _ROOT_CHUNK = 2**24  # elements of one row chunk of the factor root (128 MiB in float64)
 
@@ -60,10 +60,10 @@ class LayerFactorCovariance(LinearOperator):
     """
 
     def __init__(self, *tensors: Tensor):
-        if not tensors or len(tensors) % _FIELDS:
+        if not tensors or len(tensors) % LAYER_FIELDS:
             raise ValueError(f"Expected 5 tensors per layer, got {len(tensors)}.")
         super().__init__(*tensors)
-        self._layers = [tensors[k : k + _FIELDS] for k in range(0, len(tensors), _FIELDS)]
+        self._layers = [tensors[k : k + LAYER_FIELDS] for k in range(0, len(tensors), LAYER_FIELDS)]
         self._dense: Tensor | None = None
         self.is_symmetric = all(aL is aR and bL is bR for aL, bL, aR, bR, _ in self._layers)
 

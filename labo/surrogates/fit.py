@@ -41,16 +41,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from gpytorch.mlls import MarginalLogLikelihood
 from torch import Tensor
 
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
 from labo.surrogates.feature_evidence import fit_feature_evidence
 from labo.surrogates.map_training import train_map
-from labo.surrogates.model import LaplaceModel
 from labo.surrogates.priors import fanin_prior_base, function_space_scale, log_hyperprior
+
+if TYPE_CHECKING:  # the model calls fit_laplace_model (BoTorch's custom_fit hook)
+    from labo.surrogates.model import LaplaceModel
 
 
 @dataclass
@@ -181,7 +183,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
         ValueError: For a batched (fantasy) model: refit the model it came from.
     """
     opts = options or FitOptions()
-    if model._conditioning is not None:
+    if model.conditioning is not None:
         if model.batch_shape != torch.Size([]):
             raise ValueError("Cannot refit a batched (fantasy) model; refit the model it came from.")
     warm = model.is_fitted or bool(model.fit_info.get("warm_start"))
@@ -207,7 +209,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
         noise = (model.z_noise_var * model.y_scale.pow(2)).mean()
         if not fixed_noise:
             model.likelihood.noise = noise.clamp_min(1e-9).reshape(1)
-    model._conditioning = None
+    model.clear_conditioning()
     model.fit_info = {
         "warm_start": warm,
         "seconds": time.perf_counter() - t0,
@@ -276,28 +278,3 @@ def _map_rounds(model: LaplaceModel, X: Tensor, Z: Tensor, opts: FitOptions, war
                     hyperprior=hyperprior,
                 )
     return train_steps, history
-
-
-class LaplaceMarginalLogLikelihood(MarginalLogLikelihood):
-    """The Laplace marginal likelihood of a ``LaplaceModel``, for ``fit_gpytorch_mll``.
-
-    ``fit_gpytorch_mll(LaplaceMarginalLogLikelihood(model))`` dispatches (through
-    BoTorch's ``custom_fit`` hook) to :func:`fit_laplace_model`. Calling the mll
-    returns the log marginal likelihood per data point (as GPyTorch's mlls do).
-
-    Args:
-        likelihood_or_model: The model, or ``model.likelihood`` (GPyTorch/Ax style,
-            then ``model`` is required).
-        model: The ``LaplaceModel`` when the first argument is its likelihood.
-    """
-
-    def __init__(self, likelihood_or_model, model: LaplaceModel | None = None):
-        if model is None:
-            model = likelihood_or_model
-        if not isinstance(model, LaplaceModel):
-            raise TypeError(f"LaplaceMarginalLogLikelihood needs a LaplaceModel, got {type(model).__name__}.")
-        super().__init__(model.likelihood, model)
-
-    def forward(self, *args, **kwargs) -> Tensor:
-        la = self.model.laplace
-        return la.log_marginal_likelihood() / int(la.n_data)

@@ -22,7 +22,7 @@ from torch import Tensor
 from labo.laplace.layer_quads import SharedRows
 from labo.laplace.predictive import glm_layer_terms
 from labo.surrogates.factor_covariance import (
-    _FIELDS,
+    LAYER_FIELDS,
     FactorMultivariateNormal,
     LayerFactorCovariance,
 )
@@ -93,10 +93,10 @@ class SharedHeadCovariance(LinearOperator):
     """
 
     def __init__(self, *tensors: Tensor, head_rows: list | None = None):
-        if not tensors or len(tensors) % _FIELDS:
+        if not tensors or len(tensors) % LAYER_FIELDS:
             raise ValueError(f"Expected 5 tensors per layer, got {len(tensors)}.")
         super().__init__(*tensors)
-        self._layers = [tensors[k : k + _FIELDS] for k in range(0, len(tensors), _FIELDS)]
+        self._layers = [tensors[k : k + LAYER_FIELDS] for k in range(0, len(tensors), LAYER_FIELDS)]
         self._joined: LayerFactorCovariance | None = None
         # [T_h], the head's rotated rows of all layers joined (N, P), filled on first use; a
         # list shared with a HeadCache entry is filled once for all posteriors over the same

@@ -1,57 +1,68 @@
 """``LaplaceModel``: a BoTorch ``Model`` backed by a Laplace-approximated network.
 
-A drop-in for ``SingleTaskGP``: same constructor data arguments and transforms,
-``posterior`` returns a ``GPyTorchPosterior`` over a ``MultivariateNormal``
-(one output) or ``MultitaskMultivariateNormal`` (several), joint over the ``q``
-points and outputs of each t-batch and never across t-batches.
+A drop-in for ``SingleTaskGP``: its posterior is an MVN (one output) or MTMVN (several),
+joint over the ``q`` points and outputs of each t-batch and never across t-batches. The
+network works on standardised targets (z-space, :mod:`labo.surrogates.model_posterior`).
 
-Spaces. BoTorch transforms come first (``input_transform`` on X,
-``outcome_transform`` on Y). Inside, the targets are further standardised with
-fixed statistics of the training targets (``z = (y − μ) / s``), so the network,
-its prior precision and the noise level work on O(1) numbers whatever the scale
-of Y, with or without an outcome transform. The Laplace core works in z-space;
-``posterior`` maps back exactly (an affine map of a Gaussian).
+The whole contract is this one class. The pure functions it calls, which take what they
+need as arguments: :mod:`~labo.surrogates.model_support` (checks, defaults, the prior's
+centre), :mod:`~labo.surrogates.model_posterior` (the posterior in the outcome space) and
+:mod:`~labo.surrogates.model_conditioning` (exact conditioning).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from botorch.models.gpytorch import GPyTorchModel
 from botorch.models.model import FantasizeMixin
+from botorch.posteriors.gpytorch import GPyTorchPosterior
 from gpytorch.constraints import GreaterThan
 from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from gpytorch.models import GP
 from torch import Tensor, nn
 
-from labo.exceptions import WeightSubsetError
-from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, LastLayer, WeightMask
-from labo.laplace.functional import Functional, prefer_functional
+from labo.exceptions import NotFittedError
+from labo.laplace import LaplaceApproximation
+from labo.laplace.conditioning import ConditionedLaplace
 from labo.laplace.structures import Structure
-from labo.laplace.subnetworks import WeightStrategy, by_module, placeholder_mask
+from labo.laplace.subnetworks import WeightStrategy
 from labo.laplace.subsets import WeightSubset
-from labo.surrogates.model_posterior import PosteriorMixin
-from labo.surrogates.model_support import ChecksMixin, ConditioningMixin, check_training_data
-from labo.surrogates.networks import (
-    RBF_BAYESIAN_LAYERS,
-    default_network,
-    is_rff_network,
-    rbf_network,
-    rff_network,
+from labo.surrogates.fit import fit_laplace_model
+from labo.surrogates.lazy_covariance import HeadCache
+from labo.surrogates.model_conditioning import (
+    append_observations,
+    append_training_data,
+    cached_condition,
+    z_space_observations,
+)
+from labo.surrogates.model_posterior import dense_posterior, lazy_posterior
+from labo.surrogates.model_support import (
+    build_network,
+    check_training_data,
+    check_X,
+    flat_anchor,
+    output_index,
+    posterior_options,
+    split_anchor,
+    standardisation,
+    strategy_posterior,
+    subset_index,
 )
 
-# Where the weight prior can be centred (the ``prior_mean`` argument).
-PRIOR_MEANS = ("zero", "init")
-# The built-in networks (the ``network`` argument as a string; see labo.surrogates.networks).
-NETWORKS = ("mlp", "rbf", "rff")
 # The network of LaplaceModel(train_X, train_Y) (docs/benchmarks.md, "BO suite").
 DEFAULT_NETWORK = "rff"
 # The default structure is Functional() up to this many training rows n·m, then Kron().
 FUNCTIONAL_MAX_ROWS = 250
 
 
-class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel, FantasizeMixin, GP):
+# GPyTorchModel is a base although the posterior is no GPyTorch GP's: BoTorch's cached-root
+# acquisition path (botorch.acquisition.cached_cholesky.supports_cache_root, used by qNEI and
+# qLogNEI) requires `isinstance(model, GPyTorchModel)`. FantasizeMixin gives `fantasize` (on
+# condition_on_observations); GP is GPyTorch's module base.
+class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
     """A BoTorch model whose posterior is the linearised Laplace predictive of a network.
 
     ``__init__`` stores data and builds the network; it never trains. Call
@@ -60,25 +71,20 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
 
     Example::
 
-        model = LaplaceModel(train_X, train_Y, input_transform=Normalize(d),
-                             outcome_transform=Standardize(m))
+        model = LaplaceModel(train_X, train_Y, input_transform=Normalize(d), outcome_transform=Standardize(m))
         fit_laplace_model(model)          # MAP training + marginal-likelihood tuning
         posterior = model.posterior(X)    # X: batch_shape x q x d
         # next BO iteration, with more data: start from this model's weights
         model = LaplaceModel(X_more, Y_more, ..., warm_start=model)
 
     After fitting, ``model.network`` is the trained network, ``model.laplace`` the
-    :class:`~labo.laplace.LaplaceApproximation` (tuned ``prior_precision`` and
-    ``noise_std``, in standardised target units) and ``model.fit_info`` records
-    the fit (seconds, training steps, marginal-likelihood history). Data, network
-    and posterior share one device and dtype (float32 or float64): pass CUDA
-    tensors to work on a GPU. Posterior function samples and Thompson sampling:
-    :mod:`labo.acquisition`. How to choose ``weights`` and ``structure``:
-    ``docs/guide.md``.
+    :class:`~labo.laplace.LaplaceApproximation` (tuned ``prior_precision`` and ``noise_std``,
+    in standardised target units) and ``model.fit_info`` records the fit. Data, network and
+    posterior share one device and dtype (float32 or float64). Function samples and Thompson
+    sampling: :mod:`labo.acquisition`. Choosing ``weights`` and ``structure``: ``docs/guide.md``.
 
-    The arguments after ``train_Yvar`` are meant to be passed by keyword; they are
-    not keyword-only because Ax inspects the positional argument names to decide
-    which transforms a model class accepts.
+    Pass the arguments after ``train_Yvar`` by keyword; they are not keyword-only because
+    Ax inspects the positional argument names to decide which transforms a model accepts.
 
     Args:
         train_X: ``n x d`` training inputs.
@@ -86,44 +92,28 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         train_Yvar: Optional ``n x m`` observed noise variances (fixed noise; the
             noise level is then not tuned).
         network: An ``nn.Module`` mapping ``b x d`` to ``b x m``, or a built-in one by
-            name: ``"rff"`` (the default, :func:`labo.surrogates.networks.rff_network`: 1024
-            random Fourier features with one learnable lengthscale per input, then a
-            linear layer; its default ``weights`` are that last layer, and its lengthscales,
-            prior precision and noise are tuned on the exact evidence, see
-            ``labo.surrogates.feature_evidence``: a bounded, GP-like variance away from
-            the data), ``"mlp"`` (:func:`labo.surrogates.networks.default_network`, MLP
-            d-64-64-m, tanh, every weight Bayesian; the default before the surrogate
-            screen of docs/benchmarks.md) or ``"rbf"``
-            (:func:`labo.surrogates.networks.rbf_network`: 64 Gaussian RBF features around
-            centres drawn from the inputs, then 64-64-m tanh; its default ``weights`` are
-            the two linear layers).
-        weights: Which weights are Bayesian (default ``AllWeights()``; ``LastLayer()``
-            for ``"rff"``), or a strategy
-            ``(network, X, Z) -> WeightMask`` (``labo.laplace.subnetworks``, e.g.
-            ``partial(largest_variance, n_weights=1000)``) applied by ``fit_laplace_model``
-            after each MAP training round to the trained network, the transformed inputs
-            and the standardised targets; its default structure is ``Full()``. To load a
-            saved strategy model, build it with ``weights=saved.laplace.weights`` (the mask).
+            name: ``"rff"`` (the default: random Fourier features and a Bayesian last
+            layer, every hyperparameter tuned on the exact evidence), ``"mlp"`` (d-64-64-m,
+            tanh, every weight Bayesian) or ``"rbf"`` (RBF features, then 64-64-m tanh);
+            :func:`labo.surrogates.model_support.build_network` describes them.
+        weights: Which weights are Bayesian (default ``AllWeights()``; ``LastLayer()`` for
+            ``"rff"``), or a strategy ``(network, X, Z) -> WeightMask`` (``labo.laplace.subnetworks``,
+            e.g. ``partial(largest_variance, n_weights=1000)``) applied by ``fit_laplace_model``
+            after each MAP training round (default structure ``Full()``). To load a saved
+            strategy model, build it with ``weights=saved.laplace.weights`` (the mask).
         structure: Posterior structure. Default: ``Functional()`` (exact GGN, function
             space) while ``n·m`` is below the number of Bayesian weights and at most
-            ``FUNCTIONAL_MAX_ROWS`` (250), else ``Kron(rest="auto")`` (see
-            ``labo.laplace.functional.prefer_functional``). Past a few hundred points the
-            function-space cross covariances (``O(n²)`` per candidate batch) make
-            acquisition optimisation slower than Kron's ``O(S)`` per candidate row.
-            ``rest="auto"`` keeps the Bayesian weights outside Linear layers (e.g. the
-            RBF centres with ``weights=AllWeights()``) as one full GGN block up to 8192
-            of them; the default networks' default weights have none.
+            ``FUNCTIONAL_MAX_ROWS`` (250), else ``Kron(rest="auto")``; why:
+            :func:`labo.surrogates.model_support.posterior_options`.
         input_transform: A BoTorch ``InputTransform`` (e.g. ``Normalize(d)``).
         outcome_transform: A BoTorch ``OutcomeTransform`` (e.g. ``Standardize(m)``).
         prior_precision: Initial prior precision (tuned by the marginal likelihood).
         noise_std: Initial noise standard deviation in standardised units (tuned).
         warm_start: A previously fitted ``LaplaceModel`` (same network architecture):
             its weights and hyperparameters start this model's fit.
-        prior_mean: Where the Gaussian prior over the weights is centred: ``"zero"``
-            (``N(0, λ⁻¹)``, weight decay towards zero) or ``"init"`` (``N(θ₀, λ⁻¹)`` with
-            ``θ₀`` the network's weights when the model is built: its random
-            initialisation for the default network; a warm-started model keeps the
-            centre of the model it starts from). MAP training decays towards the centre
+        prior_mean: Where the Gaussian weight prior is centred: ``"zero"`` (``N(0, λ⁻¹)``)
+            or ``"init"`` (``N(θ₀, λ⁻¹)``, ``θ₀`` the weights when the model is built; a
+            warm start keeps its source's centre). MAP training decays towards the centre
             and the marginal likelihood measures ``θ̂ − θ₀``, so weights the data never
             moved do not count as prior evidence for a large weight variance.
     """
@@ -151,55 +141,22 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         if outcome_transform is not None:
             outcome_transform.train()
             Y_tf, Yvar_tf = outcome_transform(train_Y, train_Yvar, X=X_tf)
-        d, m = train_X.shape[-1], train_Y.shape[-1]
-        self._d, self._m = d, m
-        self.train_inputs = (train_X,)
-        self.train_targets = Y_tf
-        self.train_Yvar = Yvar_tf
+        self._d, self._m = train_X.shape[-1], train_Y.shape[-1]
+        self.train_inputs, self.train_targets, self.train_Yvar = (train_X,), Y_tf, Yvar_tf
         # Fixed standardisation of the (transformed) targets: the network works in z-space.
-        mean = Y_tf.mean(0)
-        scale = Y_tf.std(0) if Y_tf.shape[0] > 1 else torch.ones_like(mean)
-        scale = torch.where(scale > 1e-8 * (1 + mean.abs()), scale, torch.ones_like(scale))
+        mean, scale = standardisation(Y_tf)
         self.register_buffer("y_mean", mean, persistent=False)
         self.register_buffer("y_scale", scale, persistent=False)
-        if isinstance(network, str) and network not in NETWORKS:
-            raise ValueError(f"network must be an nn.Module or one of {NETWORKS}, got {network!r}.")
         # network="rff": a Bayesian last layer on random Fourier features, every
         # hyperparameter tuned on its exact evidence (labo.surrogates.feature_evidence).
-        if network is None:
-            network = DEFAULT_NETWORK
-        if network == "rff":
-            network = rff_network(d, m, dtype=train_X.dtype, device=train_X.device)
-        self.evidence_fit = is_rff_network(network) and weights is None
-        if is_rff_network(network) and weights is None:
-            weights = LastLayer()  # its default structure, Functional or Kron, is exact here
-        if network == "rbf":
-            network = rbf_network(X_tf, m)
-            if weights is None:
-                weights = by_module(network, names=list(RBF_BAYESIAN_LAYERS))
-        elif network == "mlp":
-            network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
-        if prior_mean not in PRIOR_MEANS:
-            raise ValueError(f"prior_mean must be one of {PRIOR_MEANS}, got {prior_mean!r}.")
+        network = DEFAULT_NETWORK if network is None else network
+        network, weights, self.evidence_fit = build_network(network, weights, train_X, X_tf, self._m)
+        self.register_buffer("network_anchor", flat_anchor(network, prior_mean))
         self.prior_mean = prior_mean
-        with torch.no_grad():
-            flat = torch.cat([p.reshape(-1) for p in network.parameters()])
-            anchor = flat.clone() if prior_mean == "init" else torch.zeros_like(flat)
-        self.register_buffer("network_anchor", anchor)
-        weights = AllWeights() if weights is None else weights
         # A strategy picks the weights after MAP training; until then one weight stands in.
-        self.weight_strategy = None if isinstance(weights, WeightSubset) else weights
-        self._strategy_structure = structure or Full()
-        if self.weight_strategy is not None:
-            if not callable(weights):
-                raise WeightSubsetError(
-                    f"weights must be a WeightSubset or a strategy callable, got {weights!r}."
-                )
-            weights, structure = placeholder_mask(network), Full()
-        if structure is None:
-            n_weights = weights.resolve(network).n_weights
-            functional = prefer_functional(train_X.shape[0], m, n_weights, max_rows=FUNCTIONAL_MAX_ROWS)
-            structure = Functional() if functional else Kron(rest="auto")
+        weights, structure, self.weight_strategy, self._strategy_structure = posterior_options(
+            network, weights, structure, train_X.shape[0] * self._m, FUNCTIONAL_MAX_ROWS
+        )
         self.laplace = LaplaceApproximation(
             network, "regression", weights, structure, prior_precision, noise_std
         )
@@ -222,7 +179,6 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         if warm_start is not None:
             self.warm_start_from(warm_start)
 
-    # ------------------------------------------------------------------ properties
     @property
     def network(self) -> nn.Module:
         """The network (its weights are the MAP after fitting)."""
@@ -235,10 +191,8 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
     @property
     def batch_shape(self) -> torch.Size:
         """Empty for a fitted model; the fantasy/conditioning batch shape after conditioning."""
-        if self._conditioning is None:
-            return torch.Size([])
-        Xc, Zc, Nc = self._conditioning
-        return torch.broadcast_shapes(Xc.shape[:-2], Zc.shape[:-2], Nc.shape[:-2])
+        data = () if self._conditioning is None else self._conditioning
+        return torch.broadcast_shapes(*(t.shape[:-2] for t in data))
 
     @property
     def is_fitted(self) -> bool:
@@ -251,16 +205,30 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
             return self.train_Yvar.mean(0) / self.y_scale.pow(2)
         return self.laplace.noise_std.detach().pow(2).expand(self._m)
 
+    @property
+    def conditioning(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(X_tf, Z, N)`` of :meth:`condition_on_observations` (z-space), or None."""
+        return self._conditioning
+
+    def clear_conditioning(self) -> None:
+        """Forget the conditioning data (a refit on ``train_inputs`` includes them)."""
+        self._conditioning = None
+
+    @property
+    def output_subset(self) -> list[int] | None:
+        """The outputs of the original model that this one covers (:meth:`subset_output`), or None."""
+        return self._outputs
+
+    def check_X(self, X: Tensor, name: str = "X") -> None:
+        """Raise a typed error unless ``X`` is finite, ``batch_shape x q x d``, of the model's dtype."""
+        check_X(X, self._d, self.train_inputs[0].dtype, name)
+
     def anchor_parameters(self) -> dict[str, Tensor]:
         """The prior's centre ``θ₀`` for every network parameter, ``{name: tensor}``
         (zeros unless ``prior_mean="init"``)."""
-        out, start = {}, 0
-        for name, p in self.network.named_parameters():
-            out[name] = self.network_anchor[start : start + p.numel()].view_as(p)
-            start += p.numel()
-        return out
+        return split_anchor(self.network, self.network_anchor)
 
-    def _set_laplace_prior_mean(self) -> None:
+    def _set_laplace_prior_mean(self) -> None:  # the posterior's copy of the centre
         self.laplace.prior_mean = self.laplace.subset.theta_from(self.anchor_parameters())
 
     def warm_start_from(self, other: LaplaceModel) -> None:
@@ -276,32 +244,14 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         self.fit_info = {"warm_start": True}
 
     def select_weights(self, X: Tensor, Z: Tensor) -> LaplaceApproximation:
-        """Apply ``weight_strategy`` to the current network; rebuild the (unfitted) posterior.
-
-        No-op without a strategy. The noise and a scalar prior precision carry over; a
-        per-tensor or per-weight prior precision is replaced by its mean (the mask changes).
-
-        Args:
-            X: ``n x d`` transformed training inputs.
-            Z: ``n x m`` standardised training targets.
-
-        Returns:
-            ``self.laplace``.
-        """
-        if self.weight_strategy is None:
-            return self.laplace
-        mask = self.weight_strategy(self.network, X, Z)
-        if not isinstance(mask, WeightMask):
-            raise WeightSubsetError(
-                f"The weight strategy {self.weight_strategy!r} must return a WeightMask, "
-                f"got {type(mask).__name__}."
+        """Apply ``weight_strategy`` (if any) to the trained network at ``n x d`` transformed
+        inputs ``X`` and ``n x m`` targets ``Z``; returns ``self.laplace``, rebuilt and unfitted
+        (:func:`labo.surrogates.model_support.strategy_posterior`)."""
+        if self.weight_strategy is not None:
+            self.laplace = strategy_posterior(
+                self.weight_strategy, self.laplace, X, Z, self._strategy_structure
             )
-        la = self.laplace
-        prior = la.prior_precision.detach()
-        self.laplace = LaplaceApproximation(
-            self.network, "regression", mask, self._strategy_structure, prior.mean(), la.noise_std.detach()
-        )
-        self._set_laplace_prior_mean()
+            self._set_laplace_prior_mean()
         return self.laplace
 
     def load_state_dict(self, state_dict, strict: bool = True, keep_transforms: bool = True):
@@ -311,17 +261,9 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
         statistics of this model's own training data, as they must for its targets.
         """
         if keep_transforms:
-            state_dict = {
-                k: v
-                for k, v in state_dict.items()
-                if not k.startswith(("outcome_transform.", "input_transform."))
-            }
-            own = {
-                k: v
-                for k, v in self.state_dict().items()
-                if k.startswith(("outcome_transform.", "input_transform."))
-            }
-            state_dict.update(own)
+            transforms = ("outcome_transform.", "input_transform.")
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(transforms)}
+            state_dict.update({k: v for k, v in self.state_dict().items() if k.startswith(transforms)})
         # nn.Module.load_state_dict: GPyTorchModel's version re-derives GP training targets.
         out = nn.Module.load_state_dict(self, state_dict, strict=strict)
         self.fit_info = {"warm_start": True}
@@ -330,22 +272,129 @@ class LaplaceModel(PosteriorMixin, ConditioningMixin, ChecksMixin, GPyTorchModel
     def _set_transformed_inputs(self) -> None:
         """No-op: ``train_inputs`` always holds the raw inputs; transforms apply on use."""
 
-    def _revert_to_original_inputs(self) -> None:
-        """No-op (see :meth:`_set_transformed_inputs`)."""
+    _revert_to_original_inputs = _set_transformed_inputs  # no-op too
 
     def custom_fit(self, mll, closure=None, closure_kwargs=None, optimizer_kwargs=None, **kwargs):
         """Hook of BoTorch's ``fit_gpytorch_mll``: fit by MAP + marginal likelihood."""
-        from labo.surrogates.fit import fit_laplace_model
-
         fit_laplace_model(self)
         mll.eval()
         return mll
 
     # ------------------------------------------------------------------ BoTorch protocol
+    def posterior(
+        self,
+        X: Tensor,
+        output_indices: list[int] | None = None,
+        observation_noise: bool | Tensor = False,
+        posterior_transform=None,
+        **kwargs: Any,
+    ) -> GPyTorchPosterior:
+        """The GLM posterior at ``X``.
+
+        Args:
+            X: ``batch_shape x q x d`` inputs (any number of batch dimensions).
+            output_indices: Outputs to model jointly (default: all).
+            observation_noise: ``True`` adds the model's noise; a tensor
+                ``batch_shape x q x m`` (outcome-transformed space) is added as given.
+            posterior_transform: Optional BoTorch ``PosteriorTransform``.
+
+        Returns:
+            ``GPyTorchPosterior``: MVN (one output) or MTMVN, joint within each t-batch.
+        """
+        if not self.is_fitted:
+            raise NotFittedError(
+                "LaplaceModel.posterior called before fitting: call fit_laplace_model(model)."
+            )
+        self.check_X(X)
+        self.eval()
+        X_tf = self.transform_inputs(X)
+        posterior = None
+        if observation_noise is False and output_indices is None:
+            posterior = self._lazy_posterior(X_tf, X)
+        if posterior is None:
+            if self._outputs is not None:
+                output_indices = [self._outputs[i] for i in subset_index(output_indices, len(self._outputs))]
+            mean_z, cov_z = self._z_predictive(X_tf)
+            outcome_transform = getattr(self, "outcome_transform", None)
+            posterior = dense_posterior(
+                mean_z, cov_z, self.y_mean, self.y_scale, observation_noise, self.z_noise_var,
+                output_indices, outcome_transform, X_tf,
+            )  # fmt: skip
+        return posterior if posterior_transform is None else posterior_transform(posterior)
+
+    def _z_predictive(self, X_tf: Tensor) -> tuple[Tensor, Tensor]:
+        """The predictive mean and joint covariance in z-space at transformed inputs."""
+        la = self.laplace if self._conditioning is None else self.conditioned_laplace()
+        return la.predictive(X_tf)
+
+    def _lazy_posterior(self, X_tf: Tensor, X: Tensor) -> GPyTorchPosterior | None:
+        """The one-output posterior with a factored covariance (many points), or None
+        (``labo.surrogates.model_posterior.lazy_posterior``)."""
+        if self._conditioning is not None or self._outputs is not None or self.num_outputs != 1:
+            return None
+        cache = self.__dict__.setdefault("_head_cache", HeadCache())
+        transforms = getattr(self, "outcome_transform", None), getattr(self, "input_transform", None)
+        return lazy_posterior(self.laplace, X_tf, X, self.y_mean, self.y_scale, *transforms, cache)
+
+    @property
+    def _supports_cache_root(self) -> bool:
+        """BoTorch's cached-root acquisition path: one output only (several outputs share
+        one interleaved joint covariance, not the block-diagonal one it expects)."""
+        return self.num_outputs == 1
+
     def subset_output(self, idcs: list[int]) -> LaplaceModel:
         """A model over the outputs ``idcs`` only (sharing the fitted network)."""
-        idx = self._output_index(idcs).tolist()
+        idx = output_index(idcs, self._m, self.y_mean.device).tolist()
         base = self._outputs or list(range(self._m))
         new = self._shallow_copy()
         new._outputs = [base[i] for i in idx]
+        return new
+
+    def conditioned_laplace(self) -> ConditionedLaplace:
+        """The exact posterior conditioned on :attr:`conditioning` (``labo.laplace.conditioning``).
+
+        Cached while the data carry no autograd graph
+        (:func:`labo.surrogates.model_conditioning.cached_condition`).
+        """
+        if self._conditioning is None:
+            raise ValueError("conditioned_laplace needs a model from condition_on_observations.")
+        return cached_condition(self.laplace, self._conditioning, self.__dict__)
+
+    def condition_on_observations(self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs):
+        """A new model conditioned on ``(X, Y)`` under the linearised model: exact, no retraining.
+
+        Args:
+            X: ``batch_shape x n' x d`` inputs (untransformed).
+            Y: ``batch_shape' x n' x m`` observations (original scale); ``batch_shape'``
+                broadcasts against ``batch_shape`` (fantasies add leading dimensions).
+            noise: Optional noise variances ``batch_shape x n' x m`` in the
+                outcome-transformed space; default: the model's noise.
+        """
+        if not self.is_fitted:
+            raise NotFittedError("condition_on_observations needs a fitted model.")
+        if self._outputs is not None:
+            raise NotImplementedError(
+                "condition_on_observations on an output subset: condition the full model, then subset it."
+            )
+        self.check_X(X)
+        X_tf = self.transform_inputs(X)
+        outcome_transform = getattr(self, "outcome_transform", None)
+        Y_tf, Z, N = z_space_observations(
+            Y, noise, X_tf, outcome_transform, self.y_mean, self.y_scale, self.z_noise_var
+        )
+        new = self._shallow_copy()
+        new._conditioning = append_observations(self._conditioning, (X_tf, Z, N))
+        if X.dim() == 2 and Y.dim() == 2:  # unbatched: a refit on the training data includes them
+            train = (self.train_inputs[0], self.train_targets, self.train_Yvar)
+            X_all, new.train_targets, new.train_Yvar = append_training_data(train, X, Y_tf, noise)
+            new.train_inputs = (X_all,)
+        return new
+
+    def _shallow_copy(self) -> LaplaceModel:
+        """A copy sharing the (read-only) network and curvature, with its own containers."""
+        new = copy.copy(self)
+        # nn.Module keeps its children in these dicts; a shallow copy must not share them.
+        new._modules, new._buffers = dict(self._modules), dict(self._buffers)
+        new._parameters = dict(self._parameters)
+        new.fit_info = dict(self.fit_info)
         return new

@@ -1,136 +1,128 @@
 """The posterior of ``LaplaceModel``: the GLM predictive mapped back to the outcome space.
 
-``LaplaceModel`` inherits :class:`PosteriorMixin`; it relies on the model's attributes
-(``laplace``, ``_conditioning``, ``_outputs``, ``y_mean``/``y_scale``, the transforms,
-``_check_X`` and the output-index helpers of ``ChecksMixin``) and is not meant to be
-used alone.
+Spaces. BoTorch transforms come first (``input_transform`` on X,
+``outcome_transform`` on Y). Inside, the targets are further standardised with
+fixed statistics of the training targets (``z = (y − μ) / s``), so the network,
+its prior precision and the noise level work on O(1) numbers whatever the scale
+of Y, with or without an outcome transform. The Laplace core works in z-space;
+the posterior maps back exactly (an affine map of a Gaussian).
+
+Pure functions of the z-space predictive and the model's public pieces (its target
+standardisation, transforms and Laplace posterior); ``LaplaceModel.posterior`` calls them.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from linear_operator.operators import DenseLinearOperator
-from torch import Tensor
+from torch import Tensor, nn
 
-from labo.exceptions import InputShapeError, NotFittedError
+from labo.exceptions import InputShapeError
+from labo.laplace import LaplaceApproximation
 from labo.surrogates.lazy_covariance import HeadCache, one_output_posterior, shared_prefix_rows
+from labo.surrogates.model_support import output_index
 
 # Posteriors over at least this many points keep their covariance factored (lazy).
 LAZY_MIN_ROWS = 16
 
 
-class PosteriorMixin:
-    """``posterior`` and BoTorch's cached-root hooks of ``LaplaceModel``."""
+def dense_posterior(
+    mean_z: Tensor,
+    cov_z: Tensor,
+    y_mean: Tensor,
+    y_scale: Tensor,
+    observation_noise: bool | Tensor,
+    z_noise_var: Tensor,
+    output_indices: list[int] | None,
+    outcome_transform: nn.Module | None,
+    X_tf: Tensor,
+) -> GPyTorchPosterior:
+    """The posterior over ``q`` points from the z-space predictive, with a dense covariance.
 
-    def _z_predictive(self, X_tf: Tensor) -> tuple[Tensor, Tensor]:
-        if self._conditioning is None:
-            return self.laplace.predictive(X_tf)
-        return self._conditioned_laplace().predictive(X_tf)
+    Args:
+        mean_z: ``batch_shape x q x m`` predictive mean in z-space (standardised targets).
+        cov_z: ``batch_shape x q x m x q x m`` predictive covariance in z-space.
+        y_mean: ``(m,)`` mean of the standardisation ``z = (y − y_mean) / y_scale``.
+        y_scale: ``(m,)`` its scale.
+        observation_noise: ``False``; ``True`` adds ``z_noise_var`` (scaled back); a tensor
+            ``batch_shape x q x m`` (outcome-transformed space) is added as given.
+        z_noise_var: ``(m,)`` observation-noise variance in z-space.
+        output_indices: Outputs (of the ``m``) to keep, or ``None`` for all.
+        outcome_transform: The model's outcome transform, undone on the posterior, or ``None``.
+        X_tf: ``batch_shape x q x d`` transformed inputs (for the outcome transform).
 
-    def posterior(
-        self,
-        X: Tensor,
-        output_indices: list[int] | None = None,
-        observation_noise: bool | Tensor = False,
-        posterior_transform=None,
-        **kwargs: Any,
-    ):
-        """The GLM posterior at ``X``.
-
-        Args:
-            X: ``batch_shape x q x d`` inputs (any number of batch dimensions).
-            output_indices: Outputs to model jointly (default: all).
-            observation_noise: ``True`` adds the model's noise; a tensor
-                ``batch_shape x q x m`` (outcome-transformed space) is added as given.
-            posterior_transform: Optional BoTorch ``PosteriorTransform``.
-
-        Returns:
-            ``GPyTorchPosterior`` over an MVN (one output) or MTMVN (several), joint
-            over the ``q`` points and outputs of each t-batch.
-        """
-        if not self.is_fitted:
-            raise NotFittedError(
-                "LaplaceModel.posterior called before fitting: call fit_laplace_model(model)."
-            )
-        self._check_X(X)
-        self.eval()
-        X_tf = self.transform_inputs(X)
-        if observation_noise is False and output_indices is None:
-            lazy = self._lazy_posterior(X_tf, X)
-            if lazy is not None:
-                return lazy if posterior_transform is None else posterior_transform(lazy)
-        mean_z, cov_z = self._z_predictive(X_tf)
-        s = self.y_scale
-        mean = self.y_mean + s * mean_z
-        cov = cov_z * s.view(-1, 1, 1) * s
-        q, m = mean.shape[-2:]
-        if observation_noise is not False:
-            if isinstance(observation_noise, Tensor):
-                noise = observation_noise.to(mean)
-                if noise.shape[-1] != m and noise.shape[-1] != 1:
-                    raise InputShapeError(
-                        f"observation_noise must have shape batch_shape x q x {m}, got {tuple(noise.shape)}."
-                    )
-                noise = noise.expand(mean.shape)
-            else:
-                noise = (self.z_noise_var * s.pow(2)).expand(mean.shape)
-            eye = torch.diag_embed(noise.reshape(*noise.shape[:-2], q * m)).reshape(cov.shape)
-            cov = cov + eye
-        outcome_transform = getattr(self, "outcome_transform", None)
-        if self._outputs is not None:
-            base = self._outputs
-            output_indices = [base[i] for i in self._subset_index(output_indices)]
-        if output_indices is not None:
-            idx = self._output_index(output_indices)
-            mean = mean.index_select(-1, idx)
-            cov = cov.index_select(-3, idx).index_select(-1, idx)
-            m = len(output_indices)
-            if outcome_transform is not None:
-                outcome_transform = outcome_transform.subset_output(list(output_indices))
-        if m == 1:
-            c = cov[..., :, 0, :, 0]
-            mvn = MultivariateNormal(mean[..., 0], DenseLinearOperator(0.5 * (c + c.transpose(-1, -2))))
+    Returns:
+        ``GPyTorchPosterior`` over an MVN (one output) or MTMVN (several), joint over the
+        ``q`` points and outputs of each t-batch.
+    """
+    s = y_scale
+    mean = y_mean + s * mean_z
+    cov = cov_z * s.view(-1, 1, 1) * s
+    q, m = mean.shape[-2:]
+    if observation_noise is not False:
+        if isinstance(observation_noise, Tensor):
+            noise = observation_noise.to(mean)
+            if noise.shape[-1] != m and noise.shape[-1] != 1:
+                raise InputShapeError(
+                    f"observation_noise must have shape batch_shape x q x {m}, got {tuple(noise.shape)}."
+                )
+            noise = noise.expand(mean.shape)
         else:
-            c = cov.reshape(*cov.shape[:-4], q * m, q * m)
-            c = DenseLinearOperator(0.5 * (c + c.transpose(-1, -2)))
-            mvn = MultitaskMultivariateNormal(mean, c, interleaved=True)
-        posterior = GPyTorchPosterior(distribution=mvn)
+            noise = (z_noise_var * s.pow(2)).expand(mean.shape)
+        eye = torch.diag_embed(noise.reshape(*noise.shape[:-2], q * m)).reshape(cov.shape)
+        cov = cov + eye
+    if output_indices is not None:
+        idx = output_index(output_indices, m, mean.device)
+        mean = mean.index_select(-1, idx)
+        cov = cov.index_select(-3, idx).index_select(-1, idx)
+        m = len(output_indices)
         if outcome_transform is not None:
-            posterior = outcome_transform.untransform_posterior(posterior, X=X_tf)
-        if posterior_transform is not None:
-            return posterior_transform(posterior)
-        return posterior
+            outcome_transform = outcome_transform.subset_output(list(output_indices))
+    if m == 1:
+        c = cov[..., :, 0, :, 0]
+        mvn = MultivariateNormal(mean[..., 0], DenseLinearOperator(0.5 * (c + c.transpose(-1, -2))))
+    else:
+        c = cov.reshape(*cov.shape[:-4], q * m, q * m)
+        c = DenseLinearOperator(0.5 * (c + c.transpose(-1, -2)))
+        mvn = MultitaskMultivariateNormal(mean, c, interleaved=True)
+    posterior = GPyTorchPosterior(distribution=mvn)
+    if outcome_transform is not None:
+        posterior = outcome_transform.untransform_posterior(posterior, X=X_tf)
+    return posterior
 
-    @property
-    def _supports_cache_root(self) -> bool:
-        """BoTorch's cached-root acquisition path: one output only (several outputs share
-        one interleaved joint covariance, not the block-diagonal one it expects)."""
-        return self.num_outputs == 1
 
-    def _lazy_posterior(self, X_tf: Tensor, X: Tensor) -> GPyTorchPosterior | None:
-        """One-output posterior over many points with a factored (lazy) covariance, or None.
+def lazy_posterior(
+    la: LaplaceApproximation,
+    X_tf: Tensor,
+    X: Tensor,
+    y_mean: Tensor,
+    y_scale: Tensor,
+    outcome_transform: nn.Module | None,
+    input_transform: nn.Module | None,
+    cache: HeadCache,
+) -> GPyTorchPosterior | None:
+    """One-output posterior over many points with a factored (lazy) covariance, or None.
 
-        Used for ``q >= LAZY_MIN_ROWS`` points when the structure allows it (see
-        :mod:`labo.surrogates.lazy_covariance`): BoTorch's cached-root acquisition
-        functions then read only the rows of the new candidates, and the baseline rows
-        they repeat in every t-batch are computed once (``shared_prefix_rows`` of the
-        untransformed ``X``).
-        """
-        if self._conditioning is not None or self._outputs is not None or self.num_outputs != 1:
-            return None
-        if X_tf.shape[-2] < LAZY_MIN_ROWS:
-            return None
-        outcome_transform = getattr(self, "outcome_transform", None)
-        shared = shared_prefix_rows(X)
-        transform = getattr(self, "input_transform", None)
-        # The shared rows carry no gradient (shared_prefix_rows) unless a learnable
-        # input transform reaches them.
-        detach = transform is None or not any(p.requires_grad for p in transform.parameters())
-        cache = self.__dict__.setdefault("_head_cache", HeadCache())
-        return one_output_posterior(
-            self.laplace, X_tf, self.y_mean, self.y_scale, outcome_transform, shared, detach, cache
-        )
+    Used for ``q >= LAZY_MIN_ROWS`` points when the structure allows it (see
+    :mod:`labo.surrogates.lazy_covariance`): BoTorch's cached-root acquisition
+    functions then read only the rows of the new candidates, and the baseline rows
+    they repeat in every t-batch are computed once (``shared_prefix_rows`` of the
+    untransformed ``X``).
+
+    Args:
+        la: The (unconditioned) Laplace posterior, one output.
+        X_tf: ``batch_shape x q x d`` transformed inputs.
+        X: The same inputs untransformed.
+        y_mean, y_scale: The model's target standardisation, ``(1,)`` each.
+        outcome_transform, input_transform: The model's transforms, or ``None``.
+        cache: The model's cache of the shared rows.
+    """
+    if X_tf.shape[-2] < LAZY_MIN_ROWS:
+        return None
+    shared = shared_prefix_rows(X)
+    # The shared rows carry no gradient (shared_prefix_rows) unless a learnable
+    # input transform reaches them.
+    detach = input_transform is None or not any(p.requires_grad for p in input_transform.parameters())
+    return one_output_posterior(la, X_tf, y_mean, y_scale, outcome_transform, shared, detach, cache)

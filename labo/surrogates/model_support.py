@@ -1,15 +1,13 @@
-"""Pieces of ``LaplaceModel`` kept apart from its core: training-data checks
-(including BoTorch's unit-cube warning), input and output-index checks and exact
-conditioning (``condition_on_observations``).
+"""Pieces of ``LaplaceModel`` kept apart from its class: training-data checks
+(including BoTorch's unit-cube warning), input and output-index checks, the built-in
+networks with their default weights and structure, and the prior's centre.
 
-``LaplaceModel`` inherits :class:`ConditioningMixin` and :class:`ChecksMixin`;
-they rely on its attributes (``laplace``, ``_conditioning``, ``_m``, ``_outputs``,
-``y_mean``/``y_scale``, the transforms) and are not meant to be used alone.
+Plain functions of explicit arguments; ``LaplaceModel`` (``labo.surrogates.model``)
+calls them.
 """
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch
@@ -21,13 +19,29 @@ from labo.exceptions import (
     InputDtypeError,
     InputShapeError,
     NonFiniteInputError,
-    NotFittedError,
+    WeightSubsetError,
 )
-from labo.laplace.conditioning import ConditionedLaplace, condition
+from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, LastLayer, WeightMask
+from labo.laplace.functional import Functional, prefer_functional
+from labo.laplace.structures import Structure
+from labo.laplace.subnetworks import WeightStrategy, by_module, placeholder_mask
+from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
+from labo.surrogates.networks import (
+    RBF_BAYESIAN_LAYERS,
+    default_network,
+    is_rff_network,
+    rbf_network,
+    rff_network,
+)
 
 # Stands for "the caller did not say which input transform the model has": no scaling check.
 _TRANSFORM_UNKNOWN = object()
+
+# Where the weight prior can be centred (LaplaceModel's ``prior_mean`` argument).
+PRIOR_MEANS = ("zero", "init")
+# The built-in networks (LaplaceModel's ``network`` argument as a string).
+NETWORKS = ("mlp", "rbf", "rff")
 
 # Slack around [0, 1] before warning, as BoTorch's check_min_max_scaling allows.
 UNIT_CUBE_ATOL = 1e-2
@@ -120,117 +134,181 @@ def check_input_scaling(train_X: Tensor, stacklevel: int = 4) -> None:
     )
 
 
-class ChecksMixin:
-    """Checks of posterior inputs and of ``output_indices`` against the model."""
+def check_X(X: Tensor, d: int, dtype: torch.dtype, name: str = "X") -> None:
+    """Raise a typed error unless ``X`` is a finite ``batch_shape x q x d`` tensor of ``dtype``."""
+    if not isinstance(X, Tensor):
+        raise InputDtypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}.")
+    if X.dim() < 2 or X.shape[-1] != d:
+        raise InputShapeError(f"Expected {name} with shape batch_shape x q x {d}, got {tuple(X.shape)}.")
+    if X.dtype != dtype:
+        raise InputDtypeError(f"{name} has dtype {X.dtype} but the model was built with {dtype}.")
+    if not torch.isfinite(X).all():
+        raise NonFiniteInputError(f"{name} contains NaN/inf values (shape {tuple(X.shape)}).")
 
-    def _check_X(self, X: Tensor, name: str = "X") -> None:
-        if not isinstance(X, Tensor):
-            raise InputDtypeError(f"{name} must be a torch.Tensor, got {type(X).__name__}.")
-        if X.dim() < 2 or X.shape[-1] != self._d:
-            raise InputShapeError(
-                f"Expected {name} with shape batch_shape x q x {self._d}, got {tuple(X.shape)}."
+
+def subset_index(output_indices: list[int] | None, n: int) -> list[int]:
+    """``output_indices`` of a model over ``n`` outputs, checked and made non-negative."""
+    if output_indices is None:
+        return list(range(n))
+    bad = [i for i in output_indices if not isinstance(i, int) or not -n <= i < n]
+    if bad or not output_indices:
+        raise InputShapeError(f"output_indices must be ints in [0, {n}), got {output_indices!r}.")
+    return [i % n for i in output_indices]
+
+
+def output_index(output_indices, m: int, device: torch.device) -> Tensor:
+    """A non-empty list of output indices among ``m`` as a tensor of non-negative indices."""
+    idx = list(output_indices)
+    bad = [i for i in idx if not isinstance(i, int) or not -m <= i < m]
+    if bad or not idx:
+        raise InputShapeError(
+            f"output_indices must be a non-empty list of ints in [0, {m}), got {output_indices!r}."
+        )
+    return torch.tensor([i % m for i in idx], device=device)
+
+
+def build_network(
+    network: nn.Module | str,
+    weights: WeightSubset | WeightStrategy | None,
+    train_X: Tensor,
+    X_tf: Tensor,
+    m: int,
+) -> tuple[nn.Module, WeightSubset | WeightStrategy, bool]:
+    """The network and its default Bayesian weights (``LaplaceModel``'s ``network`` argument).
+
+    The built-in networks: ``"rff"`` (the default, :func:`labo.surrogates.networks.rff_network`:
+    1024 random Fourier features with one learnable lengthscale per input, then a linear
+    layer; its default ``weights`` are that last layer, and its lengthscales, prior
+    precision and noise are tuned on the exact evidence, see
+    ``labo.surrogates.feature_evidence``: a bounded, GP-like variance away from the data),
+    ``"mlp"`` (:func:`labo.surrogates.networks.default_network`, MLP d-64-64-m, tanh, every
+    weight Bayesian; the default before the surrogate screen of docs/benchmarks.md) or
+    ``"rbf"`` (:func:`labo.surrogates.networks.rbf_network`: 64 Gaussian RBF features around
+    centres drawn from the inputs, then 64-64-m tanh; its default ``weights`` are the two
+    linear layers).
+
+    Args:
+        network: An ``nn.Module`` or the name of a built-in network (``"rff"``, ``"mlp"``, ``"rbf"``).
+        weights: The ``weights`` argument of ``LaplaceModel`` (``None``: the network's default).
+        train_X: ``n x d`` raw training inputs (their dtype and device).
+        X_tf: ``n x d`` transformed training inputs (the RBF centres are drawn from them).
+        m: Number of outputs.
+
+    Returns:
+        ``(network, weights, evidence_fit)``: ``evidence_fit`` is True for a random-Fourier-feature
+        network with its default weights (its last layer), fitted on its exact evidence.
+    """
+    if isinstance(network, str) and network not in NETWORKS:
+        raise ValueError(f"network must be an nn.Module or one of {NETWORKS}, got {network!r}.")
+    if network == "rff":
+        network = rff_network(train_X.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
+    evidence_fit = is_rff_network(network) and weights is None
+    if evidence_fit:
+        weights = LastLayer()  # its default structure, Functional or Kron, is exact here
+    if network == "rbf":
+        network = rbf_network(X_tf, m)
+        if weights is None:
+            weights = by_module(network, names=list(RBF_BAYESIAN_LAYERS))
+    elif network == "mlp":
+        network = default_network(X_tf.shape[-1], m, dtype=train_X.dtype, device=train_X.device)
+    return network, AllWeights() if weights is None else weights, evidence_fit
+
+
+def posterior_options(
+    network: nn.Module,
+    weights: WeightSubset | WeightStrategy,
+    structure: Structure | None,
+    n_rows: int,
+    functional_max_rows: int,
+) -> tuple[WeightSubset, Structure, WeightStrategy | None, Structure]:
+    """The weights and structure of a new model's posterior (``LaplaceModel``'s defaults).
+
+    The default structure is ``Functional()`` (exact GGN, function space) while ``n·m``
+    is below the number of Bayesian weights and at most ``functional_max_rows``, else
+    ``Kron(rest="auto")`` (``labo.laplace.functional.prefer_functional``). Past a few
+    hundred points the function-space cross covariances (``O(n²)`` per candidate batch)
+    make acquisition optimisation slower than Kron's ``O(S)`` per candidate row.
+    ``rest="auto"`` keeps the Bayesian weights outside Linear layers (e.g. the RBF centres
+    with ``weights=AllWeights()``) as one full GGN block up to 8192 of them; the default
+    networks' default weights have none.
+
+    Args:
+        network: The model's network.
+        weights: A weight subset, or a strategy picking one after MAP training.
+        structure: The ``structure`` argument (``None``: the default).
+        n_rows: ``n·m``, the number of training values.
+        functional_max_rows: The most rows for which the default is ``Functional()``.
+
+    Returns:
+        ``(weights, structure, strategy, strategy_structure)``: with a strategy, one weight
+        (``placeholder_mask``) and ``Full()`` stand in until the strategy picks the subset,
+        whose posterior then gets ``strategy_structure``.
+    """
+    strategy = None if isinstance(weights, WeightSubset) else weights
+    strategy_structure = structure or Full()
+    if strategy is not None:
+        if not callable(weights):
+            raise WeightSubsetError(
+                f"weights must be a WeightSubset or a strategy callable, got {weights!r}."
             )
-        if X.dtype != self.train_inputs[0].dtype:
-            raise InputDtypeError(
-                f"{name} has dtype {X.dtype} but the model was built with {self.train_inputs[0].dtype}."
-            )
-        if not torch.isfinite(X).all():
-            raise NonFiniteInputError(f"{name} contains NaN/inf values (shape {tuple(X.shape)}).")
-
-    def _subset_index(self, output_indices) -> list[int]:
-        n = len(self._outputs)
-        if output_indices is None:
-            return list(range(n))
-        bad = [i for i in output_indices if not isinstance(i, int) or not -n <= i < n]
-        if bad or not output_indices:
-            raise InputShapeError(f"output_indices must be ints in [0, {n}), got {output_indices!r}.")
-        return [i % n for i in output_indices]
-
-    def _output_index(self, output_indices) -> Tensor:
-        idx = list(output_indices)
-        bad = [i for i in idx if not isinstance(i, int) or not -self._m <= i < self._m]
-        if bad or not idx:
-            raise InputShapeError(
-                f"output_indices must be a non-empty list of ints in [0, {self._m}), got {output_indices!r}."
-            )
-        return torch.tensor([i % self._m for i in idx], device=self.y_mean.device)
+        weights, structure = placeholder_mask(network), Full()
+    if structure is None:
+        n_weights = weights.resolve(network).n_weights
+        functional = prefer_functional(n_rows, 1, n_weights, max_rows=functional_max_rows)
+        structure = Functional() if functional else Kron(rest="auto")
+    return weights, structure, strategy, strategy_structure
 
 
-class ConditioningMixin:
-    """Exact conditioning of the linearised model on new observations (no retraining)."""
+def strategy_posterior(
+    strategy: WeightStrategy, la: LaplaceApproximation, X: Tensor, Z: Tensor, structure: Structure
+) -> LaplaceApproximation:
+    """A new (unfitted) posterior over the weights a strategy picks for ``la``'s trained network.
 
-    def _conditioned_laplace(self) -> ConditionedLaplace:
-        """The exact conditioned posterior (``labo.laplace.conditioning``), cached.
+    The noise and a scalar prior precision carry over; a per-tensor or per-weight prior
+    precision is replaced by its mean (the mask changes).
 
-        Its factorisation is reused by every posterior call of this conditioned model.
-        When the conditioning data carry an autograd graph (e.g. fantasies at candidates
-        being optimised) it is rebuilt per call, so each backward pass has its own graph.
-        """
-        Xc, Zc, Nc = self._conditioning
-        precision = self.laplace.posterior_precision()
-        cached = self.__dict__.get("_conditioned_cache")
-        if cached is not None and cached[0] is self._conditioning and cached[1] is precision:
-            return cached[2]
-        if Xc.requires_grad or Zc.requires_grad or Nc.requires_grad:
-            return condition(self.laplace, Xc, Zc, Nc)
-        with torch.no_grad():
-            post = condition(self.laplace, Xc, Zc, Nc)
-        self.__dict__["_conditioned_cache"] = (self._conditioning, precision, post)
-        return post
+    Args:
+        strategy: ``(network, X, Z) -> WeightMask``.
+        la: The current posterior (its network is the trained one).
+        X: ``n x d`` transformed training inputs.
+        Z: ``n x m`` standardised training targets.
+        structure: The new posterior's structure.
+    """
+    mask = strategy(la.network, X, Z)
+    if not isinstance(mask, WeightMask):
+        raise WeightSubsetError(
+            f"The weight strategy {strategy!r} must return a WeightMask, got {type(mask).__name__}."
+        )
+    prior, noise = la.prior_precision.detach().mean(), la.noise_std.detach()
+    return LaplaceApproximation(la.network, "regression", mask, structure, prior, noise)
 
-    def condition_on_observations(self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs):
-        """A new model conditioned on ``(X, Y)`` under the linearised model: exact, no retraining.
 
-        Args:
-            X: ``batch_shape x n' x d`` inputs (untransformed).
-            Y: ``batch_shape' x n' x m`` observations (original scale); ``batch_shape'``
-                broadcasts against ``batch_shape`` (fantasies add leading dimensions).
-            noise: Optional noise variances ``batch_shape x n' x m`` in the
-                outcome-transformed space; default: the model's noise.
-        """
-        if not self.is_fitted:
-            raise NotFittedError("condition_on_observations needs a fitted model.")
-        if self._outputs is not None:
-            raise NotImplementedError(
-                "condition_on_observations on an output subset: condition the full model, then subset it."
-            )
-        self._check_X(X)
-        if Y.dim() < 2 or Y.shape[-1] != self._m or Y.shape[-2] != X.shape[-2]:
-            raise InputShapeError(
-                f"Expected Y with shape batch_shape x {X.shape[-2]} x {self._m}, got {tuple(Y.shape)}."
-            )
-        if not torch.isfinite(Y).all():
-            raise NonFiniteInputError("Y passed to condition_on_observations contains NaN/inf.")
-        X_tf = self.transform_inputs(X)
-        Y_tf = Y
-        if hasattr(self, "outcome_transform"):
-            Y_tf, _ = self.outcome_transform(Y, None, X=X_tf)
-        Z = (Y_tf - self.y_mean) / self.y_scale
-        if noise is None:
-            N = self.z_noise_var.expand(Z.shape[-2:])
-        else:
-            N = noise.to(Z) / self.y_scale.pow(2)
-        new = self._shallow_copy()
-        if self._conditioning is not None:
-            Xc, Zc, Nc = self._conditioning
-            batch = torch.broadcast_shapes(self.batch_shape, X_tf.shape[:-2], Z.shape[:-2], N.shape[:-2])
-            X_tf = torch.cat([Xc.expand(*batch, *Xc.shape[-2:]), X_tf.expand(*batch, *X_tf.shape[-2:])], -2)
-            Z = torch.cat([Zc.expand(*batch, *Zc.shape[-2:]), Z.expand(*batch, *Z.shape[-2:])], -2)
-            N = torch.cat([Nc.expand(*batch, *Nc.shape[-2:]), N.expand(*batch, *N.shape[-2:])], -2)
-        new._conditioning = (X_tf, Z, N)
-        if X.dim() == 2 and Y.dim() == 2:
-            new.train_inputs = (torch.cat([self.train_inputs[0], X]),)
-            new.train_targets = torch.cat([self.train_targets, Y_tf])
-            if self.train_Yvar is not None:
-                extra = noise if noise is not None else self.train_Yvar.mean(0).expand_as(Y_tf)
-                new.train_Yvar = torch.cat([self.train_Yvar, extra.to(Y_tf)])
-        return new
+def standardisation(Y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean, scale)`` of ``n x m`` targets, ``(m,)`` each, for ``z = (y − mean) / scale``.
 
-    def _shallow_copy(self) -> ConditioningMixin:
-        """A copy sharing the (read-only) network and curvature, with its own containers."""
-        new = copy.copy(self)
-        new._modules = dict(self._modules)
-        new._buffers = dict(self._buffers)
-        new._parameters = dict(self._parameters)
-        new.fit_info = dict(self.fit_info)
-        return new
+    The network, its prior precision and the noise level then work on O(1) numbers
+    whatever the scale of Y, with or without an outcome transform. A scale of one
+    stands in for a single row or a (numerically) constant column.
+    """
+    mean = Y.mean(0)
+    scale = Y.std(0) if Y.shape[0] > 1 else torch.ones_like(mean)
+    return mean, torch.where(scale > 1e-8 * (1 + mean.abs()), scale, torch.ones_like(scale))
+
+
+def flat_anchor(network: nn.Module, prior_mean: str) -> Tensor:
+    """The prior's centre ``θ₀`` over all network parameters, flat: zeros, or the current
+    weights for ``prior_mean="init"``."""
+    if prior_mean not in PRIOR_MEANS:
+        raise ValueError(f"prior_mean must be one of {PRIOR_MEANS}, got {prior_mean!r}.")
+    with torch.no_grad():
+        flat = torch.cat([p.reshape(-1) for p in network.parameters()])
+        return flat.clone() if prior_mean == "init" else torch.zeros_like(flat)
+
+
+def split_anchor(network: nn.Module, anchor: Tensor) -> dict[str, Tensor]:
+    """A flat centre (:func:`flat_anchor`) as ``{parameter name: tensor}``."""
+    out, start = {}, 0
+    for name, p in network.named_parameters():
+        out[name] = anchor[start : start + p.numel()].view_as(p)
+        start += p.numel()
+    return out
