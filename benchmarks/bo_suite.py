@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from labo.bench.methods import METHODS, RESEARCH_METHODS
 from labo.bench.plots import format_table, plot_study, summarize
 from labo.bench.problems import ProblemObjective, get_problem
 from labo.bench.runner import run_bo, spec_from_problem
@@ -35,7 +36,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--problems", default="branin,hartmann6")
-    parser.add_argument("--methods", default="laplace,gp,sobol")
+    parser.add_argument(
+        "--methods",
+        default="laplace,gp,sobol",
+        help=f"product methods {','.join(METHODS)} or research variants {','.join(RESEARCH_METHODS)}"
+        " (labo.bench.methods)",
+    )
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--budget-scale", type=float, default=1.0)
     parser.add_argument("--num-restarts", type=int, default=10)

@@ -31,8 +31,9 @@ from labo.bench.cli_support import (
     stored_config,
     study_location,
 )
+from labo.bench.methods import METHODS
 from labo.bench.problems import PROBLEM_NAMES
-from labo.bench.runner import METHODS, RunSpec, check_bounds, run_bo
+from labo.bench.runner import RunSpec, check_bounds, run_bo
 from labo.bench.store import open_store
 from labo.exceptions import BenchmarkError, LaboError, ObjectiveImportError
 

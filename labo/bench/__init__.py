@@ -1,7 +1,8 @@
 """BO runner, benchmark problems, SQLite study store, Dask evaluation and plots (``labo`` CLI)."""
 
+from labo.bench.methods import METHODS, RESEARCH_METHODS
 from labo.bench.problems import PROBLEM_NAMES, Problem, ProblemObjective, get_problem
-from labo.bench.runner import METHODS, RunResult, RunSpec, run_bo, spec_from_problem
+from labo.bench.runner import RunResult, RunSpec, run_bo, spec_from_problem
 from labo.bench.store import Evaluation, StudyStore, open_store
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Evaluation",
     "Problem",
     "ProblemObjective",
+    "RESEARCH_METHODS",
     "RunResult",
     "RunSpec",
     "StudyStore",

@@ -35,7 +35,7 @@ import tempfile
 import torch
 from torch import Tensor
 
-from labo.bench.problems import Problem, initial_design_size
+from labo.bench.problem import Problem, initial_design_size
 from labo.exceptions import BenchmarkError
 
 BBOB_FUNCTIONS = tuple(range(1, 25))

@@ -1,30 +1,8 @@
 """The BO loop: Sobol initial design, then model fit + qLogNEI proposals, every step stored.
 
-One *run* optimises one objective with one method and one seed. Methods:
-
-- ``laplace``: :class:`~labo.surrogates.LaplaceModel` with its default configuration
-  (``network="rff"``), warm-started from the previous iteration's model (``fit_laplace_model``).
-- ``laplace-mlp``: the MLP d-64-64-m with every weight Bayesian (``network="mlp"``), the
-  default before ``"rff"``.
-- ``laplace-ll`` / ``laplace-kron`` / ``laplace-functional``: the MLP's main variants
-  (last-layer weights; Kron over all weights; the function-space posterior).
-- ``laplace-lbfgs``: the MLP with its network trained by L-BFGS instead of Adam
-  (``FitOptions(optimizer="lbfgs")``).
-- ``laplace-ard``: the MLP with one prior precision per input for the first layer's
-  weights (``FitOptions(prior="ard")``).
-- ``laplace-init``: the MLP with its weight prior centred at the network's initial
-  weights instead of zero (``LaplaceModel(prior_mean="init")``).
-- ``laplace-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around
-  learnable centres, then a tanh layer; its two linear layers are Bayesian.
-- ``laplace-rbf-all``: the same network with every weight Bayesian (``AllWeights()``),
-  the centres and the lengthscale too (under Kron, past 250 rows, as one full GGN block,
-  ``Kron(rest="auto")``, through the closed form of ``labo.laplace.rbf``; see
-  ``docs/research-log.md``, "The centres as one full Kron block").
-- ``laplace-rff``: ``LaplaceModel(network="rff")``, a Bayesian last layer on random Fourier
-  features whose ARD lengthscales, prior precision and noise are tuned on the exact
-  evidence (``labo.surrogates.feature_evidence``).
-- ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
-- ``sobol``: the next points of the run's scrambled Sobol sequence.
+One *run* optimises one objective with one method and one seed. The methods, the
+product's surrogates and the research variants, are the one table of
+:mod:`labo.bench.methods`.
 
 Protocol (identical for every method): the first ``n_init`` points of a scrambled
 Sobol sequence seeded by the run's seed (so seeds are paired across methods),
@@ -63,40 +41,10 @@ from torch import Tensor
 from torch.quasirandom import SobolEngine
 
 from labo.acquisition.failures import SuccessWeighted, failure_rule, fit_success_model
+from labo.bench.methods import TABLE
 from labo.bench.store import Evaluation, StudyStore
 from labo.exceptions import BenchmarkError
-from labo.laplace import AllWeights, Functional, Kron, LastLayer
-from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
-
-METHODS = (
-    "laplace",
-    "laplace-mlp",
-    "laplace-ll",
-    "laplace-kron",
-    "laplace-functional",
-    "laplace-lbfgs",
-    "laplace-ard",
-    "laplace-init",
-    "laplace-rbf",
-    "laplace-rbf-all",
-    "laplace-rff",
-    "gp",
-    "sobol",
-)
-_LAPLACE_VARIANTS = {
-    "laplace": {},
-    "laplace-mlp": {"network": "mlp"},
-    "laplace-ll": {"network": "mlp", "weights": LastLayer()},
-    "laplace-kron": {"network": "mlp", "structure": Kron()},
-    "laplace-functional": {"network": "mlp", "structure": Functional()},
-    "laplace-lbfgs": {"network": "mlp"},
-    "laplace-ard": {"network": "mlp"},
-    "laplace-init": {"network": "mlp", "prior_mean": "init"},
-    "laplace-rbf": {"network": "rbf"},
-    "laplace-rbf-all": {"network": "rbf", "weights": AllWeights()},
-    "laplace-rff": {"network": "rff"},
-}
-_FIT_OPTIONS = {"laplace-lbfgs": FitOptions(optimizer="lbfgs"), "laplace-ard": FitOptions(prior="ard")}
+from labo.surrogates import LaplaceModel, fit_laplace_model
 
 
 @dataclass(frozen=True)
@@ -106,7 +54,8 @@ class RunSpec:
     Attributes:
         study: Study name in the store.
         problem: Problem (or objective) name.
-        method: One of :data:`METHODS`.
+        method: A product method (``METHODS``) or a research variant
+            (``RESEARCH_METHODS``), see :mod:`labo.bench.methods`.
         seed: Seed of the initial design and of the acquisition optimisation.
         bounds: ``d`` pairs ``(lower, upper)``.
         budget: Total evaluations, initial design included.
@@ -133,8 +82,8 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         check_bounds(self.bounds)
-        if self.method not in METHODS:
-            raise BenchmarkError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}.")
+        if self.method not in TABLE:
+            raise BenchmarkError(f"method must be one of {', '.join(TABLE)}, got {self.method!r}.")
         for name in ("budget", "q", "n_init", "num_restarts", "raw_samples"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -205,16 +154,14 @@ def evaluate(objective: Callable, x: list[float]) -> tuple[list[float] | None, f
 
 def fit_model(method: str, X: Tensor, Y: Tensor, previous=None):
     """Fit the surrogate of ``method`` on unit-cube inputs ``n x d`` and targets ``n x m``."""
-    m = Y.shape[-1]
-    if method == "gp":
+    m, entry = Y.shape[-1], TABLE[method]
+    if entry.model == "gp":
         model = SingleTaskGP(X, Y, outcome_transform=Standardize(m))
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         return model
     warm = previous if isinstance(previous, LaplaceModel) else None
-    model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **_LAPLACE_VARIANTS[method])
-    if method in _FIT_OPTIONS:
-        return fit_laplace_model(model, _FIT_OPTIONS[method])
-    return fit_laplace_model(model)
+    model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **entry.options)
+    return fit_laplace_model(model, entry.fit)
 
 
 def propose(
@@ -244,7 +191,7 @@ def propose(
         ``(q x d candidates, fit seconds, acquisition seconds, model or None)``.
     """
     d = X.shape[-1] if X.numel() else len(spec.bounds)
-    if spec.method == "sobol" or X.shape[0] < 2:
+    if TABLE[spec.method].model == "sobol" or X.shape[0] < 2:
         engine = SobolEngine(d, scramble=True, seed=spec.seed)
         engine.fast_forward(n_rows)
         return engine.draw(q).to(torch.float64), 0.0, 0.0, None

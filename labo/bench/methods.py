@@ -1,0 +1,84 @@
+"""The runner's methods: one table, the product's surrogates apart from research variants.
+
+Product methods (:data:`METHODS`, what ``labo run`` / ``labo bench`` offer) are the
+surrogates labo ships:
+
+- ``laplace``: :class:`~labo.surrogates.LaplaceModel` with its default configuration
+  (``network="rff"``), warm-started from the previous iteration's model (``fit_laplace_model``).
+- ``laplace-mlp``: the MLP d-64-64-m with every weight Bayesian (``network="mlp"``), the
+  default before ``"rff"``.
+- ``laplace-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around
+  learnable centres, then a tanh layer; its two linear layers are Bayesian.
+- ``gp``: BoTorch's ``SingleTaskGP`` with its defaults, fitted by ``fit_gpytorch_mll``.
+- ``sobol``: the next points of the run's scrambled Sobol sequence.
+
+Research variants (:data:`RESEARCH_METHODS`) are the options of the studies in
+``docs/research-log.md``; benchmark scripts (``benchmarks/bo_suite.py --methods ...``)
+pass them to the runner, the CLI does not offer them:
+
+- ``laplace-ll`` / ``laplace-kron`` / ``laplace-functional``: the MLP's main variants
+  (last-layer weights; Kron over all weights; the function-space posterior).
+- ``laplace-lbfgs``: the MLP with its network trained by L-BFGS instead of Adam
+  (``FitOptions(optimizer="lbfgs")``).
+- ``laplace-ard``: the MLP with one prior precision per input for the first layer's
+  weights (``FitOptions(prior="ard")``).
+- ``laplace-init``: the MLP with its weight prior centred at the network's initial
+  weights instead of zero (``LaplaceModel(prior_mean="init")``).
+- ``laplace-rbf-all``: the RBF network with every weight Bayesian (``AllWeights()``),
+  the centres and the lengthscale too (under Kron, past 250 rows, as one full GGN block,
+  ``Kron(rest="auto")``, through the closed form of ``labo.laplace.rbf``; see
+  ``docs/research-log.md``, "The centres as one full Kron block").
+- ``laplace-rff``: ``LaplaceModel(network="rff")``, the default spelt out; the name of
+  the studies that measured it before it became the default (``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from labo.laplace import AllWeights, Functional, Kron, LastLayer
+from labo.surrogates import FitOptions
+
+
+@dataclass(frozen=True)
+class Method:
+    """How the runner builds and fits one method's surrogate.
+
+    Attributes:
+        model: ``"laplace"`` (a ``LaplaceModel``), ``"gp"`` (``SingleTaskGP``) or
+            ``"sobol"`` (no model).
+        options: Keyword arguments of ``LaplaceModel`` (``network``, ``weights``, ...).
+        fit: ``FitOptions`` of ``fit_laplace_model``; ``None``: its defaults.
+        research: A research variant (benchmark scripts only), not a product method.
+    """
+
+    model: str = "laplace"
+    options: dict[str, Any] = field(default_factory=dict)
+    fit: FitOptions | None = None
+    research: bool = False
+
+
+_MLP = {"network": "mlp"}
+TABLE: MappingProxyType[str, Method] = MappingProxyType(
+    {
+        "laplace": Method(),
+        "laplace-mlp": Method(options=_MLP),
+        "laplace-rbf": Method(options={"network": "rbf"}),
+        "gp": Method(model="gp"),
+        "sobol": Method(model="sobol"),
+        # research variants (docs/research-log.md)
+        "laplace-ll": Method(options={**_MLP, "weights": LastLayer()}, research=True),
+        "laplace-kron": Method(options={**_MLP, "structure": Kron()}, research=True),
+        "laplace-functional": Method(options={**_MLP, "structure": Functional()}, research=True),
+        "laplace-lbfgs": Method(options=_MLP, fit=FitOptions(optimizer="lbfgs"), research=True),
+        "laplace-ard": Method(options=_MLP, fit=FitOptions(prior="ard"), research=True),
+        "laplace-init": Method(options={**_MLP, "prior_mean": "init"}, research=True),
+        "laplace-rbf-all": Method(options={"network": "rbf", "weights": AllWeights()}, research=True),
+        "laplace-rff": Method(options={"network": "rff"}, research=True),
+    }
+)
+# The product's methods (the CLI's choices) and the research variants (benchmark scripts).
+METHODS = tuple(name for name, method in TABLE.items() if not method.research)
+RESEARCH_METHODS = tuple(name for name, method in TABLE.items() if method.research)
