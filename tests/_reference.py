@@ -202,3 +202,100 @@ def check_lazy_model_posterior(model, X, g, monkeypatch) -> None:
         lazy.distribution.covariance_matrix, dense.distribution.covariance_matrix, rtol=1e-8, atol=1e-10
     )
     torch.testing.assert_close(acq(cand), value, rtol=1e-6, atol=1e-8)
+
+
+def _patches(layer: nn.Module, a: Tensor) -> Tensor:
+    """Rows ``(n, T, in·kernel)`` of a layer input: the input itself for a Linear layer (T = 1),
+    for a convolution the zero-padded patch of each output position read off index by index."""
+    if isinstance(layer, nn.Linear):
+        return a.unsqueeze(1)
+    k, s, p, dil = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    if isinstance(layer, nn.Conv1d):  # as a Conv2d of height 1
+        a, k, s, p, dil = a.unsqueeze(2), (1, *k), (1, *s), (0, *p), (1, *dil)
+    n, c, h, w = a.shape
+    padded = torch.zeros(n, c, h + 2 * p[0], w + 2 * p[1], dtype=a.dtype)
+    padded[:, :, p[0] : p[0] + h, p[1] : p[1] + w] = a
+    H = (h + 2 * p[0] - dil[0] * (k[0] - 1) - 1) // s[0] + 1
+    W = (w + 2 * p[1] - dil[1] * (k[1] - 1) - 1) // s[1] + 1
+    rows = []
+    for i in range(H):
+        for j in range(W):
+            patch = torch.zeros(n, c, k[0], k[1], dtype=a.dtype)
+            for u in range(k[0]):
+                for v in range(k[1]):
+                    patch[:, :, u, v] = padded[:, :, i * s[0] + u * dil[0], j * s[1] + v * dil[1]]
+            rows.append(patch.reshape(n, -1))
+    return torch.stack(rows, 1)
+
+
+def dense_kfac_expand_blocks(network, X, Y, likelihood, weights, noise_var=None):
+    """K-FAC(-expand) blocks of every Linear, Conv1d and Conv2d layer of the subset, by the definition.
+
+    Per output position t of a layer (one for a Linear layer): ``ã_{n,t}`` the patch of
+    inputs augmented by 1 and ``B_{n,t} = ∂f_n/∂s_{n,:,t}`` (K x out, by ``jacrev`` w.r.t. a
+    zero perturbation of the layer's output); ``A = (1/(N T)) Σ ã ãᵀ`` and
+    ``G = Σ_{n,t} B_{n,t}ᵀ Λ_n B_{n,t}`` with ``Λ_n = diag(1/noise_var_n)`` if given.
+    Returns ``(positions, A, G)`` per layer, positions of the row-major ``[W, b]``.
+    """
+    F = network(X).detach()
+    Lam = loss_hessians(likelihood, F, Y)
+    if noise_var is not None:
+        Lam = torch.diag_embed(1 / noise_var)
+    sub = param_mask(network, weights)
+    sub_pos = torch.cumsum(sub.long(), 0) - 1
+    offsets, i = {}, 0
+    for n, p in network.named_parameters():
+        offsets[n] = i
+        i += p.numel()
+    blocks = []
+    for name, m in network.named_modules():
+        if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) or not sub[offsets[f"{name}.weight"]]:
+            continue
+        store = {}
+
+        def hook(mod, inp, out, store=store):
+            store["a"] = inp[0].detach()
+            return out + store["eps"] if "eps" in store else None
+
+        h = m.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                network(X)
+            a = store["a"]
+            s_shape = m(a).shape  # (n, out, ...)
+
+            def f(eps, store=store):
+                store["eps"] = eps
+                return network(X)
+
+            Jeps = jacrev(f)(torch.zeros(s_shape, dtype=X.dtype))  # (n, K, n, out, ...)
+        finally:
+            h.remove()
+        n = X.shape[0]
+        B = torch.stack([Jeps[r, :, r] for r in range(n)])  # (n, K, out, ...)
+        B = B.reshape(n, B.shape[1], B.shape[2], -1)  # (n, K, out, T)
+        P = _patches(m, a)  # (n, T, in·kernel)
+        T = P.shape[1]
+        Pa = torch.cat([P, torch.ones(n, T, 1, dtype=X.dtype)], -1)
+        A = torch.einsum("nti,ntj->ij", Pa, Pa) / (n * T)
+        G = torch.einsum("nkot,nkj,njpt->op", B, Lam, B)
+        out_f = m.weight.shape[0]
+        in_k = m.weight[0].numel()
+        b0 = offsets[f"{name}.bias"]
+        w_pos = offsets[f"{name}.weight"] + torch.arange(out_f * in_k).reshape(out_f, in_k)
+        pos = torch.cat([w_pos, (b0 + torch.arange(out_f)).reshape(-1, 1)], 1).reshape(-1)
+        blocks.append((sub_pos[pos], A, G))
+    return blocks
+
+
+def kron_precision_from_blocks(blocks, S, d, scale, dtype=torch.float64) -> Tensor:
+    """Dense Kron posterior precision from ``(positions, A, G)`` blocks (documented prior rule)."""
+    H = torch.zeros(S, S, dtype=dtype)
+    for pos, A, G in blocks:
+        lA, QA = torch.linalg.eigh(A)
+        lG, QG = torch.linalg.eigh(G)
+        Q = torch.kron(QG, QA)
+        lam = torch.kron(lG.clamp_min(0), lA.clamp_min(0))
+        d_eig = torch.diagonal(Q.T @ torch.diag(d[pos]) @ Q)
+        H[pos.unsqueeze(-1), pos] = Q @ torch.diag(scale * lam + d_eig) @ Q.T
+    return H

@@ -1,13 +1,33 @@
 """Curvature of the data term: the exact generalised Gauss-Newton (GGN) and K-FAC.
 
-Why ``torch.func`` and not curvlinops or BackPACK: labo's subsets select
-individual weights (``WeightMask``), and the GGN must be taken w.r.t. those
-weights only. curvlinops' GGN operator and BackPACK's extensions work on whole
-parameter tensors (and BackPACK needs ``extend``-ed, Sequential-style modules),
-so neither can restrict the Jacobian to a per-weight subset without computing
-the full one first. ``torch.func`` (``vmap`` of ``jacrev`` on a functional
-network whose only free input is the flat vector of selected weights) does, for
-any module, and stays differentiable. The GGN is then exact:
+Which code computes a curvature is an implementation detail (same API, same numbers
+to round-off, tested in ``tests/laplace/test_library_curvature.py``); the dispatch
+keeps the fastest path measured for each case (``benchmarks/core_timing.py
+--libraries``, numbers in ``docs/benchmarks.md``):
+
+* K-FAC (``Kron``): whole Linear layers from labo's closed form below (one forward
+  and K backward passes for all rows; curvlinops is 4-8x slower there); as soon as
+  a convolution (``nn.Conv1d``/``nn.Conv2d``) is among the blocks, every block from
+  curvlinops' ``KFACLinearOperator`` (KFAC-expand), see
+  :mod:`labo.laplace.library_curvature`.
+* GGN diagonal (``Diagonal``, Kron's diagonal rest): whole Linear layers from labo's
+  closed form; other whole tensors of a flat ``nn.Sequential`` BackPACK knows (e.g.
+  convolutions) from BackPACK's ``DiagGGNExact`` (about 3x faster than per-row
+  Jacobians); everything else from ``torch.func`` Jacobians.
+* Dense GGN (``Full``) and its square root (``Functional``): ``torch.func``.
+
+Why ``torch.func`` stays where it does. labo's subsets may select individual weights
+(``WeightMask`` and the subnetwork strategies), and the GGN must then be taken w.r.t.
+those weights only: curvlinops' operators and BackPACK's extensions work on whole
+parameter tensors (BackPACK also needs a Sequential of modules it knows), so neither
+can restrict the Jacobian to a per-weight subset without computing the full one first.
+``torch.func`` (``vmap`` of ``jacrev`` on a functional network whose only free input
+is the flat vector of selected weights) does, for any module, and stays
+differentiable. For a dense GGN curvlinops' ``GGNLinearOperator`` would need S
+matrix-vector products, each a pass over the data: 30-100x slower than the per-row
+Jacobians at S ≈ 1000 (measured), and it has no square root ``R`` for ``Functional``.
+The closed forms of :mod:`labo.laplace.rbf` and :mod:`labo.laplace.layer_quads` are
+predictive-time contractions no library offers. The GGN is exact:
 ``C = Σ_n J_nᵀ Λ_n J_n`` with ``Λ_n = M_n M_nᵀ`` (see ``likelihoods.hessian_sqrt``).
 
 K-FAC for a Linear layer ``s = W a + b`` (weight and bias together as
@@ -17,7 +37,10 @@ K-FAC replaces the sum of Kronecker products by the Kronecker product of sums,
 ``C ≈ G ⊗ A`` with ``G = Σ_n G_n`` and ``A = (1/N) Σ_n a_n a_nᵀ``; this is exact
 for N = 1. ``B_n`` is obtained with ``jacrev`` w.r.t. a zero perturbation added
 to the layer's output by a forward hook, so it also costs K vector-Jacobian
-products per example, whatever the layer sizes.
+products per example, whatever the layer sizes. For a convolution (weight
+``(out, in, k...)`` flattened row-major to ``(out, in·k)``, bias appended) the same
+holds per output position t (KFAC-expand): ``A = (1/(N T)) Σ_{n,t} ã_{n,t} ã_{n,t}ᵀ``
+over the patches and ``G = Σ_{n,t} B_{n,t}ᵀ Λ_n B_{n,t}``.
 """
 
 from __future__ import annotations
@@ -28,6 +51,12 @@ from torch.func import functional_call, jacrev, vmap
 
 from labo.exceptions import StructureError
 from labo.laplace.jacobians import chunk_rows, iter_output_and_jacobian
+from labo.laplace.library_curvature import (
+    backpack_ggn_diagonal,
+    backpack_plan,
+    curvlinops_kfac_factors,
+    is_kfac_conv,
+)
 from labo.laplace.likelihoods import hessian_sqrt
 from labo.laplace.linear_factors import factor_plan, linear_factors
 from labo.laplace.subsets import ResolvedSubset
@@ -75,6 +104,8 @@ def ggn(
         fast = linear_ggn_diagonal(network, subset, likelihood, X, noise_var)
         if fast is not None:
             return fast
+        if backpack_plan(network, subset, noise_var):
+            return backpack_ggn_diagonal(network, subset, likelihood, X, n_outputs)
     out = torch.zeros(S if diagonal else (S, S), dtype=dtype, device=device)
     for sl, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):
         M = _row_sqrt(likelihood, F.detach(), None if noise_var is None else noise_var[sl])
@@ -145,14 +176,15 @@ def ggn_sqrt(
 
 
 def kfac_layer_plan(network: nn.Module, subset: ResolvedSubset) -> tuple[list, Tensor]:
-    """Split the selected weights into K-FAC blocks (whole Linear layers) and the rest.
+    """Split the selected weights into K-FAC blocks (whole Linear or Conv layers) and the rest.
 
     Returns:
         ``(blocks, rest)``: ``blocks`` is a list of ``(module_name, index)`` where
-        ``index`` (``out * (in + bias)``,) maps the block's row-major ``[W, b]``
+        ``index`` (``out * (in·kernel + bias)``,) maps the block's row-major ``[W, b]``
         entries to positions in the flat selected vector; ``rest`` holds the
-        positions of selected weights outside any Linear layer (they get a
-        diagonal GGN block).
+        positions of selected weights outside any such layer (they get a
+        diagonal GGN block). Convolutions qualify under
+        :func:`~labo.laplace.library_curvature.is_kfac_conv`.
 
     Raises:
         StructureError: if a parameter is only partly selected (Kron needs whole layers).
@@ -166,14 +198,14 @@ def kfac_layer_plan(network: nn.Module, subset: ResolvedSubset) -> tuple[list, T
         )
     blocks, covered = [], set()
     for mname, module in network.named_modules():
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear) and not is_kfac_conv(module):
             continue
         prefix = f"{mname}." if mname else ""
         w = by_name.get(prefix + "weight")
         b = by_name.get(prefix + "bias") if module.bias is not None else None
         if w is None or (module.bias is not None and b is None):
             continue  # layer not (fully) selected: its selected tensors go to the rest
-        out_f, in_f = module.weight.shape
+        out_f, in_f = module.weight.shape[0], module.weight[0].numel()
         w_idx = w.offset + torch.arange(out_f * in_f).reshape(out_f, in_f)
         if b is not None:
             b_idx = b.offset + torch.arange(out_f).reshape(out_f, 1)
@@ -244,17 +276,20 @@ def kfac_factors(
     n_outputs: int,
     noise_var: Tensor | None = None,
 ) -> list[tuple[Tensor, Tensor]]:
-    """K-FAC factors ``(A, G)`` of the named Linear layers (see the module docstring).
+    """K-FAC factors ``(A, G)`` of the named Linear / Conv layers (see the module docstring).
 
-    ``A`` is ``(in+1, in+1)`` with the bias (``(in, in)`` without one) and
-    ``G`` is ``(out, out)``, such that the layer's GGN block is ``≈ G ⊗ A``.
+    ``A`` is ``(in+1, in+1)`` with the bias (``(in, in)`` without one; ``in·kernel`` for
+    a convolution) and ``G`` is ``(out, out)``, such that the layer's GGN block is
+    ``≈ G ⊗ A``. With a convolution among the layers all factors come from curvlinops.
     """
     if not layer_names:
         return []
+    modules = dict(network.named_modules())
+    if any(is_kfac_conv(modules[n]) for n in layer_names):
+        return curvlinops_kfac_factors(network, layer_names, likelihood, X, n_outputs, noise_var)
     fast = _kfac_from_linear_factors(network, layer_names, likelihood, X, n_outputs, noise_var)
     if fast is not None:
         return fast
-    modules = dict(network.named_modules())
     layers = [(n, modules[n]) for n in layer_names]
     params = {n: p.detach() for n, p in network.named_parameters()}
     eps_now: dict[str, Tensor] = {}

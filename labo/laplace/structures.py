@@ -100,7 +100,7 @@ class DiagonalCurvature(Curvature):
 
 
 class KronCurvature(Curvature):
-    """K-FAC factors per Linear layer; the rest's GGN diagonal or, with ``full_rest``, its
+    """K-FAC factors per Linear or Conv layer; the rest's GGN diagonal or, with ``full_rest``, its
     full block eigendecomposed (``rest_Q``, ``rest_l``)."""
 
     def __init__(self, network: nn.Module, subset: ResolvedSubset, full_rest: bool = False):
@@ -111,7 +111,7 @@ class KronCurvature(Curvature):
         self.n_weights = subset.n_weights
         modules = dict(network.named_modules())
         for i, (name, index) in enumerate(plan):
-            out_f, in_f = modules[name].weight.shape
+            out_f, in_f = modules[name].weight.shape[0], modules[name].weight[0].numel()
             in_f += modules[name].bias is not None
             self.register_buffer(f"index_{i}", index)
             self.register_buffer(f"QG_{i}", torch.zeros(out_f, out_f))
@@ -210,10 +210,10 @@ KRON_RESTS = ("diagonal", "full", "auto")
 
 
 class Kron(Structure):
-    """K-FAC: per Linear layer ``G ⊗ A``, eigendecomposed (see the module docstring).
+    """K-FAC: per Linear or Conv (1d, 2d) layer ``G ⊗ A``, eigendecomposed (see the module docstring).
 
     Args:
-        rest: How the selected weights outside Linear layers (e.g. RBF centres) are
+        rest: How the selected weights outside Linear and Conv layers (e.g. RBF centres) are
             treated: ``"diagonal"`` (default; their GGN diagonal), ``"full"`` (their full
             ``R x R`` GGN block, eigendecomposed on every fit: memory ``O(R²)``, time
             ``O(N R² + R³)``; it keeps the correlations between them, which the diagonal
