@@ -67,14 +67,19 @@ def shared_prefix_rows(X: Tensor) -> int:
 
 def _no_grad_cat_prefix(X: Tensor) -> int:
     """Rows of the first piece of ``X = cat([A, B], -2)`` when ``A`` does not require grad, else 0."""
+    # Node.name() and next_functions are torch.autograd.graph.Node's public API. The cat's
+    # dimension is only exposed as `_saved_dim` (autograd exposes every saved input as
+    # `_saved_<name>`; torch's docs read `grad_fn._saved_self` the same way): there is no
+    # public accessor, so a torch that renames it makes this return 0 (no shared prefix,
+    # still correct, only slower).
     fn = X.grad_fn
-    if fn is None or type(fn).__name__ != "CatBackward0" or len(fn.next_functions) != 2:
+    if fn is None or fn.name() != "CatBackward0" or len(fn.next_functions) != 2:
         return 0
     dim = getattr(fn, "_saved_dim", None)
     if dim is None or dim not in (X.dim() - 2, -2, 2**64 - 2):
         return 0
     (first, _), (second, _) = fn.next_functions
-    if first is not None or type(second).__name__ != "AccumulateGrad":
+    if first is not None or second is None or second.name() != "torch::autograd::AccumulateGrad":
         return 0
     return X.shape[-2] - second.variable.shape[-2]
 
@@ -191,6 +196,8 @@ class HeadCache:
     def get(self, la, X_head: Tensor):
         """``(F, terms, head_rows)`` for ``X_head (N, d)``, computed without autograd; or None."""
         precision = la.posterior_precision()
+        # Tensor._version (the in-place write counter) is private, but torch has no public signal
+        # of an in-place update of the weights (an optimiser step), which must invalidate the cache.
         versions = tuple(p._version for p in la.network.parameters())
         e = self._entry
         if (
