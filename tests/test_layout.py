@@ -31,11 +31,7 @@ MAX_LINES = 400
 
 # Private reads that remain, as (module, name). Only ever remove entries: the test
 # fails on a new violation and on an entry that no longer occurs.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    # curvature.py is being rewritten on the field's curvature libraries (issue 24); its
-    # row square root becomes public (or moves) with that rewrite, not under its feet.
-    ("labo.laplace.functional", "_row_sqrt"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 
 # ---------------------------------------------------------------------- the checkers

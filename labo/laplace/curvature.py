@@ -69,7 +69,7 @@ def _apply_sqrt(M: Tensor | None, J: Tensor) -> Tensor:
     return torch.einsum("nkj,nk...->nj...", M, J)
 
 
-def _row_sqrt(likelihood: str, F: Tensor, noise_var: Tensor | None) -> Tensor | None:
+def row_sqrt(likelihood: str, F: Tensor, noise_var: Tensor | None) -> Tensor | None:
     """Hessian square root per row; ``diag(1/√v)`` for fixed heteroscedastic noise."""
     if noise_var is not None:
         return torch.diag_embed(noise_var.rsqrt())
@@ -108,7 +108,7 @@ def ggn(
             return backpack_ggn_diagonal(network, subset, likelihood, X, n_outputs)
     out = torch.zeros(S if diagonal else (S, S), dtype=dtype, device=device)
     for sl, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):
-        M = _row_sqrt(likelihood, F.detach(), None if noise_var is None else noise_var[sl])
+        M = row_sqrt(likelihood, F.detach(), None if noise_var is None else noise_var[sl])
         MJ = _apply_sqrt(M, J.detach())
         if diagonal:
             out += MJ.pow(2).sum(dim=(0, 1))
@@ -170,7 +170,7 @@ def ggn_sqrt(
     """
     rows = []
     for sl, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):
-        M = _row_sqrt(likelihood, F.detach(), None if noise_var is None else noise_var[sl])
+        M = row_sqrt(likelihood, F.detach(), None if noise_var is None else noise_var[sl])
         rows.append(_apply_sqrt(M, J.detach()).reshape(-1, subset.n_weights))
     return torch.cat(rows)
 
@@ -333,7 +333,7 @@ def kfac_factors(
                 A[i] = a.T @ a if A[i] is None else A[i] + a.T @ a
             zeros = {n: torch.zeros(1, m.out_features, dtype=dtype, device=device) for n, m in layers}
             B = vmap(jacrev(single), in_dims=(None, 0))(zeros, Xc)  # name -> (n, K, 1, out)
-            M = _row_sqrt(likelihood, F, None if noise_var is None else noise_var[start : start + rows])
+            M = row_sqrt(likelihood, F, None if noise_var is None else noise_var[start : start + rows])
             for i, (name, _) in enumerate(layers):
                 MB = _apply_sqrt(M, B[name].squeeze(-2).detach())
                 G[i] += torch.einsum("nko,nkp->op", MB, MB)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from labo.exceptions import HyperparameterError
-from labo.laplace.curvature import _row_sqrt, ggn_sqrt
+from labo.laplace.curvature import ggn_sqrt, row_sqrt
 from labo.laplace.linear_factors import (
     LayerFactors,
     factor_plan,
@@ -242,7 +242,7 @@ class FunctionalCurvature(Curvature):
                 self.plan = None
             else:
                 F, factors = res
-                M = _row_sqrt(likelihood, F, noise_var)
+                M = row_sqrt(likelihood, F, noise_var)
                 for i, lf in enumerate(factors):
                     b = lf.b if M is None else torch.einsum("nkj,nko->njo", M, lf.b)
                     setattr(self, f"fa_{i}", lf.a)
