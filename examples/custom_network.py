@@ -8,13 +8,17 @@ applies a convolution, a residual convolution block, average pooling and a
 two-layer head. Any ``nn.Module`` mapping ``b x d`` to ``b x m`` works the same
 way: pass it as ``network=`` to ``LaplaceModel``.
 
-Three choices of Bayesian weights are compared (the other weights stay at their
-MAP values and are trained as usual):
+Four posteriors are compared (the other weights stay at their MAP values and are
+trained as usual):
 
 * ``LastLayer()``: the output layer only (found automatically: the last
   ``nn.Linear`` registered; ``LastLayer("head.2")`` names it explicitly);
 * ``WeightMask``: the convolutions and the output layer, by boolean masks;
-* ``AllWeights()``.
+* ``AllWeights()`` (exact GGN, ``Functional()``, the default up to 250 rows);
+* ``AllWeights()`` with ``Kron()``: K-FAC, where each convolution gets Kronecker
+  factors too (``G ⊗ A`` with ``A`` over the patches of every position, KFAC-expand,
+  computed by curvlinops; ``tests/examples/test_custom_network_kron.py`` checks them
+  against a dense reference). The line after the table names the Kronecker blocks.
 
 For each: the number of Bayesian weights S, the fit time, the held-out RMSE and
 the held-out log likelihood of the predictive (mean and variance, noise
@@ -35,7 +39,7 @@ from botorch.models.transforms import Standardize
 from botorch.optim import optimize_acqf
 from torch import nn
 
-from labo.laplace import AllWeights, LastLayer, WeightMask
+from labo.laplace import AllWeights, Kron, LastLayer, WeightMask
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
 D = 24
@@ -101,14 +105,22 @@ def main(argv=None):
     print(f"ConvSurrogate on {D}-dimensional profiles, n={n} training, {n_test} held-out points")
     print(f"{'Bayesian weights':28} {'S':>5} {'of P':>5} {'fit s':>6} {'RMSE':>7} {'test ll':>8} "
           f"{'acq s':>6} {'f(candidate)':>12}")  # fmt: skip
-    for label, make_weights in (
-        ("LastLayer()", lambda net: LastLayer()),
-        ("WeightMask(convs + output)", conv_and_head_mask),
-        ("AllWeights()", lambda net: AllWeights()),
+    for label, make_weights, structure in (
+        ("LastLayer()", lambda net: LastLayer(), None),
+        ("WeightMask(convs + output)", conv_and_head_mask, None),
+        ("AllWeights()", lambda net: AllWeights(), None),
+        ("AllWeights(), Kron()", lambda net: AllWeights(), Kron()),
     ):
         torch.manual_seed(0)
         net = ConvSurrogate().double()
-        model = LaplaceModel(X, Y, network=net, weights=make_weights(net), outcome_transform=Standardize(1))
+        model = LaplaceModel(
+            X,
+            Y,
+            network=net,
+            weights=make_weights(net),
+            structure=structure,
+            outcome_transform=Standardize(1),
+        )
         t0 = time.perf_counter()
         fit_laplace_model(model, options)
         fit_s = time.perf_counter() - t0
@@ -122,6 +134,11 @@ def main(argv=None):
             f"{label:28} {model.laplace.n_weights:5d} {P:5d} {fit_s:6.2f} {rmse:7.4f} {ll:8.3f} "
             f"{acq_s:6.2f} {float(objective(cand)):12.4f}"
         )
+    curvature = model.laplace.curvature  # the Kron posterior of the last row
+    blocks = [f"{name} ({type(dict(net.named_modules())[name]).__name__})" for name in curvature.layer_names]
+    print(
+        f"Kron() Kronecker blocks: {', '.join(blocks)}; weights outside them: {curvature.rest_index.numel()}"
+    )
     ones = torch.ones(1, D, dtype=torch.float64)
     bump = torch.zeros(1, D, dtype=torch.float64)
     bump[0, 8:16] = 1.0
