@@ -82,7 +82,9 @@ def main() -> None:
         parse_index_ranges(args.instances, "--instances"),
     )
     methods = args.methods.split(",")
-    names = [bbob_name(f, i, args.dim) for f in functions for i in instances]  # validates early
+    # Instance-major: an interrupted study already covers every function on its first
+    # instances, and resuming fills in the rest.
+    names = [bbob_name(f, i, args.dim) for i in instances for f in functions]  # validates early
     config = {k: v for k, v in vars(args).items() if k not in ("db", "resume", "threads", "jobs", "no_plot")}
     t0 = time.perf_counter()
     with open_store(db) as store:
