@@ -92,11 +92,17 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         kwargs["network"] = "rbf"
     if "rff" in parts:
         kwargs["network"] = "rff"
-    for part in parts:  # rff<D>: that many random features, e.g. rff2048
-        if part.startswith("rff") and part[3:].isdigit():
-            from labo.surrogates.networks import rff_network
+    # rff<D>: that many random features, e.g. rff2048; "sc": sin/cos pairs instead of
+    # phase-shifted cosines; "orth": orthogonal random frequencies.
+    rff_parts = [p for p in parts if p.startswith("rff") and p[3:].isdigit()]
+    if rff_parts or ("rff" in parts and ("sc" in parts or "orth" in parts)):
+        from labo.surrogates.networks import RFF_FEATURES, rff_network
 
-            kwargs["network"] = rff_network(d, 1, n_features=int(part[3:]), dtype=X.dtype)
+        n_features = int(rff_parts[0][3:]) if rff_parts else RFF_FEATURES
+        kind = "sincos" if "sc" in parts else "cos"
+        kwargs["network"] = rff_network(
+            d, 1, n_features=n_features, dtype=X.dtype, kind=kind, orthogonal="orth" in parts
+        )
     if "sphere" in parts:
         kwargs["network"] = _sphere_network(d, 1, X.dtype)
     if "func" in parts:

@@ -42,6 +42,10 @@ class WeightSubsetError(LaboError, ValueError):
     """A weight subset does not fit the network (unknown names, wrong mask shapes...)."""
 
 
+class NetworkError(LaboError, ValueError):
+    """A built-in network's option (its number of features, their kind) is invalid."""
+
+
 class StructureError(LaboError, ValueError):
     """A posterior structure cannot represent the requested weight subset."""
 

@@ -27,6 +27,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from labo.exceptions import HyperparameterError, NetworkError
 from labo.laplace.rbf import RBFFeatures
 
 DEFAULT_WIDTH = 64
@@ -71,36 +72,79 @@ class SphereMap(nn.Module):
 
 
 class RandomFourierFeatures(nn.Module):
-    """``x -> sqrt(2 / D) cos(Ω (x / ℓ) + b)``: random Fourier features of an RBF kernel.
+    """Random Fourier features of an RBF kernel: ``φ(x)ᵀφ(x') ≈ exp(−‖(x − x')/ℓ‖² / 2)``.
 
-    ``Ω`` (``D x d``, standard normal) and ``b`` (uniform in ``[0, 2π)``) are fixed
-    buffers drawn from a seeded generator; the ARD lengthscales ``ℓ`` (one per input,
-    stored as their log) are the only parameters. ``φ(x)ᵀφ(x') ≈ exp(−‖(x − x')/ℓ‖² / 2)``
-    and ``‖φ(x)‖² ≈ 1`` everywhere, so a Bayesian linear layer on top has a bounded,
-    stationary prior variance, like a GP's, instead of one that grows towards the
-    corners of the box (Rahimi & Recht 2007; a sparse-spectrum GP with fixed frequencies).
+    ``kind="cos"``: ``sqrt(2 / D) cos(Ω (x / ℓ) + b)`` with ``D`` frequencies and random
+    phases ``b`` (Rahimi & Recht 2007). ``kind="sincos"``: ``sqrt(2 / D) [cos(Ω x / ℓ),
+    sin(Ω x / ℓ)]`` with ``D / 2`` frequencies; then ``‖φ(x)‖² = 1`` exactly and
+    ``φ(x)ᵀφ(x')`` depends on ``x − x'`` only, so a Bayesian linear layer on top has the
+    same prior variance at every point of the box, as a stationary GP has, where the
+    phase-shifted cosines leave an ``O(1 / √D)`` ripple in it (Sutherland & Schneider
+    2015). ``orthogonal=True`` draws the frequencies in blocks of ``d`` orthogonal
+    directions with chi-distributed norms (orthogonal random features, Yu et al. 2016),
+    which approximates the kernel with a smaller error than i.i.d. normal rows.
+
+    The frequencies (and phases) are fixed buffers drawn from a seeded generator; the ARD
+    lengthscales ``ℓ`` (one per input, stored as their log) are the only parameters, so a
+    Bayesian linear layer on top is a sparse-spectrum GP with fixed frequencies.
     Maps ``... x d`` to ``... x D``.
     """
 
-    def __init__(self, d: int, n_features: int, lengthscale: float, seed: int = 0, dtype=None, device=None):
+    KINDS = ("cos", "sincos")
+
+    def __init__(
+        self,
+        d: int,
+        n_features: int,
+        lengthscale: float,
+        seed: int = 0,
+        dtype=None,
+        device=None,
+        kind: str = "cos",
+        orthogonal: bool = False,
+    ):
         super().__init__()
         if not (isinstance(n_features, int) and n_features > 0):
-            raise ValueError(f"n_features must be a positive integer, got {n_features!r}.")
+            raise NetworkError(f"n_features must be a positive integer, got {n_features!r}.")
         if not lengthscale > 0:
-            raise ValueError(f"lengthscale must be positive, got {lengthscale!r}.")
+            raise HyperparameterError(f"lengthscale must be positive, got {lengthscale!r}.")
+        if kind not in self.KINDS:
+            raise NetworkError(f"kind must be one of {self.KINDS}, got {kind!r}.")
+        if kind == "sincos" and n_features % 2:
+            raise NetworkError(f"kind='sincos' needs an even n_features, got {n_features}.")
+        self.kind = kind
         g = torch.Generator().manual_seed(seed)
         kw = {"dtype": dtype or torch.get_default_dtype()}
-        self.register_buffer("omega", torch.randn(n_features, d, generator=g, **kw).to(device))
-        self.register_buffer("phase", (2 * torch.pi * torch.rand(n_features, generator=g, **kw)).to(device))
+        n_freq = n_features // 2 if kind == "sincos" else n_features
+        omega = _orthogonal_normal(n_freq, d, g, kw["dtype"]) if orthogonal else torch.randn(n_freq, d, generator=g, **kw)
+        self.register_buffer("omega", omega.to(device))
+        phase = torch.zeros(0, **kw) if kind == "sincos" else 2 * torch.pi * torch.rand(n_freq, generator=g, **kw)
+        self.register_buffer("phase", phase.to(device))
         self.log_lengthscale = nn.Parameter(torch.full((d,), float(lengthscale), **kw).log().to(device))
 
     @property
     def n_features(self) -> int:
-        return self.omega.shape[0]
+        return 2 * self.omega.shape[0] if self.kind == "sincos" else self.omega.shape[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        z = (x / self.log_lengthscale.exp()) @ self.omega.T + self.phase
-        return (2.0 / self.n_features) ** 0.5 * torch.cos(z)
+        z = (x / self.log_lengthscale.exp()) @ self.omega.T
+        scale = (2.0 / self.n_features) ** 0.5
+        if self.kind == "sincos":
+            return scale * torch.cat([torch.cos(z), torch.sin(z)], -1)
+        return scale * torch.cos(z + self.phase)
+
+
+def _orthogonal_normal(rows: int, d: int, g: torch.Generator, dtype) -> Tensor:
+    """``rows x d`` frequencies: blocks of ``d`` orthonormal directions (QR of a Gaussian
+    matrix), each row scaled by an independent chi(d) norm, so every row is marginally
+    ``N(0, I)`` while the rows of a block are exactly orthogonal."""
+    blocks = []
+    for _ in range(-(-rows // d)):
+        q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=dtype))
+        q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)  # Haar-distributed
+        norms = torch.randn(d, d, generator=g, dtype=dtype).norm(dim=1, keepdim=True)
+        blocks.append(norms * q.T)
+    return torch.cat(blocks)[:rows]
 
 
 def dim_scaled_lengthscale_prior(d: int) -> tuple[float, float]:
@@ -112,7 +156,14 @@ def dim_scaled_lengthscale_prior(d: int) -> tuple[float, float]:
 
 
 def rff_network(
-    d: int, m: int, n_features: int = RFF_FEATURES, seed: int = 0, dtype=None, device=None
+    d: int,
+    m: int,
+    n_features: int = RFF_FEATURES,
+    seed: int = 0,
+    dtype=None,
+    device=None,
+    kind: str = "cos",
+    orthogonal: bool = False,
 ) -> nn.Sequential:
     """Random Fourier features (:class:`RandomFourierFeatures`) then ``D -> m`` linear.
 
@@ -120,7 +171,8 @@ def rff_network(
     (:func:`dim_scaled_lengthscale_prior`), as BoTorch's GP does.
     """
     loc, scale = dim_scaled_lengthscale_prior(d)
-    features = RandomFourierFeatures(d, n_features, math.exp(loc - scale**2), seed, dtype, device)
+    ls = math.exp(loc - scale**2)
+    features = RandomFourierFeatures(d, n_features, ls, seed, dtype, device, kind, orthogonal)
     return nn.Sequential(features, nn.Linear(n_features, m)).to(dtype=dtype, device=device)
 
 

@@ -15,6 +15,7 @@ import torch
 from botorch.acquisition import qLogNoisyExpectedImprovement
 from botorch.models.transforms import Standardize
 
+from labo.exceptions import HyperparameterError, NetworkError
 from labo.laplace import Full
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 from labo.surrogates.feature_evidence import blr_log_evidence, blr_posterior_mean
@@ -38,10 +39,46 @@ def test_features_are_seeded_and_the_lengthscale_is_the_only_parameter():
     b = RandomFourierFeatures(4, 16, 1.0, seed=3, dtype=D64)
     assert torch.equal(a.omega, b.omega) and torch.equal(a.phase, b.phase)
     assert [n for n, _ in a.named_parameters()] == ["log_lengthscale"]
-    with pytest.raises(ValueError, match="n_features"):
+    with pytest.raises(NetworkError, match="n_features"):
         RandomFourierFeatures(4, 0, 1.0)
-    with pytest.raises(ValueError, match="lengthscale"):
+    with pytest.raises(HyperparameterError, match="lengthscale"):
         RandomFourierFeatures(4, 8, -1.0)
+
+
+@pytest.mark.parametrize("orthogonal", [False, True])
+def test_sincos_features_have_exactly_unit_variance_and_approximate_the_kernel(orthogonal):
+    d, ls = 3, 0.7
+    phi = RandomFourierFeatures(d, 20000, ls, seed=1, dtype=D64, kind="sincos", orthogonal=orthogonal)
+    assert phi.n_features == 20000 and phi.omega.shape == (10000, d) and phi.phase.numel() == 0
+    X = torch.rand(6, d, dtype=D64) * 3
+    F = phi(X)
+    exact = torch.exp(-0.5 * torch.cdist(X / ls, X / ls).pow(2))
+    assert F.shape == (6, 20000) and torch.allclose(F @ F.T, exact, atol=0.03)
+    # sin² + cos² = 1: the prior variance of a linear layer on top is the same everywhere
+    assert torch.allclose(F.pow(2).sum(-1), torch.ones(6, dtype=D64), atol=1e-12)
+    # and the kernel depends on x − x' only
+    shift = torch.rand(1, d, dtype=D64)
+    assert torch.allclose(phi(X + shift) @ phi(X + shift).T, F @ F.T, atol=1e-10)
+
+
+def test_orthogonal_frequencies_are_orthogonal_within_a_block_and_normal_in_norm():
+    d = 4
+    phi = RandomFourierFeatures(d, 4000, 1.0, seed=2, dtype=D64, orthogonal=True)
+    block = phi.omega[:d]
+    gram = block @ block.T
+    assert torch.allclose(gram - torch.diag(torch.diagonal(gram)), torch.zeros(d, d, dtype=D64), atol=1e-10)
+    # every row is marginally N(0, I): squared norms are chi²(d), mean d, variance 2d
+    sq = phi.omega.pow(2).sum(-1)
+    assert abs(float(sq.mean()) - d) < 0.3 and abs(float(sq.var()) - 2 * d) < 1.5
+    again = RandomFourierFeatures(d, 4000, 1.0, seed=2, dtype=D64, orthogonal=True)
+    assert torch.equal(phi.omega, again.omega)
+
+
+def test_feature_kind_errors_name_the_argument():
+    with pytest.raises(NetworkError, match="kind"):
+        RandomFourierFeatures(4, 8, 1.0, kind="sin")
+    with pytest.raises(NetworkError, match="even n_features"):
+        RandomFourierFeatures(4, 7, 1.0, kind="sincos")
 
 
 def test_rff_network_starts_at_the_mode_of_the_dimension_scaled_prior():
@@ -76,11 +113,14 @@ def _data(n=25, d=3, seed=0):
     return X, Y
 
 
-@pytest.mark.parametrize("n, structure", [(25, "Functional"), (300, "Kron"), (25, "Full")])
-def test_fitted_model_is_the_exact_blr_posterior_and_its_lml_is_labos(n, structure):
+@pytest.mark.parametrize(
+    "n, structure, kind",
+    [(25, "Functional", "cos"), (300, "Kron", "cos"), (25, "Full", "cos"), (25, "Functional", "sincos")],
+)
+def test_fitted_model_is_the_exact_blr_posterior_and_its_lml_is_labos(n, structure, kind):
     """Functional (few rows) and Kron (more) are the defaults; both are exact for a last layer."""
     X, Y = _data(n=n)
-    net = rff_network(3, 1, n_features=64, dtype=D64)
+    net = rff_network(3, 1, n_features=64, dtype=D64, kind=kind)
     kw = {"structure": Full()} if structure == "Full" else {}
     model = fit_laplace_model(LaplaceModel(X, Y, network=net, **kw), FitOptions(evidence_iters=30))
     assert type(model.laplace.structure).__name__ == structure
