@@ -30,16 +30,23 @@ pass them to the runner, the CLI does not offer them:
   ``docs/research-log.md``, "The centres as one full Kron block").
 - ``laplace-rff``: ``LaplaceModel(network="rff")``, the default spelt out; the name of
   the studies that measured it before it became the default (``docs/benchmarks.md``).
+- ``laplace-rff-sc`` / ``laplace-rff-sc-orth`` / ``laplace-rff2048-sc``: the default's
+  network with sin/cos feature pairs (a prior variance of exactly 1 everywhere), with
+  orthogonal random frequencies, or with 2048 features
+  (:func:`labo.surrogates.networks.rff_network`'s ``kind`` / ``orthogonal`` /
+  ``n_features``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from labo.laplace import AllWeights, Functional, Kron, LastLayer
 from labo.surrogates import FitOptions
+from labo.surrogates.networks import rff_network
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,21 @@ class Method:
         options: Keyword arguments of ``LaplaceModel`` (``network``, ``weights``, ...).
         fit: ``FitOptions`` of ``fit_laplace_model``; ``None``: its defaults.
         research: A research variant (benchmark scripts only), not a product method.
+        network: ``(d, m, dtype) -> nn.Module``, the network of a variant that needs the
+            input size to build it (passed as ``LaplaceModel(network=...)``); ``None``:
+            ``options`` names it, or the default.
     """
 
     model: str = "laplace"
     options: dict[str, Any] = field(default_factory=dict)
     fit: FitOptions | None = None
     research: bool = False
+    network: Callable[..., Any] | None = None
+
+
+def _rff(**kwargs) -> Callable[..., Any]:
+    """A factory of ``rff_network(d, m, **kwargs)`` for a research variant."""
+    return lambda d, m, dtype: rff_network(d, m, dtype=dtype, **kwargs)
 
 
 _MLP = {"network": "mlp"}
@@ -77,6 +93,9 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-init": Method(options={**_MLP, "prior_mean": "init"}, research=True),
         "laplace-rbf-all": Method(options={"network": "rbf", "weights": AllWeights()}, research=True),
         "laplace-rff": Method(options={"network": "rff"}, research=True),
+        "laplace-rff-sc": Method(network=_rff(kind="sincos"), research=True),
+        "laplace-rff-sc-orth": Method(network=_rff(kind="sincos", orthogonal=True), research=True),
+        "laplace-rff2048-sc": Method(network=_rff(n_features=2048, kind="sincos"), research=True),
     }
 )
 # The product's methods (the CLI's choices) and the research variants (benchmark scripts).

@@ -160,7 +160,10 @@ def fit_model(method: str, X: Tensor, Y: Tensor, previous=None):
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         return model
     warm = previous if isinstance(previous, LaplaceModel) else None
-    model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **entry.options)
+    options = dict(entry.options)
+    if entry.network is not None:
+        options["network"] = entry.network(X.shape[-1], m, X.dtype)
+    model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **options)
     return fit_laplace_model(model, entry.fit)
 
 

@@ -147,3 +147,28 @@ def test_rbf_methods_make_the_documented_weights_bayesian(fast_laplace, method, 
     assert {s.name for s in subset.selected} == bayesian
     assert all(s.index is None for s in subset.selected)  # whole tensors
     assert subset.n_weights == sum(p.numel() for n, p in model.network.named_parameters() if n in bayesian)
+
+
+@pytest.mark.parametrize(
+    ("method", "n_features", "kind", "orthogonal"),
+    [
+        ("laplace-rff-sc", 1024, "sincos", False),
+        ("laplace-rff-sc-orth", 1024, "sincos", True),
+        ("laplace-rff2048-sc", 2048, "sincos", False),
+    ],
+)
+def test_rff_research_methods_build_their_features_and_warm_start(method, n_features, kind, orthogonal):
+    torch.manual_seed(0)
+    X = torch.rand(12, 3, dtype=torch.float64)
+    Y = -(X - 0.3).pow(2).sum(-1, keepdim=True)
+    model = runner.fit_model(method, X, Y)
+    features = model.network[0]
+    assert features.n_features == n_features and features.kind == kind and model.evidence_fit
+    block = features.omega[:3]
+    off_diagonal = (block @ block.T) - torch.diag(torch.diagonal(block @ block.T))
+    assert (off_diagonal.abs().max() < 1e-10) == orthogonal
+    # the next iteration's model starts from this one's lengthscales and has the same frequencies
+    X2 = torch.cat([X, torch.rand(2, 3, dtype=torch.float64)])
+    Y2 = -(X2 - 0.3).pow(2).sum(-1, keepdim=True)
+    again = runner.fit_model(method, X2, Y2, previous=model)
+    assert torch.equal(again.network[0].omega, features.omega)
