@@ -373,8 +373,8 @@ def fit_laplace(
         weights: ``AllWeights()`` (default), ``LastLayer()`` / ``LastLayer("name")`` or
             ``WeightMask({param_name: bool tensor})``; strategies such as
             ``labo.laplace.largest_variance`` build masks from a trained network.
-        structure: ``Kron()`` (default; K-FAC per ``nn.Linear`` layer), ``Full()``
-            (dense ``S x S``), ``Diagonal()`` or ``Functional()`` (the exact GGN computed
+        structure: ``Kron()`` (default; K-FAC per ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d``
+            layer), ``Full()`` (dense ``S x S``), ``Diagonal()`` or ``Functional()`` (the exact GGN computed
             with ``nK x nK`` matrices: the cheap exact choice while ``n·K < S``).
             Costs and advice: ``docs/guide.md``.
         prior_precision: Float or tensor: scalar, one per selected parameter tensor
