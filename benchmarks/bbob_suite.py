@@ -72,6 +72,11 @@ def main() -> None:
         "--jobs", type=int, default=1, help="runs in parallel (processes, one torch thread each)"
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: the table, JSON and PNG of the runs already finished in --db",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -85,10 +90,11 @@ def main() -> None:
     # Instance-major: an interrupted study already covers every function on its first
     # instances, and resuming fills in the rest.
     names = [bbob_name(f, i, args.dim) for i in instances for f in functions]  # validates early
-    config = {k: v for k, v in vars(args).items() if k not in ("db", "resume", "threads", "jobs", "no_plot")}
+    skip = ("db", "resume", "threads", "jobs", "no_plot", "report_only")
+    config = {k: v for k, v in vars(args).items() if k not in skip}
     t0 = time.perf_counter()
     with open_store(db) as store:
-        store.create_study(args.tag, config, args.resume)
+        store.create_study(args.tag, config, args.resume or args.report_only)
     budget = (args.budget_scale, args.num_restarts, args.raw_samples, args.threads)
     jobs = [
         (db, args.tag, name, method, seed, *budget)
@@ -96,7 +102,9 @@ def main() -> None:
         for seed in range(args.seeds)
         for method in methods  # methods side by side on the same instance and seed (paired)
     ]
-    if args.jobs > 1:
+    if args.report_only:
+        jobs = []
+    if args.jobs > 1 and jobs:
         with multiprocessing.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
             for line in pool.imap_unordered(_run_one, jobs):
                 print(line, flush=True)
@@ -105,7 +113,9 @@ def main() -> None:
             print(_run_one(job), flush=True)
 
     with open_store(db) as store:
-        finals = bbob_finals(store, args.tag)
+        # finished runs only: an interrupted study's unfinished runs stop short of the budget
+        budget = get_problem(names[0]).scaled_budget(args.budget_scale)
+        finals = bbob_finals(store, args.tag, budget)
     summaries, differences = summarize_bbob(finals), paired_differences(finals)
     print()
     print(format_bbob_table(summaries))

@@ -78,15 +78,19 @@ class PairedDifference:
         return self.pairs > 0 and self.mean <= self.se
 
 
-def bbob_finals(store: StudyStore, study: str) -> Finals:
-    """``{(function, dim, method): {(instance, seed): final log10 regret}}`` of the BBOB runs."""
+def bbob_finals(store: StudyStore, study: str, budget: int | None = None) -> Finals:
+    """``{(function, dim, method): {(instance, seed): final log10 regret}}`` of the BBOB runs.
+
+    With ``budget``, only runs with at least that many evaluations count: the unfinished
+    runs of an interrupted study would otherwise enter with a regret from before their end.
+    """
     out: Finals = defaultdict(dict)
     for (problem, method), by_seed in curves(store, study).items():
         if not is_bbob_name(problem):
             continue
         function, instance, dim = parse_bbob_name(problem)
         for seed, curve in by_seed.items():
-            if curve:
+            if curve and (budget is None or len(curve) >= budget):
                 out[(function, dim, method)][(instance, seed)] = curve[-1]
     return dict(out)
 

@@ -76,3 +76,10 @@ def test_finals_come_from_the_stored_regret_curves(tmp_path):
         finals = bbob_finals(store, "st")
     assert finals[(1, 2, "sobol")][(1, 0)] == pytest.approx(-2.0, abs=1e-6)
     assert finals[(1, 2, "gp")][(1, 0)] == pytest.approx(0.0, abs=1e-9)
+    # an unfinished run (one of a budget of two evaluations) is left out when the budget is given
+    with open_store(tmp_path / "s.db") as store:
+        row = store.add_running("st", "bbob_f01_i2_d2", "sobol", 0, 0, list(x_opt))
+        store.finish(row, [-(f_opt + 1.0)], 0.0, None)
+        assert (2, 0) in bbob_finals(store, "st")[(1, 2, "sobol")]
+        complete = bbob_finals(store, "st", budget=2)
+    assert set(complete[(1, 2, "sobol")]) == {(1, 0)} and set(complete[(1, 2, "gp")]) == {(1, 0)}
