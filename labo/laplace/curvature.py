@@ -6,14 +6,15 @@ keeps the fastest path measured for each case (``benchmarks/core_timing.py
 --libraries``, numbers in ``docs/benchmarks.md``):
 
 * K-FAC (``Kron``): whole Linear layers from labo's closed form below (one forward
-  and K backward passes for all rows; curvlinops is 4-8x slower there); as soon as
+  and K backward passes for all rows; curvlinops is 1.1-4.5x slower there); as soon as
   a convolution (``nn.Conv1d``/``nn.Conv2d``) is among the blocks, every block from
   curvlinops' ``KFACLinearOperator`` (KFAC-expand), see
   :mod:`labo.laplace.library_curvature`.
 * GGN diagonal (``Diagonal``, Kron's diagonal rest): whole Linear layers from labo's
-  closed form; other whole tensors of a flat ``nn.Sequential`` BackPACK knows (e.g.
-  convolutions) from BackPACK's ``DiagGGNExact`` (about 3x faster than per-row
-  Jacobians); everything else from ``torch.func`` Jacobians.
+  closed form, except for big inputs (rows x widest Linear input >= 5e6) of a Sequential
+  BackPACK knows, where BackPACK's ``DiagGGNExact`` is about 20 % faster; other whole
+  tensors of such a Sequential (e.g. convolutions) from BackPACK (3-9x faster than
+  per-row Jacobians); everything else from ``torch.func`` Jacobians.
 * Dense GGN (``Full``) and its square root (``Functional``): ``torch.func``.
 
 Why ``torch.func`` stays where it does. labo's subsets may select individual weights
@@ -24,8 +25,8 @@ can restrict the Jacobian to a per-weight subset without computing the full one 
 ``torch.func`` (``vmap`` of ``jacrev`` on a functional network whose only free input
 is the flat vector of selected weights) does, for any module, and stays
 differentiable. For a dense GGN curvlinops' ``GGNLinearOperator`` would need S
-matrix-vector products, each a pass over the data: 30-100x slower than the per-row
-Jacobians at S ≈ 1000 (measured), and it has no square root ``R`` for ``Functional``.
+matrix-vector products, each a pass over the data: 2-22x slower than the per-row
+Jacobians for S = 65 to 4929 (measured), and it has no square root ``R`` for ``Functional``.
 The closed forms of :mod:`labo.laplace.rbf` and :mod:`labo.laplace.layer_quads` are
 predictive-time contractions no library offers. The GGN is exact:
 ``C = Σ_n J_nᵀ Λ_n J_n`` with ``Λ_n = M_n M_nᵀ`` (see ``likelihoods.hessian_sqrt``).
@@ -54,6 +55,7 @@ from labo.laplace.jacobians import chunk_rows, iter_output_and_jacobian
 from labo.laplace.library_curvature import (
     backpack_ggn_diagonal,
     backpack_plan,
+    backpack_preferred_for_linear,
     curvlinops_kfac_factors,
     is_kfac_conv,
 )
@@ -101,10 +103,13 @@ def ggn(
     S = subset.n_weights
     dtype, device = X.dtype, X.device
     if diagonal:
+        backpack = backpack_plan(network, subset, noise_var)
+        if backpack and backpack_preferred_for_linear(network, X):
+            return backpack_ggn_diagonal(network, subset, likelihood, X, n_outputs)
         fast = linear_ggn_diagonal(network, subset, likelihood, X, noise_var)
         if fast is not None:
             return fast
-        if backpack_plan(network, subset, noise_var):
+        if backpack:
             return backpack_ggn_diagonal(network, subset, likelihood, X, n_outputs)
     out = torch.zeros(S if diagonal else (S, S), dtype=dtype, device=device)
     for sl, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):

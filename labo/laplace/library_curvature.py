@@ -11,14 +11,16 @@ is not slower than labo's own ``torch.func`` path (measured in
   among its blocks, curvlinops computes the factors of every block (its Linear factors
   equal labo's to round-off, tested). Networks of Linear layers only keep labo's
   factors (one forward and K backward passes, no per-example loop): curvlinops is
-  4-8x slower there.
+  1.1-4.5x slower there (level, within 10 %, for the rff network's last layer).
 * The exact GGN diagonal of ``Diagonal()`` (and of Kron's diagonal rest) comes from
   BackPACK's ``DiagGGNExact`` when the selected weights are whole tensors of a flat
-  ``nn.Sequential`` of modules BackPACK knows (:data:`BACKPACK_MODULES`) and not all of
-  them are Linear layers (e.g. convolutions): one backward pass instead of per-row
-  Jacobians, about 3x faster. For whole Linear layers labo's closed form is faster
-  and stays. BackPACK extends modules in place (hooks that break ``torch.func``), so
-  it works on a deep copy of the network.
+  ``nn.Sequential`` of modules BackPACK knows (:data:`BACKPACK_MODULES`) and labo's
+  closed form for whole Linear layers does not apply (e.g. convolutions): one backward
+  pass instead of per-row Jacobians, 3-9x faster. For whole Linear layers labo's closed
+  form is faster up to ``n x widest input = 5e6`` and stays there; beyond (e.g. d = 1000,
+  n >= 5000) BackPACK is about 20 % faster and serves
+  (:data:`BACKPACK_LINEAR_MIN_ENTRIES`). BackPACK extends modules in place (hooks that
+  break ``torch.func``), so it works on a deep copy of the network.
 
 Both are written in labo's conventions: regression curvature without the ``1/σ²``
 factor (``MSELoss(reduction="sum")`` has Hessian ``2I``, so its factors are halved),
@@ -223,6 +225,18 @@ def curvlinops_kfac_factors(
 
 def _batch_size(is_dict: bool, X) -> int:
     return X["x"].shape[0] if is_dict else X.shape[0]
+
+
+# Rows x widest Linear input from which BackPACK's diagonal beats labo's closed form for whole
+# Linear layers (measured on the 2-core CPU, one thread: 18-23 % faster at d = 1000 for
+# n = 5000 and 20000; 10-50 % slower at n x d <= 2e6; docs/benchmarks.md).
+BACKPACK_LINEAR_MIN_ENTRIES = 5_000_000
+
+
+def backpack_preferred_for_linear(network: nn.Module, X: Tensor) -> bool:
+    """Whether BackPACK, not labo's closed form, should give a whole-Linear-layer GGN diagonal."""
+    widths = [m.in_features for m in network.modules() if isinstance(m, nn.Linear)]
+    return bool(widths) and X.shape[0] * max(widths) >= BACKPACK_LINEAR_MIN_ENTRIES
 
 
 def backpack_plan(network: nn.Module, subset: ResolvedSubset, noise_var: Tensor | None = None) -> bool:

@@ -263,6 +263,27 @@ def test_backpack_diagonal_equals_dense_ggn(kind, make_weights, likelihood, K, m
 
 
 @pytest.mark.parametrize("likelihood,K", LIKELIHOODS)
+def test_backpack_serves_big_linear_inputs_with_labos_numbers(likelihood, K, monkeypatch):
+    """Past BACKPACK_LINEAR_MIN_ENTRIES (rows x widest Linear input) BackPACK gives the diagonal
+    of whole Linear layers; it equals labo's closed form and the dense GGN."""
+    net, X, Y = make_problem(likelihood, (3, 6, 5, K), n=10)
+    subset = AllWeights().resolve(net)
+    closed_form = ggn(net, subset, likelihood, X, K, diagonal=True)
+    assert not lib.backpack_preferred_for_linear(net, X)
+    monkeypatch.setattr(lib, "BACKPACK_LINEAR_MIN_ENTRIES", 30)
+    assert lib.backpack_preferred_for_linear(net, X)
+    served = []
+    original = curvature_module.backpack_ggn_diagonal
+    monkeypatch.setattr(
+        curvature_module, "backpack_ggn_diagonal", lambda *a: served.append(1) or original(*a)
+    )
+    d = ggn(net, subset, likelihood, X, K, diagonal=True)
+    assert served
+    torch.testing.assert_close(d, closed_form, **TOL)
+    torch.testing.assert_close(d, ref.dense_ggn(net, X, Y, likelihood, AllWeights()).diagonal(), **TOL)
+
+
+@pytest.mark.parametrize("likelihood,K", LIKELIHOODS)
 def test_backpack_diagonal_marglik_equals_dense(likelihood, K):
     net, X, Y = conv_problem("conv1d", likelihood, K)
     weights = AllWeights()
