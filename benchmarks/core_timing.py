@@ -175,7 +175,7 @@ def library_cases(d: int):
                 "labo": lambda X: cv.linear_ggn_diagonal(mlp, sub_all, "regression", X, None),
                 "backpack": lambda X: lib.backpack_ggn_diagonal(mlp, sub_all, "regression", X, 1),
             },
-            "labo",
+            lambda X: "backpack" if lib.backpack_preferred_for_linear(mlp, X) else "labo",
         )
     )
     out.append(
@@ -311,8 +311,9 @@ def libraries(args):
                             times[path].append(_timed(fn, X, sync))
                 for path in paths:
                     key = (net_label, structure, weights, d, path)
+                    chosen = served(X) if callable(served) else served
                     row = {"network": net_label, "structure": structure, "weights": weights, "S": S,
-                           "n": n, "d": d, "path": path, "served": path == served}  # fmt: skip
+                           "n": n, "d": d, "path": path, "served": path == chosen}  # fmt: skip
                     if path not in times:
                         row["skipped"] = f"over the {args.cap:g} s cap at a smaller n"
                         rows.append(row)
