@@ -35,6 +35,10 @@ pass them to the runner, the CLI does not offer them:
   orthogonal random frequencies, or with 2048 features
   (:func:`labo.surrogates.networks.rff_network`'s ``kind`` / ``orthogonal`` /
   ``n_features``).
+- ``laplace-rff-pin1`` / ``laplace-rff-kernel`` / ``laplace-rff-kernel-pin1``: the default
+  with its prior precision pinned at 1 (``FitOptions(evidence_prior_precision=1.0)``),
+  tuned on the evidence of the RBF kernel instead of its features
+  (``FitOptions(evidence="kernel")``), or both.
 """
 
 from __future__ import annotations
@@ -96,6 +100,11 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-rff-sc": Method(network=_rff(kind="sincos"), research=True),
         "laplace-rff-sc-orth": Method(network=_rff(kind="sincos", orthogonal=True), research=True),
         "laplace-rff2048-sc": Method(network=_rff(n_features=2048, kind="sincos"), research=True),
+        "laplace-rff-pin1": Method(fit=FitOptions(evidence_prior_precision=1.0), research=True),
+        "laplace-rff-kernel": Method(fit=FitOptions(evidence="kernel"), research=True),
+        "laplace-rff-kernel-pin1": Method(
+            fit=FitOptions(evidence="kernel", evidence_prior_precision=1.0), research=True
+        ),
     }
 )
 # The product's methods (the CLI's choices) and the research variants (benchmark scripts).

@@ -17,6 +17,16 @@ the dimension-scaled LogNormal on the lengthscales (Hvarfner et al. 2024) and
 
 The evidence is computed in the cheaper of its two exact forms: the ``n x n`` kernel
 form while ``n ≤ D + 1``, the ``(D + 1) x (D + 1)`` weight form beyond (``O(n D²)``).
+
+``evidence="kernel"`` tunes the same hyperparameters on the evidence of the kernel the
+features approximate instead, ``log N(Z | 0, (k(X, X) + 1) / λ + σ² I)`` with ``k`` the
+RBF kernel ``exp(−‖(x − x') / ℓ‖² / 2)`` (the expectation of ``φ(x)ᵀφ(x')`` over the
+random frequencies), on at most ``KERNEL_EVIDENCE_ROWS`` rows (a seeded random subset
+beyond). Why: ``d`` ARD lengthscales tuned on one fixed draw of ``D`` frequencies can fit
+that draw: on 80 points of Hartmann6-in-100D the features' evidence prefers lengthscales
+that score 20 nats worse under another draw of the frequencies or under the kernel,
+and predict worse than the kernel's own optimum (``docs/research-log.md``, session 12).
+The posterior is still the features' exact Bayesian linear regression, on every row.
 Afterwards the last layer is set to the posterior mean and the Laplace posterior
 (last layer, ``Full``) is fitted at it with the tuned ``λ`` and ``σ``: it then equals
 the exact Bayesian linear regression posterior.
@@ -30,11 +40,15 @@ import time
 import torch
 from torch import Tensor, nn
 
+from labo.exceptions import HyperparameterError, NetworkError
 from labo.surrogates.map_training import minimize_lbfgs
 from labo.surrogates.networks import RandomFourierFeatures, dim_scaled_lengthscale_prior
 
 # log λ ~ N(log 2, 1): prior variance 1/λ per weight, ‖φ‖² ≈ 1 plus the bias: about 1 in all.
 _LOG_PRIOR_LOC, _LOG_PRIOR_SCALE = math.log(2.0), 1.0
+# evidence="kernel": at most this many rows enter the kernel's evidence (O(rows³) per step).
+KERNEL_EVIDENCE_ROWS = 1000
+EVIDENCES = ("features", "kernel")
 
 
 def split_feature_network(network: nn.Module) -> tuple[nn.Module, nn.Linear]:
@@ -85,16 +99,8 @@ def _evidence(Phi: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor
     """The evidence for a scalar ``noise_var`` or a vector ``(n,)`` of them."""
     n, D = Phi.shape
     m = Z.shape[-1]
-    eye_n = torch.eye(n, dtype=Phi.dtype, device=Phi.device)
     if n <= D:  # kernel form
-        K = (
-            Phi @ Phi.T / prior_precision + noise_var * eye_n
-            if noise_var.dim() == 0
-            else (Phi @ Phi.T / prior_precision + torch.diag(noise_var))
-        )
-        L = torch.linalg.cholesky(K)
-        alpha = torch.cholesky_solve(Z, L)
-        return -0.5 * (Z * alpha).sum() - m * L.diagonal().log().sum() - 0.5 * n * m * math.log(2 * math.pi)
+        return _gram_evidence(Phi @ Phi.T, Z, prior_precision, noise_var)
     w = (1.0 / noise_var).expand(n)
     A = (Phi.T * w) @ Phi + prior_precision * torch.eye(D, dtype=Phi.dtype, device=Phi.device)
     L = torch.linalg.cholesky(A)
@@ -107,6 +113,45 @@ def _evidence(Phi: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor
         - m * L.diagonal().log().sum()
         + 0.5 * m * D * prior_precision.log()
     )
+
+
+def _gram_evidence(G: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor) -> Tensor:
+    """``log N(Z | 0, G / λ + noise)`` summed over the columns of ``Z``; ``noise_var`` a
+    scalar or an ``(n,)`` vector shared by the columns."""
+    n, m = Z.shape
+    noise = (
+        noise_var * torch.eye(n, dtype=G.dtype, device=G.device)
+        if noise_var.dim() == 0
+        else torch.diag(noise_var)
+    )
+    L = torch.linalg.cholesky(G / prior_precision + noise)
+    alpha = torch.cholesky_solve(Z, L)
+    return -0.5 * (Z * alpha).sum() - m * L.diagonal().log().sum() - 0.5 * n * m * math.log(2 * math.pi)
+
+
+def kernel_log_evidence(
+    features: RandomFourierFeatures, X: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor
+) -> Tensor:
+    """The evidence of the kernel that ``features`` approximate, summed over outputs:
+    ``Z[:, k] ~ N(0, (k(X, X) + 1) / λ + diag(σ²_k))`` with ``k`` the RBF kernel of the
+    features' lengthscales (``+ 1``: the bias). Differentiable w.r.t. the lengthscales.
+
+    Args:
+        features: The random Fourier features (their ``log_lengthscale`` is used).
+        X: ``n x d`` inputs.
+        Z: ``n x m`` targets.
+        prior_precision: Scalar ``λ``.
+        noise_var: Scalar ``σ²``, or ``n x m`` known noise variances.
+    """
+    U = X / features.log_lengthscale.exp()
+    sq = U.pow(2).sum(-1)
+    dist = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * U @ U.T).clamp_min(0)
+    G = torch.exp(-0.5 * dist) + 1.0
+    if noise_var.dim() > 0:
+        return sum(
+            _gram_evidence(G, Z[:, k : k + 1], prior_precision, noise_var[:, k]) for k in range(Z.shape[-1])
+        )
+    return _gram_evidence(G, Z, prior_precision, noise_var)
 
 
 def _mean(Phi: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor) -> Tensor:
@@ -130,7 +175,14 @@ def _design(features: nn.Module, X: Tensor) -> Tensor:
 
 
 def fit_feature_evidence(
-    model, X: Tensor, Z: Tensor, max_iter: int, min_noise_std: float, noise_var: Tensor | None = None
+    model,
+    X: Tensor,
+    Z: Tensor,
+    max_iter: int,
+    min_noise_std: float,
+    noise_var: Tensor | None = None,
+    evidence: str = "features",
+    prior_precision: float | None = None,
 ) -> dict:
     """Tune the feature parameters, ``λ`` and ``σ`` on the exact evidence (MAP-II), set the
     last layer to the posterior mean and fit the Laplace posterior. In place.
@@ -144,6 +196,13 @@ def fit_feature_evidence(
             to tune one noise level.
         max_iter: L-BFGS iterations.
         min_noise_std: Floor of the noise standard deviation (standardised units).
+        evidence: ``"features"``: the exact evidence of the features' linear regression;
+            ``"kernel"``: the evidence of the RBF kernel they approximate, on at most
+            :data:`KERNEL_EVIDENCE_ROWS` rows (needs a single
+            :class:`~labo.surrogates.networks.RandomFourierFeatures` module as features).
+        prior_precision: Pin ``λ`` at this value (``1``: prior variance 1 per weight, as
+            SingleTaskGP's outputscale of 1 on standardised targets) instead of tuning it
+            under the ``N(log 2, 1)`` hyperprior.
 
     Returns:
         ``{"steps", "seconds", "lml_history"}``.
@@ -152,7 +211,11 @@ def fit_feature_evidence(
     la = model.laplace
     features, head = split_feature_network(model.network)
     feature_params = [p for p in features.parameters() if p.requires_grad]
-    log_prior = la.prior_precision.detach().mean().log().clone().requires_grad_(True)
+    pinned = prior_precision is not None
+    if pinned and not (math.isfinite(prior_precision) and prior_precision > 0):
+        raise HyperparameterError(f"prior_precision must be a positive number, got {prior_precision!r}.")
+    start_prior = torch.tensor(float(prior_precision)) if pinned else la.prior_precision.detach().mean()
+    log_prior = start_prior.to(X).log().clone().requires_grad_(not pinned)
     start = (la.noise_std.detach().mean() - min_noise_std).clamp_min(1e-3 * max(min_noise_std, 1e-6))
     log_noise = start.log().clone().requires_grad_(True)
     ls_prior = [
@@ -164,22 +227,24 @@ def fit_feature_evidence(
     def noise_std(u: Tensor) -> Tensor:
         return min_noise_std + u.exp()
 
+    log_evidence = _evidence_function(evidence, features, X, Z, noise_var)
+
     def objective() -> Tensor:
-        Phi = _design(features, X)
         if noise_var is not None:
-            value = blr_log_evidence(Phi, Z, log_prior.exp(), noise_var)
+            value = log_evidence(log_prior.exp(), None)
         else:
             sigma = noise_std(log_noise)
-            value = blr_log_evidence(Phi, Z, log_prior.exp(), sigma.pow(2))
+            value = log_evidence(log_prior.exp(), sigma.pow(2))
             log_var = 2 * sigma.log()
             value = value - 0.5 * (log_var + 4.0).pow(2) - log_var  # LogNormal(-4, 1) on σ²
-        value = value - 0.5 * ((log_prior - _LOG_PRIOR_LOC) / _LOG_PRIOR_SCALE).pow(2)
+        if not pinned:
+            value = value - 0.5 * ((log_prior - _LOG_PRIOR_LOC) / _LOG_PRIOR_SCALE).pow(2)
         for f, loc, scale in ls_prior:  # LogNormal(loc, scale) on each lengthscale
             log_ls = f.log_lengthscale
             value = value - (0.5 * ((log_ls - loc) / scale).pow(2) + log_ls).sum()
         return -value / Z.numel()
 
-    params = [*feature_params, log_prior] + ([log_noise] if noise_var is None else [])
+    params = [*feature_params] + ([] if pinned else [log_prior]) + ([log_noise] if noise_var is None else [])
     history: list[float] = []
     info = minimize_lbfgs(
         objective,
@@ -204,3 +269,31 @@ def fit_feature_evidence(
     else:
         la.fit(X, Z, noise_var=noise_var)
     return {"steps": steps, "seconds": time.perf_counter() - t0, "lml_history": history}
+
+
+def _evidence_function(evidence: str, features: nn.Module, X: Tensor, Z: Tensor, noise_var: Tensor | None):
+    """``(λ, σ² or None) -> log evidence`` of the chosen kind (``None``: the known ``noise_var``)."""
+    if evidence not in EVIDENCES:
+        raise HyperparameterError(f"evidence must be one of {EVIDENCES}, got {evidence!r}.")
+    if evidence == "features":
+        return lambda prior, s2: blr_log_evidence(
+            _design(features, X), Z, prior, noise_var if s2 is None else s2
+        )
+    rff = list(features.children()) if isinstance(features, nn.Sequential) else [features]
+    if len(rff) != 1 or not isinstance(rff[0], RandomFourierFeatures):
+        raise NetworkError(
+            "evidence='kernel' needs the features to be one RandomFourierFeatures module, "
+            f"got {type(features).__name__}."
+        )
+    rows = _evidence_rows(X.shape[0], X.device)
+    Xs, Zs = X[rows], Z[rows]
+    known = None if noise_var is None else noise_var[rows]
+    return lambda prior, s2: kernel_log_evidence(rff[0], Xs, Zs, prior, known if s2 is None else s2)
+
+
+def _evidence_rows(n: int, device) -> Tensor:
+    """All rows, or a seeded random subset of :data:`KERNEL_EVIDENCE_ROWS` of them."""
+    if n <= KERNEL_EVIDENCE_ROWS:
+        return torch.arange(n, device=device)
+    g = torch.Generator().manual_seed(0)
+    return torch.randperm(n, generator=g)[:KERNEL_EVIDENCE_ROWS].sort().values.to(device)

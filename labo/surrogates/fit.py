@@ -24,7 +24,7 @@ of a 2-D quadratic), so Adam stays the MAP default (docs/research-log.md).
 The default network, ``network="rff"``, skips all of this: its last layer on fixed
 features has an exact evidence, tuned with the features' lengthscales by
 :func:`labo.surrogates.feature_evidence.fit_feature_evidence` (only
-``evidence_iters`` and ``min_noise_std`` of :class:`FitOptions` apply to it).
+``evidence_iters``, ``evidence`` and ``min_noise_std`` of :class:`FitOptions` apply to it).
 
 Noise floor: on noiseless objectives a model that interpolates its data drives
 the marginal-likelihood noise to zero, the posterior collapses and BO proposes
@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from labo.exceptions import HyperparameterError
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
-from labo.surrogates.feature_evidence import fit_feature_evidence
+from labo.surrogates.feature_evidence import EVIDENCES, fit_feature_evidence
 from labo.surrogates.map_training import train_map
 from labo.surrogates.priors import fanin_prior_base, function_space_scale, log_hyperprior
 
@@ -102,6 +103,12 @@ class FitOptions:
             ``prior="function"``, centred at the pinned ``c``; ``None``: ``c`` stays pinned.
         evidence_iters: L-BFGS iterations of the evidence fit of ``network="rff"``
             (``labo.surrogates.feature_evidence``), which replaces the rounds above.
+        evidence: Which evidence that fit maximises: ``"features"`` (the features' exact
+            Bayesian linear regression) or ``"kernel"`` (the RBF kernel they approximate;
+            ``labo.surrogates.feature_evidence``).
+        evidence_prior_precision: Pin that fit's prior precision ``λ`` at this value
+            (``1``: prior variance 1 per weight, as SingleTaskGP's outputscale of 1);
+            ``None``: tuned under an ``N(log 2, 1)`` hyperprior on ``log λ``.
         noise_prior: Add BoTorch's GP noise prior, ``LogNormal(-4, 1)`` on the noise
             variance in standardised units, to the tuning objective (MAP-II).
         seed: Seed of torch's global random generator, set before a cold fit (the
@@ -131,6 +138,8 @@ class FitOptions:
     hyperprior_std: float | None = None
     noise_prior: bool = False
     evidence_iters: int = 100
+    evidence: str = "features"
+    evidence_prior_precision: float | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in _DEFAULT_STEPS:
@@ -149,6 +158,8 @@ class FitOptions:
             )
         if not (self.min_noise_std >= 0.0 and math.isfinite(self.min_noise_std)):
             raise ValueError(f"min_noise_std must be a finite number >= 0, got {self.min_noise_std!r}.")
+        if self.evidence not in EVIDENCES:
+            raise HyperparameterError(f"evidence must be one of {EVIDENCES}, got {self.evidence!r}.")
 
     def steps(self, warm: bool) -> int:
         """The training step limit of a warm or cold round."""
@@ -198,7 +209,14 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     if model.evidence_fit:  # network="rff": exact evidence of the last layer on its features
         known = (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12) if fixed_noise else None
         info = fit_feature_evidence(
-            model, X, Z, max_iter=opts.evidence_iters, min_noise_std=opts.min_noise_std, noise_var=known
+            model,
+            X,
+            Z,
+            max_iter=opts.evidence_iters,
+            min_noise_std=opts.min_noise_std,
+            noise_var=known,
+            evidence=opts.evidence,
+            prior_precision=opts.evidence_prior_precision,
         )
         train_steps, history = [info["steps"]], info["lml_history"]
     else:

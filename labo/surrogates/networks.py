@@ -116,9 +116,15 @@ class RandomFourierFeatures(nn.Module):
         g = torch.Generator().manual_seed(seed)
         kw = {"dtype": dtype or torch.get_default_dtype()}
         n_freq = n_features // 2 if kind == "sincos" else n_features
-        omega = _orthogonal_normal(n_freq, d, g, kw["dtype"]) if orthogonal else torch.randn(n_freq, d, generator=g, **kw)
+        if orthogonal:
+            omega = _orthogonal_normal(n_freq, d, g, kw["dtype"])
+        else:
+            omega = torch.randn(n_freq, d, generator=g, **kw)
         self.register_buffer("omega", omega.to(device))
-        phase = torch.zeros(0, **kw) if kind == "sincos" else 2 * torch.pi * torch.rand(n_freq, generator=g, **kw)
+        if kind == "sincos":
+            phase = torch.zeros(0, **kw)
+        else:
+            phase = 2 * torch.pi * torch.rand(n_freq, generator=g, **kw)
         self.register_buffer("phase", phase.to(device))
         self.log_lengthscale = nn.Parameter(torch.full((d,), float(lengthscale), **kw).log().to(device))
 

@@ -172,3 +172,22 @@ def test_rff_research_methods_build_their_features_and_warm_start(method, n_feat
     Y2 = -(X2 - 0.3).pow(2).sum(-1, keepdim=True)
     again = runner.fit_model(method, X2, Y2, previous=model)
     assert torch.equal(again.network[0].omega, features.omega)
+
+
+@pytest.mark.parametrize(
+    ("method", "evidence", "pinned"),
+    [
+        ("laplace-rff-pin1", "features", True),
+        ("laplace-rff-kernel", "kernel", False),
+        ("laplace-rff-kernel-pin1", "kernel", True),
+    ],
+)
+def test_rff_evidence_research_methods_pass_their_fit_options(method, evidence, pinned):
+    from labo.bench.methods import TABLE
+
+    assert TABLE[method].fit.evidence == evidence and TABLE[method].research
+    torch.manual_seed(0)
+    X = torch.rand(12, 3, dtype=torch.float64)
+    model = runner.fit_model(method, X, -(X - 0.3).pow(2).sum(-1, keepdim=True))
+    assert model.evidence_fit
+    assert (float(model.laplace.prior_precision) == pytest.approx(1.0)) == pinned
