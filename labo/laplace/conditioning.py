@@ -24,6 +24,8 @@ each. Test covariances come from the structure's ``quad`` (or its Jacobian-free
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
@@ -33,12 +35,16 @@ from labo.laplace.functional import FunctionalPrecision
 from labo.laplace.functional_update import extend_functional
 from labo.laplace.jacobians import output_and_jacobian
 from labo.laplace.linear_factors import LayerFactors, linear_factors
+from labo.laplace.precision_protocol import Precision
 from labo.laplace.precisions import robust_cholesky
 from labo.laplace.predictive import glm_factors
 from labo.laplace.validation import randn
 
+if TYPE_CHECKING:
+    from labo.laplace.laplace import LaplaceApproximation
 
-def jvp_from_factors(la, factors: list[LayerFactors], V: Tensor) -> Tensor:
+
+def jvp_from_factors(la: LaplaceApproximation, factors: list[LayerFactors], V: Tensor) -> Tensor:
     """``J(x) v`` from per-layer factors of whole-Linear-layer subsets, no Jacobian.
 
     For a Linear layer ``s = W a + b`` the directional derivative of output ``k`` along
@@ -79,7 +85,7 @@ class WoodburyPrecision:
             Jacobian (enables ``quad_factors`` when the base supports it).
     """
 
-    def __init__(self, base, Jc: Tensor, noise: Tensor, factor_cross=None):
+    def __init__(self, base: Precision, Jc: Tensor, noise: Tensor, factor_cross=None):
         self.base, self.Jc, self.noise = base, Jc, noise
         *bc, m, S = Jc.shape
         flat = Jc.reshape(-1, S).T  # (S, bc·m): one multi-column solve for every batch
@@ -87,7 +93,7 @@ class WoodburyPrecision:
         self.C = Jc @ self.U + torch.diag_embed(noise)
         self.L_C = robust_cholesky(self.C)
         self._factor_cross = factor_cross
-        self.supports_factors = factor_cross is not None and getattr(base, "supports_factors", False)
+        self.supports_factors = factor_cross is not None and base.supports_factors
 
     def _correction(self, JU: Tensor) -> Tensor:
         """``L_C⁻¹ (J U)ᵀ``: ``(..., m, t)`` for ``JU (..., t, m)``."""
@@ -148,7 +154,9 @@ class WoodburyPrecision:
 # The conditioned posterior.
 
 
-def _check_conditioning_data(la, X_c: Tensor, Y_c: Tensor, noise) -> tuple[Tensor, Tensor]:
+def _check_conditioning_data(
+    la: LaplaceApproximation, X_c: Tensor, Y_c: Tensor, noise
+) -> tuple[Tensor, Tensor]:
     if la.likelihood != "regression":
         raise ValueError(
             f"Exact conditioning needs a regression posterior, got likelihood={la.likelihood!r}."
@@ -188,7 +196,7 @@ class ConditionedLaplace:
         delta: Posterior mean offsets ``θ̄ − θ̂``, ``(*b, S)``.
     """
 
-    def __init__(self, la, X_c: Tensor, Y_c: Tensor, noise: Tensor | None = None):
+    def __init__(self, la: LaplaceApproximation, X_c: Tensor, Y_c: Tensor, noise: Tensor | None = None):
         Y_c, noise = _check_conditioning_data(la, X_c, Y_c, noise)
         self.la = la
         base = la.posterior_precision()
@@ -291,7 +299,9 @@ class ConditionedLaplace:
         return FunctionSamples(self.la, deltas.detach())
 
 
-def condition(la, X_c: Tensor, Y_c: Tensor, noise: Tensor | float | None = None) -> ConditionedLaplace:
+def condition(
+    la: LaplaceApproximation, X_c: Tensor, Y_c: Tensor, noise: Tensor | float | None = None
+) -> ConditionedLaplace:
     """The exact GLM posterior of ``la`` after observing ``Y_c`` at ``X_c`` (no retraining).
 
     Args:
@@ -308,7 +318,9 @@ def condition(la, X_c: Tensor, Y_c: Tensor, noise: Tensor | float | None = None)
     return ConditionedLaplace(la, X_c, Y_c, noise)
 
 
-def conditioned_predictive(la, X: Tensor, X_c: Tensor, Y_c: Tensor, noise_c: Tensor) -> tuple[Tensor, Tensor]:
+def conditioned_predictive(
+    la: LaplaceApproximation, X: Tensor, X_c: Tensor, Y_c: Tensor, noise_c: Tensor
+) -> tuple[Tensor, Tensor]:
     """GLM predictive at ``X`` after conditioning on ``(X_c, Y_c)``: ``condition(...).predictive(X)``.
 
     Returns:

@@ -17,14 +17,19 @@ predictive (tested against it). The draw works for every structure (each offers
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 from torch.func import jvp, vmap
 
 from labo.exceptions import HyperparameterError, InputShapeError
 
+if TYPE_CHECKING:
+    from labo.laplace.laplace import LaplaceApproximation
 
-def linearised_outputs(la, rows: Tensor, deltas: Tensor) -> Tensor:
+
+def linearised_outputs(la: LaplaceApproximation, rows: Tensor, deltas: Tensor) -> Tensor:
     """``f(rows; θ̂) + J(rows) δ_s`` for every ``δ_s``: ``(s, N, K)``.
 
     Args:
@@ -42,7 +47,7 @@ def linearised_outputs(la, rows: Tensor, deltas: Tensor) -> Tensor:
     return vmap(one)(deltas)
 
 
-def paired_linearised_outputs(la, rows: Tensor, deltas: Tensor) -> Tensor:
+def paired_linearised_outputs(la: LaplaceApproximation, rows: Tensor, deltas: Tensor) -> Tensor:
     """Sample ``s`` evaluated at its own rows: ``rows (s, N, ...)`` -> ``(s, N, K)``."""
     f = la.subset.functional(la.network)
     theta = la.theta_map
@@ -68,7 +73,7 @@ class FunctionSamples:
         deltas: Weight offsets ``(s, S)`` from the MAP ``θ̂``.
     """
 
-    def __init__(self, la, deltas: Tensor):
+    def __init__(self, la: LaplaceApproximation, deltas: Tensor):
         la.curvature.check_fitted()
         if not isinstance(deltas, Tensor) or deltas.dim() != 2 or deltas.shape[-1] != la.n_weights:
             raise InputShapeError(
@@ -133,7 +138,9 @@ class FunctionSamples:
         return f"FunctionSamples(num_samples={self.num_samples}, n_weights={self.deltas.shape[-1]})"
 
 
-def sample_functions(la, num_samples: int, generator: torch.Generator | None = None) -> FunctionSamples:
+def sample_functions(
+    la: LaplaceApproximation, num_samples: int, generator: torch.Generator | None = None
+) -> FunctionSamples:
     """Draw ``num_samples`` posterior functions of the linearised network.
 
     Args:

@@ -34,12 +34,18 @@ Linearised function samples ``f(x) + J(x)(θ_s − θ̂)`` (cost independent of 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from labo.exceptions import StructureError
 from labo.laplace.jacobians import JACOBIAN_CHUNK_ENTRIES
+from labo.laplace.precision_protocol import Precision
+
+if TYPE_CHECKING:
+    from labo.laplace.laplace import LaplaceApproximation
 
 MODES = ("auto", "factors", "jacobian", "loop")
 
@@ -57,7 +63,7 @@ def auto_mode(has_factors: bool, n_outputs: int, n_weights: int) -> str:
     return "jacobian" if n_outputs * n_weights <= JACOBIAN_CHUNK_ENTRIES else "loop"
 
 
-def output_rows(la, rows: Tensor, k: int) -> Tensor:
+def output_rows(la: LaplaceApproximation, rows: Tensor, k: int) -> Tensor:
     """``J_k(x)`` for every row: ``(N, S)``, by ``vmap`` over rows of one reverse-mode pass."""
     f = la.subset.functional(la.network)
     theta = la.subset.get_theta(la.network)
@@ -68,12 +74,14 @@ def output_rows(la, rows: Tensor, k: int) -> Tensor:
     return vmap(grad(out_k), in_dims=(None, 0))(theta, rows)
 
 
-def loop_variance(la, rows: Tensor, precision, n_outputs: int) -> Tensor:
+def loop_variance(la: LaplaceApproximation, rows: Tensor, precision: Precision, n_outputs: int) -> Tensor:
     """Marginal variances ``(N, K)``, one output at a time (peak memory ``O(N · S)``)."""
     return torch.stack([precision.quad_diag(output_rows(la, rows, k)) for k in range(n_outputs)], dim=-1)
 
 
-def loop_joint(la, rows: Tensor, batch: torch.Size, n: int, precision, n_outputs: int) -> Tensor:
+def loop_joint(
+    la: LaplaceApproximation, rows: Tensor, batch: torch.Size, n: int, precision: Precision, n_outputs: int
+) -> Tensor:
     """Joint covariance ``(*batch, n, K, n, K)`` within each t-batch, one output at a time.
 
     For output ``k``: ``W = S U_kᵀ`` (one solve), then ``J(x_b) W[:, b]`` by a ``jvp``

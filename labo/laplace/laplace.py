@@ -20,6 +20,7 @@ from labo.laplace import marglik, predictive
 from labo.laplace.curvature import kfac_layer_plan
 from labo.laplace.likelihoods import check_likelihood, check_targets, log_likelihood
 from labo.laplace.linear_factors import factor_plan
+from labo.laplace.precision_protocol import LayerBindingPrecision, Precision
 from labo.laplace.rbf import rbf_rest_plan
 from labo.laplace.structures import Kron, Structure
 from labo.laplace.subsets import AllWeights, WeightSubset
@@ -152,7 +153,7 @@ class LaplaceApproximation(nn.Module):
             return noise.pow(-2)
         return torch.ones((), dtype=self._dtype, device=self._device)
 
-    def precision_at(self, prior: Tensor, noise: Tensor):
+    def precision_at(self, prior: Tensor, noise: Tensor) -> Precision:
         """The posterior precision operator at given hyperparameters, differentiable in them."""
         precision = self.curvature.precision(
             self.expand_prior(prior),
@@ -160,11 +161,11 @@ class LaplaceApproximation(nn.Module):
             prior_is_scalar=prior.dim() == 0,
             prior_is_tied=prior.dim() == 0 or prior.numel() != self.n_weights,
         )
-        if self._layer_index is not None and hasattr(precision, "bind_layers"):
+        if self._layer_index is not None and isinstance(precision, LayerBindingPrecision):
             precision.bind_layers([i.to(self._device) for i in self._layer_index])
         return precision
 
-    def posterior_precision(self):
+    def posterior_precision(self) -> Precision:
         """The posterior precision operator at the current hyperparameters.
 
         Cached while the hyperparameters do not require grad (the cache never

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from labo.laplace.likelihoods import regression_log_likelihood
 
+if TYPE_CHECKING:
+    from labo.laplace.laplace import LaplaceApproximation
+
 
 def log_marginal_likelihood(
-    la, prior_precision: Tensor | None = None, noise_std: Tensor | None = None
+    la: LaplaceApproximation, prior_precision: Tensor | None = None, noise_std: Tensor | None = None
 ) -> Tensor:
     """Laplace log marginal likelihood of a fitted posterior (scalar tensor).
 
@@ -45,7 +49,7 @@ def log_marginal_likelihood(
 
 
 def optimize_hyperparameters(
-    la,
+    la: LaplaceApproximation,
     n_steps: int = 100,
     lr: float = 0.1,
     tune_prior: bool = True,
@@ -154,7 +158,7 @@ def optimize_hyperparameters(
     return history
 
 
-def _check_groups(groups, la) -> Tensor:
+def _check_groups(groups, la: LaplaceApproximation) -> Tensor:
     if not isinstance(groups, Tensor) or groups.dtype not in (torch.int32, torch.int64) or groups.dim() != 1:
         raise ValueError(
             "prior_groups must be a 1-D integer tensor with one group index per selected weight."
@@ -170,7 +174,7 @@ def _check_groups(groups, la) -> Tensor:
     return groups
 
 
-def input_relevance_groups(la) -> Tensor:
+def input_relevance_groups(la: LaplaceApproximation) -> Tensor:
     """Prior groups for automatic relevance determination (ARD) of a network's inputs.
 
     The weights of the first ``nn.Linear`` layer (in ``la.network``'s module order) are

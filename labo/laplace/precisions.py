@@ -3,7 +3,7 @@
 Given hyperparameters, a curvature module (:mod:`labo.laplace.structures`) yields a
 *posterior precision* ``H = scale · C + Λ₀`` (``scale = 1/σ²``
 for regression, 1 for classification; ``Λ₀`` the per-weight prior precision)
-offering the same operations for every structure:
+offering, for every structure, the operations of ``precision_protocol.Precision``:
 
 * ``logdet()``: ``log det H``
 * ``solve(V)``: ``H⁻¹ V`` for ``V`` of shape ``(S, m)``

@@ -9,6 +9,8 @@ outputs of one element, so cost is linear in the number of elements.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 from torch.func import jvp, vmap
@@ -17,20 +19,24 @@ from labo.exceptions import HyperparameterError, StructureError
 from labo.laplace.jacobians import chunk_rows, network_output, output_and_jacobian
 from labo.laplace.jsjt import auto_mode, check_mode, loop_joint, loop_variance
 from labo.laplace.linear_factors import linear_factors
+from labo.laplace.precision_protocol import LayerTermsPrecision, Precision
 from labo.laplace.precisions import KronPrecision
 from labo.laplace.rbf import RBFTerm
 
+if TYPE_CHECKING:
+    from labo.laplace.laplace import LaplaceApproximation
 
-def _jacobians(la, X: Tensor) -> tuple[torch.Size, int, Tensor, Tensor]:
+
+def _jacobians(la: LaplaceApproximation, X: Tensor) -> tuple[torch.Size, int, Tensor, Tensor]:
     lead, rows = la.split_inputs(X)
     F, J = output_and_jacobian(la.network, la.subset, rows)
     return lead, F.shape[-1], F, J
 
 
-def glm_factors(la, rows: Tensor, lead: torch.Size, precision):
+def glm_factors(la: LaplaceApproximation, rows: Tensor, lead: torch.Size, precision: Precision):
     """Per-layer factors of the rows shaped ``(*lead, ...)``, or None (Jacobian path)."""
     plan = la.factor_plan
-    if plan is None or not getattr(precision, "supports_factors", False):
+    if plan is None or not precision.supports_factors:
         return None
     res = linear_factors(la.network, plan, rows)
     if res is None:
@@ -39,7 +45,7 @@ def glm_factors(la, rows: Tensor, lead: torch.Size, precision):
     return F.reshape(*lead, F.shape[-1]), [f.reshape_rows(lead) for f in factors]
 
 
-def _rbf_terms(la, rows: Tensor, lead: torch.Size, precision):
+def _rbf_terms(la: LaplaceApproximation, rows: Tensor, lead: torch.Size, precision: Precision):
     """Mean, Linear-layer factors and the :class:`~labo.laplace.rbf.RBFTerm` of the rows for a
     Kron posterior whose rest (diagonal or full) is an ``RBFFeatures`` module
     (``la.rbf_plan``), or None."""
@@ -65,10 +71,10 @@ def _rbf_terms(la, rows: Tensor, lead: torch.Size, precision):
     return F.reshape(*lead, K), [f.reshape_rows(lead) for f in factors], term
 
 
-def _mode(la, mode: str, precision) -> str:
+def _mode(la: LaplaceApproximation, mode: str, precision: Precision) -> str:
     """The backend mode to use (see :mod:`labo.laplace.jsjt`), checked against the posterior."""
     check_mode(mode)
-    has_factors = la.factor_plan is not None and getattr(precision, "supports_factors", False)
+    has_factors = la.factor_plan is not None and precision.supports_factors
     if mode == "factors" and not has_factors:
         raise StructureError(
             "mode='factors' needs whole Linear layers as Bayesian weights and a Full, Diagonal, Kron "
@@ -81,7 +87,7 @@ def _mode(la, mode: str, precision) -> str:
     return mode
 
 
-def glm_predictive(la, X: Tensor, mode: str = "auto") -> tuple[Tensor, Tensor]:
+def glm_predictive(la: LaplaceApproximation, X: Tensor, mode: str = "auto") -> tuple[Tensor, Tensor]:
     """Mean ``(..., n, K)`` and joint covariance ``(..., n, K, n, K)``; ``mode``: see :mod:`jsjt`."""
     precision = la.posterior_precision()
     lead, rows = la.split_inputs(X)
@@ -116,7 +122,7 @@ def glm_predictive(la, X: Tensor, mode: str = "auto") -> tuple[Tensor, Tensor]:
     return F.reshape(*lead, K), cov.reshape(*batch, n, K, n, K)
 
 
-def glm_layer_terms(la, X: Tensor):
+def glm_layer_terms(la: LaplaceApproximation, X: Tensor):
     """Mean ``(..., n, K)`` and per-layer covariance factors ``[(Pa, Pb, w)]``, or None.
 
     Available for weight-space structures with a Jacobian-free path (Kron, Diagonal)
@@ -124,7 +130,7 @@ def glm_layer_terms(la, X: Tensor):
     ``layer_quads.layer_quad`` of the terms, which callers may keep unevaluated.
     """
     precision = la.posterior_precision()
-    if not hasattr(precision, "layer_terms"):
+    if not isinstance(precision, LayerTermsPrecision):
         return None
     lead, rows = la.split_inputs(X)
     if la.rbf_plan is not None and int(la.n_outputs) == 1:
@@ -140,7 +146,7 @@ def glm_layer_terms(la, X: Tensor):
     return F, list(precision.layer_terms(factors))
 
 
-def glm_variance(la, X: Tensor, mode: str = "auto") -> Tensor:
+def glm_variance(la: LaplaceApproximation, X: Tensor, mode: str = "auto") -> Tensor:
     """Marginal variances ``(..., n, K)``, never the joint covariance; ``mode``: see :mod:`jsjt`."""
     lead, rows = la.split_inputs(X)
     precision = la.posterior_precision()
@@ -171,7 +177,9 @@ def glm_variance(la, X: Tensor, mode: str = "auto") -> Tensor:
     return torch.cat(parts).reshape(*lead, K)
 
 
-def sample_weights(la, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+def sample_weights(
+    la: LaplaceApproximation, n_samples: int, generator: torch.Generator | None = None
+) -> Tensor:
     """``θ̂ + δ`` with ``δ ~ N(0, H⁻¹)``: shape ``(n_samples, S)``."""
     if not isinstance(n_samples, int) or n_samples < 1:
         raise HyperparameterError(f"n_samples must be a positive int, got {n_samples!r}.")
@@ -180,7 +188,7 @@ def sample_weights(la, n_samples: int, generator: torch.Generator | None = None)
 
 
 def predictive_samples(
-    la,
+    la: LaplaceApproximation,
     X: Tensor,
     n_samples: int,
     generator: torch.Generator | None = None,
@@ -204,7 +212,7 @@ def predictive_samples(
 
 
 def class_probabilities(
-    la,
+    la: LaplaceApproximation,
     X: Tensor,
     link: str = "probit",
     n_samples: int = 100,

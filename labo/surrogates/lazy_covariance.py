@@ -19,6 +19,7 @@ from botorch.posteriors.gpytorch import GPyTorchPosterior
 from linear_operator.operators import DenseLinearOperator, LinearOperator
 from torch import Tensor
 
+from labo.laplace.laplace import LaplaceApproximation
 from labo.laplace.layer_quads import SharedRows
 from labo.laplace.predictive import glm_layer_terms
 from labo.surrogates.factor_covariance import (
@@ -193,7 +194,7 @@ class HeadCache:
     def __init__(self):
         self._entry = None
 
-    def get(self, la, X_head: Tensor):
+    def get(self, la: LaplaceApproximation, X_head: Tensor):
         """``(F, terms, head_rows)`` for ``X_head (N, d)``, computed without autograd; or None."""
         precision = la.posterior_precision()
         # Tensor._version (the in-place write counter) is private, but torch has no public signal
@@ -218,7 +219,9 @@ class HeadCache:
         return value
 
 
-def _split_terms(la, X_tf: Tensor, shared: int, detach_head: bool, cache: HeadCache | None):
+def _split_terms(
+    la: LaplaceApproximation, X_tf: Tensor, shared: int, detach_head: bool, cache: HeadCache | None
+):
     """Mean, per-layer ``(a, b, w)`` of the head (first ``shared`` rows, once) and of the tail,
     and the head's rotated rows (a list to fill, shared with the cache)."""
     lead = X_tf.shape[:-2]
@@ -236,7 +239,7 @@ def _split_terms(la, X_tf: Tensor, shared: int, detach_head: bool, cache: HeadCa
 
 
 def one_output_posterior(
-    la,
+    la: LaplaceApproximation,
     X_tf: Tensor,
     y_mean: Tensor,
     y_scale: Tensor,

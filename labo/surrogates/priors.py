@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from labo.laplace.laplace import LaplaceApproximation
 
-def fanin_prior_base(la) -> Tensor:
+
+def fanin_prior_base(la: LaplaceApproximation) -> Tensor:
     """Per-tensor prior precisions proportional to the fan-in (the NTK scaling).
 
     A Linear layer's weight gets its ``in_features``; every other selected tensor
@@ -33,7 +35,7 @@ def fanin_prior_base(la) -> Tensor:
     return torch.tensor(values, dtype=la.theta_map.dtype, device=la.theta_map.device)
 
 
-def function_space_scale(la, X: Tensor, base: Tensor, n_points: int = 256) -> Tensor:
+def function_space_scale(la: LaplaceApproximation, X: Tensor, base: Tensor, n_points: int = 256) -> Tensor:
     """``c`` such that the prior ``c · base`` gives a mean linearised prior variance of 1.
 
     The prior predictive variance of the linearised network at ``x`` is
