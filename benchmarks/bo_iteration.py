@@ -5,7 +5,7 @@ MLP with every weight Bayesian: Functional up to 250 rows, Kron beyond; the defa
 until session 11), ``LaplaceModel-ll`` (the MLP's last-layer weights, default structure), ``LaplaceModel-rbf``
 (``network="rbf"``), ``LaplaceModel-rbf-all`` (the RBF network with every weight
 Bayesian: under Kron its centres and lengthscale form one full GGN block, with the
-closed form of ``labo.laplace.rbf``) and
+closed form of ``labo.laplace.linearization.rbf``) and
 ``SingleTaskGP``.
 One iteration = refit the surrogate on the current data + optimise
 qLogNoisyExpectedImprovement (q=4, num_restarts=10, raw_samples=512). For

@@ -133,7 +133,7 @@ def dense_ggn_curvlinops(net, subset, X):
 def today_conv_kron(net, subset, X):
     """labo's Kron before issue 24: Linear blocks from labo's factors, the conv weights in the
     rest with their GGN diagonal from per-row Jacobians (torch.func)."""
-    from labo.laplace import curvature as cv
+    from labo.laplace.structures import curvature as cv
 
     names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
     cv._kfac_from_linear_factors(net, names, "regression", X, 1, None)
@@ -143,8 +143,8 @@ def today_conv_kron(net, subset, X):
 
 def library_cases(d: int):
     """``(network label, structure, weights label, net, subset, {path: fn(X)}, served)`` per case."""
-    from labo.laplace import curvature as cv
-    from labo.laplace import library_curvature as lib
+    from labo.laplace.structures import curvature as cv
+    from labo.laplace.structures import library_curvature as lib
     from labo.surrogates.networks import default_network, rff_network
 
     out = []
@@ -258,7 +258,7 @@ def library_cases(d: int):
 
 
 def _jacobian_diag(net, subset, X):
-    from labo.laplace.jacobians import iter_output_and_jacobian
+    from labo.laplace.linearization.jacobians import iter_output_and_jacobian
 
     out = torch.zeros(subset.n_weights, dtype=X.dtype, device=X.device)
     for _, _, J in iter_output_and_jacobian(net, subset, X, 1):

@@ -29,7 +29,7 @@ from botorch.test_functions import Hartmann
 from torch import nn
 
 from labo.laplace import AllWeights, Full, Kron, fit_laplace
-from labo.laplace.jacobians import output_and_jacobian
+from labo.laplace.linearization.jacobians import output_and_jacobian
 from labo.surrogates.networks import default_network
 
 PRIOR, NOISE = 1.0, 0.1

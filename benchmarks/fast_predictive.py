@@ -104,7 +104,7 @@ def run_group(spec: dict) -> list[dict]:
     """
     import torch
 
-    from labo.laplace.jacobians import output_and_jacobian
+    from labo.laplace.linearization.jacobians import output_and_jacobian
 
     torch.set_grad_enabled(False)
     K, reps, rows = spec["K"], spec["reps"], []

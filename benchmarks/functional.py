@@ -155,7 +155,7 @@ def child_scaling(structure: str, size: str, n: int) -> dict:
 
 def child_conditioning(structure: str) -> dict:
     from labo.laplace import fit_laplace
-    from labo.laplace.conditioning import condition
+    from labo.laplace.predictive.conditioning import condition
 
     net, X, Y, X_test = problem("small", N_COND + 4)
     Xc, Yc, X, Y = X[N_COND:], Y[N_COND:], X[:N_COND], Y[:N_COND]
@@ -226,7 +226,7 @@ def run_child(cap: float, kind: str, *args) -> dict:
 
 
 def part_scaling(cap: float, structures=("Functional", "Kron", "Full"), previous=()) -> list[dict]:
-    from labo.laplace.functional import prefer_functional
+    from labo.laplace.structures.functional import prefer_functional
     from labo.surrogates.model import FUNCTIONAL_MAX_ROWS
 
     rows = []

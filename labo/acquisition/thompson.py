@@ -1,7 +1,7 @@
 """Continuous Thompson sampling with Laplace posterior function samples.
 
 A ``LaplaceModel``'s linearised posterior has exact, cheap function samples
-(``f(x) + J(x)(θ_s − θ̂)``, see :mod:`labo.laplace.function_samples`) that are
+(``f(x) + J(x)(θ_s − θ̂)``, see :mod:`labo.laplace.predictive.function_samples`) that are
 deterministic and differentiable in ``x``. Thompson sampling for a batch of ``q``
 points draws ``q`` functions and maximises each one over the box with gradients:
 a multi-start L-BFGS-B (BoTorch's ``gen_candidates_scipy``), started from the best
@@ -22,7 +22,7 @@ from botorch.utils.sampling import draw_sobol_samples
 from torch import Tensor
 
 from labo.exceptions import HyperparameterError, InputShapeError, NotFittedError
-from labo.laplace.function_samples import FunctionSamples, sample_functions
+from labo.laplace.predictive.function_samples import FunctionSamples, sample_functions
 
 
 class ModelFunctionSamples:

@@ -26,7 +26,7 @@ pass them to the runner, the CLI does not offer them:
   weights instead of zero (``LaplaceModel(prior_mean="init")``).
 - ``laplace-rbf-all``: the RBF network with every weight Bayesian (``AllWeights()``),
   the centres and the lengthscale too (under Kron, past 250 rows, as one full GGN block,
-  ``Kron(rest="auto")``, through the closed form of ``labo.laplace.rbf``; see
+  ``Kron(rest="auto")``, through the closed form of ``labo.laplace.linearization.rbf``; see
   ``docs/research-log.md``, "The centres as one full Kron block").
 - ``laplace-rff``: ``LaplaceModel(network="rff")``, the default spelt out; the name of
   the studies that measured it before it became the default (``docs/benchmarks.md``).

@@ -6,12 +6,12 @@ Public API::
     from labo.laplace import AllWeights, LastLayer, WeightMask
 """
 
-from labo.laplace.conditioning import ConditionedLaplace, condition
-from labo.laplace.function_samples import FunctionSamples, sample_functions
-from labo.laplace.functional import Functional
 from labo.laplace.laplace import LaplaceApproximation, fit_laplace
 from labo.laplace.marglik import input_relevance_groups, log_marginal_likelihood, optimize_hyperparameters
-from labo.laplace.structures import Diagonal, Full, Kron, Structure
+from labo.laplace.predictive.conditioning import ConditionedLaplace, condition
+from labo.laplace.predictive.function_samples import FunctionSamples, sample_functions
+from labo.laplace.structures.functional import Functional
+from labo.laplace.structures.options import Diagonal, Full, Kron, Structure
 from labo.laplace.subnetworks import (
     WeightStrategy,
     by_module,

@@ -16,13 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from labo.exceptions import HyperparameterError, InputShapeError, LikelihoodError
-from labo.laplace import marglik, predictive
-from labo.laplace.curvature import kfac_layer_plan
+from labo.laplace import marglik
 from labo.laplace.likelihoods import check_likelihood, check_targets, log_likelihood
-from labo.laplace.linear_factors import factor_plan
-from labo.laplace.precision_protocol import LayerBindingPrecision, Precision
-from labo.laplace.rbf import rbf_rest_plan
-from labo.laplace.structures import Kron, Structure
+from labo.laplace.linearization.linear_factors import factor_plan
+from labo.laplace.linearization.rbf import rbf_rest_plan
+from labo.laplace.predictive import glm
+from labo.laplace.structures.curvature import kfac_layer_plan
+from labo.laplace.structures.options import Kron, Structure
+from labo.laplace.structures.protocol import LayerBindingPrecision, Precision
 from labo.laplace.subsets import AllWeights, WeightSubset
 from labo.laplace.validation import as_positive_tensor, as_weight_vector, check_inputs, checked_network_output
 
@@ -68,7 +69,7 @@ class LaplaceApproximation(nn.Module):
         self.factor_plan = factor_plan(network, self.subset)
         # (out, in + bias) positions of each planned layer's [W, b] (Diagonal's Jacobian-free path)
         self._layer_index = (
-            [index for _, index in kfac_layer_plan(network, self.subset)[0]] if self.factor_plan else None
+            [i for _, i in kfac_layer_plan(network, self.subset)[0]] if self.factor_plan else None
         )
         p = next(network.parameters())
         self._dtype, self._device = p.dtype, p.device
@@ -266,9 +267,9 @@ class LaplaceApproximation(nn.Module):
             mode: How ``J S Jᵀ`` is computed (same result up to round-off):
                 ``"auto"``, ``"factors"`` (closed forms, whole Linear layers only),
                 ``"jacobian"`` (``vmap`` over outputs) or ``"loop"`` (one output at a
-                time, memory independent of K). See :mod:`labo.laplace.jsjt`.
+                time, memory independent of K). See :mod:`labo.laplace.predictive.jsjt`.
         """
-        return predictive.glm_predictive(self, X, mode)
+        return glm.glm_predictive(self, X, mode)
 
     def predictive_variance(self, X: Tensor, mode: str = "auto") -> Tensor:
         """Marginal GLM variances ``(..., n, K)``, without forming the joint covariance.
@@ -276,18 +277,18 @@ class LaplaceApproximation(nn.Module):
         ``mode`` as in :meth:`predictive`; ``"loop"`` keeps peak memory at one
         output's ``(rows, S)`` Jacobian, for many outputs (classes).
         """
-        return predictive.glm_variance(self, X, mode)
+        return glm.glm_variance(self, X, mode)
 
     def predictive_probs(
         self, X: Tensor, link: str = "probit", n_samples: int = 100, generator: torch.Generator | None = None
     ) -> Tensor:
         """Class probabilities ``(..., n, K)`` (classification): ``link="probit"`` from the
         marginal variances only, or ``"mc"`` from ``n_samples`` linearised function samples."""
-        return predictive.class_probabilities(self, X, link, n_samples, generator)
+        return glm.class_probabilities(self, X, link, n_samples, generator)
 
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Draws ``(n_samples, S)`` of the selected weights from the posterior."""
-        return predictive.sample_weights(self, n_samples, generator)
+        return glm.sample_weights(self, n_samples, generator)
 
     def sample_parameters(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Full parameter vectors ``(n_samples, P)``; only the selected weights vary."""
@@ -301,13 +302,13 @@ class LaplaceApproximation(nn.Module):
         ``linearized=True`` samples the GLM ``f(x) + J(x)(θ_s − θ̂)``; ``False`` runs
         the network with sampled weights.
         """
-        return predictive.predictive_samples(self, X, n_samples, generator, linearized)
+        return glm.predictive_samples(self, X, n_samples, generator, linearized)
 
     def condition(self, X_new: Tensor, Y_new: Tensor, noise=None):
         """The posterior conditioned on new observations, exactly, at the same linearisation.
 
         A Gaussian update (block Cholesky in function space, Woodbury in weight space)
-        in ``O(n² q)``, no refit; see :func:`labo.laplace.conditioning.condition`.
+        in ``O(n² q)``, no refit; see :func:`labo.laplace.predictive.conditioning.condition`.
 
         Args:
             X_new: ``(..., q, d)`` new inputs.
@@ -316,20 +317,19 @@ class LaplaceApproximation(nn.Module):
             noise: Noise variances broadcastable to the targets (default ``noise_std²``).
 
         Returns:
-            A :class:`labo.laplace.conditioning.ConditionedLaplace` with ``predictive``,
-            ``predictive_variance`` and ``sample_functions``.
+            A :class:`~labo.laplace.ConditionedLaplace` (predictive, predictive_variance, sample_functions).
         """
-        from labo.laplace.conditioning import condition
+        from labo.laplace.predictive.conditioning import condition
 
         return condition(self, X_new, Y_new, noise)
 
     def sample_functions(self, num_samples: int, generator: torch.Generator | None = None):
         """``num_samples`` deterministic posterior functions ``f_s(x) = f(x) + J(x)(θ_s − θ̂)``.
 
-        Returns a :class:`labo.laplace.function_samples.FunctionSamples`: call it on
+        Returns a :class:`labo.laplace.predictive.function_samples.FunctionSamples`: call it on
         inputs ``(..., n, d)`` to get ``(num_samples, ..., n, K)``, differentiable w.r.t. them.
         """
-        from labo.laplace.function_samples import sample_functions
+        from labo.laplace.predictive.function_samples import sample_functions
 
         return sample_functions(self, num_samples, generator)
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from labo.exceptions import NonFiniteInputError, WeightSubsetError
 from labo.laplace.laplace import fit_laplace
-from labo.laplace.structures import Diagonal
+from labo.laplace.structures.options import Diagonal
 from labo.laplace.subsets import AllWeights, LastLayer, WeightMask
 
 WeightStrategy = Callable[[nn.Module, Tensor, Tensor], WeightMask]

@@ -12,7 +12,7 @@ from labo.exceptions import (
     InputShapeError,
     NonFiniteInputError,
 )
-from labo.laplace.jacobians import network_output
+from labo.laplace.linearization.jacobians import network_output
 
 
 def check_inputs(X: Tensor, dtype: torch.dtype, name: str = "X") -> None:

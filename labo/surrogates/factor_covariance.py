@@ -8,7 +8,7 @@ is a sum over layers of
 
 with per-row factors ``a`` (rotated layer inputs), ``b`` (rotated output
 gradients) and the layer's diagonal covariance ``w`` in that basis (see
-``labo.laplace.layer_quads.layer_quad``). :class:`LayerFactorCovariance` keeps the
+``labo.laplace.linearization.layer_quads.layer_quad``). :class:`LayerFactorCovariance` keeps the
 factors instead of the dense matrix, so slicing rows (``C[..., -q:, :]``) costs
 ``O(q · N · out · in)`` rather than the ``O(N² · out · in)`` of the whole matrix.
 

@@ -20,8 +20,8 @@ from linear_operator.operators import DenseLinearOperator, LinearOperator
 from torch import Tensor
 
 from labo.laplace.laplace import LaplaceApproximation
-from labo.laplace.layer_quads import SharedRows
-from labo.laplace.predictive import glm_layer_terms
+from labo.laplace.linearization.layer_quads import SharedRows
+from labo.laplace.predictive.glm import glm_layer_terms
 from labo.surrogates.factor_covariance import (
     LAYER_FIELDS,
     FactorMultivariateNormal,

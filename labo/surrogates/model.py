@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from labo.exceptions import NotFittedError
 from labo.laplace import LaplaceApproximation
-from labo.laplace.conditioning import ConditionedLaplace
-from labo.laplace.structures import Structure
+from labo.laplace.predictive.conditioning import ConditionedLaplace
+from labo.laplace.structures.options import Structure
 from labo.laplace.subnetworks import WeightStrategy
 from labo.laplace.subsets import WeightSubset
 from labo.surrogates.fit import fit_laplace_model
@@ -351,7 +351,7 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         return new
 
     def conditioned_laplace(self) -> ConditionedLaplace:
-        """The exact posterior conditioned on :attr:`conditioning` (``labo.laplace.conditioning``).
+        """The exact posterior conditioned on :attr:`conditioning` (``labo.laplace.predictive.conditioning``).
 
         Cached while the data carry no autograd graph
         (:func:`labo.surrogates.model_conditioning.cached_condition`).

@@ -1,6 +1,6 @@
 """Exact conditioning of ``LaplaceModel`` on new observations (no retraining): the
 observations in the model's z-space, appended to earlier ones, and the conditioned
-posterior (:mod:`labo.laplace.conditioning`), cached on the model.
+posterior (:mod:`labo.laplace.predictive.conditioning`), cached on the model.
 
 Plain functions of explicit arguments; ``LaplaceModel.condition_on_observations`` and
 ``LaplaceModel.conditioned_laplace`` call them.
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from labo.exceptions import InputShapeError, NonFiniteInputError
 from labo.laplace import LaplaceApproximation
-from labo.laplace.conditioning import ConditionedLaplace, condition
+from labo.laplace.predictive.conditioning import ConditionedLaplace, condition
 
 
 def z_space_observations(

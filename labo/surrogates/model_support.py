@@ -22,8 +22,8 @@ from labo.exceptions import (
     WeightSubsetError,
 )
 from labo.laplace import AllWeights, Full, Kron, LaplaceApproximation, LastLayer, WeightMask
-from labo.laplace.functional import Functional, prefer_functional
-from labo.laplace.structures import Structure
+from labo.laplace.structures.functional import Functional, prefer_functional
+from labo.laplace.structures.options import Structure
 from labo.laplace.subnetworks import WeightStrategy, by_module, placeholder_mask
 from labo.laplace.subsets import WeightSubset
 from labo.laplace.validation import check_inputs
@@ -225,7 +225,7 @@ def posterior_options(
 
     The default structure is ``Functional()`` (exact GGN, function space) while ``n·m``
     is below the number of Bayesian weights and at most ``functional_max_rows``, else
-    ``Kron(rest="auto")`` (``labo.laplace.functional.prefer_functional``). Past a few
+    ``Kron(rest="auto")`` (``labo.laplace.structures.functional.prefer_functional``). Past a few
     hundred points the function-space cross covariances (``O(n²)`` per candidate batch)
     make acquisition optimisation slower than Kron's ``O(S)`` per candidate row.
     ``rest="auto"`` keeps the Bayesian weights outside Linear layers (e.g. the RBF centres

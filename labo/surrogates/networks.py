@@ -17,7 +17,7 @@ mean keeps rising towards the faces of the box, where qLogNEI's candidates then 
 up (``docs/research-log.md``, "What pushes the default model's candidates onto the
 bounds"). By default only its two linear layers are Bayesian (``RBF_BAYESIAN_LAYERS``)
 and the centres and the lengthscale are fitted by MAP training; with every weight
-Bayesian under Kron the centres get a closed-form predictive (``labo.laplace.rbf``).
+Bayesian under Kron the centres get a closed-form predictive (``labo.laplace.linearization.rbf``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from labo.exceptions import HyperparameterError, NetworkError
-from labo.laplace.rbf import RBFFeatures
+from labo.laplace.linearization.rbf import RBFFeatures
 
 DEFAULT_WIDTH = 64
 # Random Fourier features of rff_network.

@@ -39,7 +39,7 @@ from labo.laplace import (
     WeightMask,
     fit_laplace,
 )
-from labo.laplace.precisions import robust_cholesky
+from labo.laplace.structures.precisions import robust_cholesky
 
 F64 = torch.float64
 D, K_REG, K_CLS, N = 2, 1, 3, 10

@@ -10,9 +10,9 @@ import torch
 
 from labo.exceptions import HyperparameterError, InputShapeError, NonFiniteInputError
 from labo.laplace import AllWeights, Diagonal, Full, Functional, Kron, WeightMask, fit_laplace
-from labo.laplace.conditioning import WoodburyPrecision, condition
-from labo.laplace.functional import FunctionalPrecision
-from labo.laplace.functional_update import ExtendedFunctionalPrecision, extend_functional
+from labo.laplace.predictive.conditioning import WoodburyPrecision, condition
+from labo.laplace.structures.functional import FunctionalPrecision
+from labo.laplace.structures.functional_update import ExtendedFunctionalPrecision, extend_functional
 from tests._reference import dense_precision, subset_jacobian
 from tests.conftest import make_problem
 

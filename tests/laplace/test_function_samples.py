@@ -5,7 +5,7 @@ import torch
 
 from labo.exceptions import HyperparameterError, InputShapeError
 from labo.laplace import Diagonal, Full, Functional, Kron, LastLayer, fit_laplace
-from labo.laplace.function_samples import FunctionSamples
+from labo.laplace.predictive.function_samples import FunctionSamples
 from tests._reference import dense_precision, subset_jacobian
 from tests.conftest import make_problem
 

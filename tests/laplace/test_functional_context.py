@@ -5,7 +5,7 @@ import torch
 
 from labo.exceptions import HyperparameterError
 from labo.laplace import Full, Functional, WeightMask, fit_laplace
-from labo.laplace.functional import select_context
+from labo.laplace.structures.functional import select_context
 from tests._reference import subset_jacobian
 from tests.conftest import make_problem
 

@@ -5,7 +5,7 @@ import torch
 
 from labo.exceptions import HyperparameterError, StructureError
 from labo.laplace import AllWeights, Diagonal, Full, Functional, Kron, LastLayer, WeightMask, fit_laplace
-from labo.laplace.jsjt import auto_mode
+from labo.laplace.predictive.jsjt import auto_mode
 from tests._reference import dense_precision, dense_predictive
 from tests.conftest import make_problem
 

@@ -1,4 +1,4 @@
-"""Curvature served by curvlinops and BackPACK (labo.laplace.library_curvature) against labo's
+"""Curvature served by curvlinops and BackPACK (labo.laplace.structures.library_curvature) against labo's
 torch.func paths and the dense references of tests/_reference.py, in float64 to 1e-8.
 
 * curvlinops' K-FAC factors of Linear layers equal labo's (regression with one and several
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from labo.laplace import AllWeights, Diagonal, Kron, LastLayer, WeightMask, by_module, fit_laplace
-from labo.laplace import curvature as curvature_module
-from labo.laplace import library_curvature as lib
-from labo.laplace.curvature import ggn, kfac_factors, kfac_layer_plan
+from labo.laplace.structures import curvature as curvature_module
+from labo.laplace.structures import library_curvature as lib
+from labo.laplace.structures.curvature import ggn, kfac_factors, kfac_layer_plan
 from tests import _reference as ref
 from tests.conftest import make_problem
 

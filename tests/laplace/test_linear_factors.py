@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from labo.laplace import AllWeights, Diagonal, Full, Functional, Kron, LastLayer, WeightMask, fit_laplace
-from labo.laplace.linear_factors import factor_plan, linear_factors
+from labo.laplace.linearization.linear_factors import factor_plan, linear_factors
 from tests.conftest import make_problem
 
 

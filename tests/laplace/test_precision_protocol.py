@@ -1,4 +1,4 @@
-"""The ``Precision`` protocol (labo/laplace/precision_protocol.py), checked on every class.
+"""The ``Precision`` protocol (labo/laplace/structures/protocol.py), checked on every class.
 
 Each posterior-precision class must satisfy the core protocol, exactly the right ones the
 optional layer-factor protocols, and every operation must agree with the dense
@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from labo.laplace import Diagonal, Full, Functional, Kron, condition, fit_laplace
-from labo.laplace.conditioning import WoodburyPrecision
-from labo.laplace.functional import FunctionalPrecision
-from labo.laplace.functional_update import ExtendedFunctionalPrecision
-from labo.laplace.jacobians import output_and_jacobian
-from labo.laplace.precision_protocol import LayerBindingPrecision, LayerTermsPrecision, Precision
-from labo.laplace.precisions import DiagonalPrecision, FullPrecision, KronPrecision
-from labo.laplace.predictive import glm_factors, glm_layer_terms
+from labo.laplace.linearization.jacobians import output_and_jacobian
+from labo.laplace.predictive.conditioning import WoodburyPrecision
+from labo.laplace.predictive.glm import glm_factors, glm_layer_terms
+from labo.laplace.structures.functional import FunctionalPrecision
+from labo.laplace.structures.functional_update import ExtendedFunctionalPrecision
+from labo.laplace.structures.precisions import DiagonalPrecision, FullPrecision, KronPrecision
+from labo.laplace.structures.protocol import LayerBindingPrecision, LayerTermsPrecision, Precision
 from tests.conftest import make_problem
 
 # name -> (structure, conditioned?, class, binds layers?, has layer terms?)

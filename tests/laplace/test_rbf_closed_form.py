@@ -1,5 +1,5 @@
 """Kron with RBF centres (and lengthscale) in its diagonal rest: the closed-form predictive
-(``labo.laplace.rbf``) against the dense reference (``jacrev`` Jacobians, explicit K-FAC
+(``labo.laplace.linearization.rbf``) against the dense reference (``jacrev`` Jacobians, explicit K-FAC
 blocks plus the diagonal GGN of the rest), values, x-gradients (gradcheck), and the
 cases that must fall back to the Jacobian path."""
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from labo.laplace import AllWeights, Kron, LaplaceApproximation
-from labo.laplace.rbf import RBFTerm
+from labo.laplace.linearization.rbf import RBFTerm
 from labo.laplace.subnetworks import by_module
 from labo.surrogates.networks import rbf_network
 from tests import _reference as ref
@@ -80,7 +80,7 @@ def test_closed_form_matches_the_jacobian_path_and_keeps_its_term():
     F2, C2 = la.predictive(Xt, mode="jacobian")
     torch.testing.assert_close(C1, C2, rtol=1e-9, atol=1e-12)
     # the rest's term is a real part of the covariance, not a rounding
-    from labo.laplace.predictive import _rbf_terms
+    from labo.laplace.predictive.glm import _rbf_terms
 
     lead, rows = la.split_inputs(Xt)
     _, _, term = _rbf_terms(la, rows, lead, la.posterior_precision())

@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labo.laplace.functional import FunctionalPrecision
-from labo.laplace.precisions import DiagonalPrecision, FullPrecision, KronPrecision
+from labo.laplace.structures.functional import FunctionalPrecision
+from labo.laplace.structures.precisions import DiagonalPrecision, FullPrecision, KronPrecision
 
 
 def _spd(n, seed, rank=None):

@@ -117,7 +117,7 @@ def test_by_module_and_last_layer():
     ll = last_layer(net)
     assert set(ll.masks) == {"2.1.weight", "2.1.bias"}
     X = torch.randn(4, 2, dtype=torch.float64)
-    from labo.laplace.jacobians import output_and_jacobian
+    from labo.laplace.linearization.jacobians import output_and_jacobian
 
     _, J_mask = output_and_jacobian(net, ll.resolve(net), X)
     _, J_last = output_and_jacobian(net, LastLayer().resolve(net), X)
@@ -189,7 +189,7 @@ def test_bad_names_data_and_masks_raise_typed_errors():
 
 
 def test_masked_linear_jacobian_matches_sliced_full_jacobian_with_x_gradients():
-    from labo.laplace.masked_jacobians import masked_linear_jacobian
+    from labo.laplace.linearization.masked_jacobians import masked_linear_jacobian
 
     net = mlp((3, 6, 5, 2))
     wm = union(
@@ -209,7 +209,7 @@ def test_masked_linear_jacobian_matches_sliced_full_jacobian_with_x_gradients():
 
 def test_masked_linear_jacobian_applies_only_to_partly_selected_linear_tensors():
     from labo.laplace import AllWeights
-    from labo.laplace.masked_jacobians import masked_linear_plan
+    from labo.laplace.linearization.masked_jacobians import masked_linear_plan
 
     net = mlp((3, 6, 2))
     assert masked_linear_plan(net, AllWeights().resolve(net)) is None  # jacrev wastes nothing here
@@ -227,7 +227,7 @@ def test_masked_linear_jacobian_applies_only_to_partly_selected_linear_tensors()
     other = Scaled()
     wm = WeightMask({"gain": torch.tensor([True, False]), "lin.weight": torch.rand(2, 3) < 0.5})
     assert masked_linear_plan(other, wm.resolve(other)) is None
-    from labo.laplace.jacobians import output_and_jacobian
+    from labo.laplace.linearization.jacobians import output_and_jacobian
 
     X = torch.randn(4, 3, dtype=torch.float64)
     torch.testing.assert_close(

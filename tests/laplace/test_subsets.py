@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from labo.laplace import AllWeights, LastLayer, WeightMask
-from labo.laplace.jacobians import output_and_jacobian
+from labo.laplace.linearization.jacobians import output_and_jacobian
 from tests import _reference as ref
 from tests.conftest import mlp
 

@@ -120,7 +120,7 @@ def test_condition_on_observations_equals_refit_at_same_linearisation(structure)
     torch.testing.assert_close(post.distribution.covariance_matrix, (s**2 * cov_z).detach())
     if isinstance(structure, Full):
         # weight space: posterior precision H + J_cᵀ J_c / σ² gives the same covariance
-        from labo.laplace.jacobians import output_and_jacobian
+        from labo.laplace.linearization.jacobians import output_and_jacobian
 
         _, Jc = output_and_jacobian(la.network, la.subset, Xc)
         _, Jt = output_and_jacobian(la.network, la.subset, model.input_transform(X_test))

@@ -17,8 +17,8 @@ With a scalar prior the eigenvalues ``g`` of ``R Rᵀ`` are computed once, after
 which ``log det H`` costs ``O(N)`` per hyperparameter step.
 
 New observations extend ``R`` by rows and the Cholesky factor of ``M`` by a block
-(``O(N² q)``: exact conditioning, see ``labo.laplace.functional_update`` and
-``labo.laplace.conditioning``). For large ``n``, ``Functional(context_points=M)`` uses
+(``O(N² q)``: exact conditioning, see ``labo.laplace.structures.functional_update`` and
+``labo.laplace.predictive.conditioning``). For large ``n``, ``Functional(context_points=M)`` uses
 only ``M`` context points chosen greedily or at random (:func:`select_context`): an
 approximation whose error against the exact posterior is reported in
 ``docs/benchmarks.md``.
@@ -30,8 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from labo.exceptions import HyperparameterError
-from labo.laplace.curvature import ggn_sqrt, row_sqrt
-from labo.laplace.linear_factors import (
+from labo.laplace.linearization.linear_factors import (
     LayerFactors,
     factor_plan,
     kernel_diag_from_factors,
@@ -39,8 +38,9 @@ from labo.laplace.linear_factors import (
     linear_factors,
     per_tensor_prior,
 )
-from labo.laplace.precisions import robust_cholesky
-from labo.laplace.structures import Curvature, Structure
+from labo.laplace.structures.curvature import ggn_sqrt, row_sqrt
+from labo.laplace.structures.options import Curvature, Structure
+from labo.laplace.structures.precisions import robust_cholesky
 from labo.laplace.subsets import ResolvedSubset
 from labo.laplace.validation import randn
 

@@ -2,9 +2,10 @@
 
 A curvature module's ``precision(prior, scale)`` returns one of five classes:
 ``FullPrecision``, ``DiagonalPrecision`` and ``KronPrecision``
-(:mod:`labo.laplace.precisions`), ``FunctionalPrecision`` (:mod:`labo.laplace.functional`,
-and its subclass ``ExtendedFunctionalPrecision`` after function-space conditioning) and
-``WoodburyPrecision`` (:mod:`labo.laplace.conditioning`, any of the others after
+(:mod:`labo.laplace.structures.precisions`), ``FunctionalPrecision``
+(:mod:`labo.laplace.structures.functional`, and its subclass ``ExtendedFunctionalPrecision``
+after function-space conditioning) and
+``WoodburyPrecision`` (:mod:`labo.laplace.predictive.conditioning`, any of the others after
 weight-space conditioning). The predictives, the marginal likelihood and conditioning
 use them through :class:`Precision` only.
 
@@ -15,7 +16,7 @@ Two abilities are optional and are dispatched on with ``isinstance``:
   its Jacobian-free path can work; Kron and Functional carry that layout already.
 * :class:`LayerTermsPrecision` (``layer_terms``): Diagonal, Kron. The covariance is a sum
   of per-layer terms ``(Pa, Pb, w)`` that ``labo.surrogates`` keeps unevaluated
-  (:func:`labo.laplace.layer_quads.layer_quad`). Full, Functional and Woodbury couple
+  (:func:`labo.laplace.linearization.layer_quads.layer_quad`). Full, Functional and Woodbury couple
   the layers, so they have no such terms.
 
 They are ``typing.Protocol`` classes (structural, ``@runtime_checkable``): the
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from labo.laplace.linear_factors import LayerFactors
+    from labo.laplace.linearization.linear_factors import LayerFactors
 
 
 @runtime_checkable
@@ -117,7 +118,7 @@ class LayerTermsPrecision(Protocol):
     def layer_terms(self, factors: list[LayerFactors]) -> Iterable[tuple[Tensor, Tensor, Tensor]]:
         """Per layer ``(Pa, Pb, w)``: rotated inputs ``... x n x in``, rotated output
         factors ``... x n x K x out`` (or a shared-rows marker), covariance weights
-        ``out x in``; see :func:`labo.laplace.layer_quads.layer_quad`."""
+        ``out x in``; see :func:`labo.laplace.linearization.layer_quads.layer_quad`."""
         ...
 
 

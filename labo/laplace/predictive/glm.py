@@ -16,12 +16,12 @@ from torch import Tensor
 from torch.func import jvp, vmap
 
 from labo.exceptions import HyperparameterError, StructureError
-from labo.laplace.jacobians import chunk_rows, network_output, output_and_jacobian
-from labo.laplace.jsjt import auto_mode, check_mode, loop_joint, loop_variance
-from labo.laplace.linear_factors import linear_factors
-from labo.laplace.precision_protocol import LayerTermsPrecision, Precision
-from labo.laplace.precisions import KronPrecision
-from labo.laplace.rbf import RBFTerm
+from labo.laplace.linearization.jacobians import chunk_rows, network_output, output_and_jacobian
+from labo.laplace.linearization.linear_factors import linear_factors
+from labo.laplace.linearization.rbf import RBFTerm
+from labo.laplace.predictive.jsjt import auto_mode, check_mode, loop_joint, loop_variance
+from labo.laplace.structures.precisions import KronPrecision
+from labo.laplace.structures.protocol import LayerTermsPrecision, Precision
 
 if TYPE_CHECKING:
     from labo.laplace.laplace import LaplaceApproximation
@@ -46,7 +46,7 @@ def glm_factors(la: LaplaceApproximation, rows: Tensor, lead: torch.Size, precis
 
 
 def _rbf_terms(la: LaplaceApproximation, rows: Tensor, lead: torch.Size, precision: Precision):
-    """Mean, Linear-layer factors and the :class:`~labo.laplace.rbf.RBFTerm` of the rows for a
+    """Mean, Linear-layer factors and the :class:`~labo.laplace.linearization.rbf.RBFTerm` of the rows for a
     Kron posterior whose rest (diagonal or full) is an ``RBFFeatures`` module
     (``la.rbf_plan``), or None."""
     plan = la.rbf_plan
@@ -72,7 +72,7 @@ def _rbf_terms(la: LaplaceApproximation, rows: Tensor, lead: torch.Size, precisi
 
 
 def _mode(la: LaplaceApproximation, mode: str, precision: Precision) -> str:
-    """The backend mode to use (see :mod:`labo.laplace.jsjt`), checked against the posterior."""
+    """The backend mode to use (see :mod:`labo.laplace.predictive.jsjt`), checked against the posterior."""
     check_mode(mode)
     has_factors = la.factor_plan is not None and precision.supports_factors
     if mode == "factors" and not has_factors:

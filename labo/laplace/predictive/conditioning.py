@@ -11,7 +11,7 @@ one Newton step of the linearised model. Two exact updates, no refactorisation:
 
 * function space (``Functional()``): ``H'`` has ``q`` more GGN rows; its ``N x N``
   Cholesky factor grows by a block from triangular solves (``O(N² q)``), see
-  :mod:`labo.laplace.functional_update`. Used when the conditioning inputs are not batched.
+  :mod:`labo.laplace.structures.functional_update`. Used when the conditioning inputs are not batched.
 * weight space (every structure, batched inputs): Woodbury,
   ``H'⁻¹ = H⁻¹ − U C⁻¹ Uᵀ`` with ``U = H⁻¹ J_cᵀ`` (``q`` solves) and the ``q x q``
   matrix ``C = J_c U + V`` (:class:`WoodburyPrecision`).
@@ -30,14 +30,14 @@ import torch
 from torch import Tensor
 
 from labo.exceptions import HyperparameterError, InputShapeError, NonFiniteInputError
-from labo.laplace.function_samples import FunctionSamples
-from labo.laplace.functional import FunctionalPrecision
-from labo.laplace.functional_update import extend_functional
-from labo.laplace.jacobians import output_and_jacobian
-from labo.laplace.linear_factors import LayerFactors, linear_factors
-from labo.laplace.precision_protocol import Precision
-from labo.laplace.precisions import robust_cholesky
-from labo.laplace.predictive import glm_factors
+from labo.laplace.linearization.jacobians import output_and_jacobian
+from labo.laplace.linearization.linear_factors import LayerFactors, linear_factors
+from labo.laplace.predictive.function_samples import FunctionSamples
+from labo.laplace.predictive.glm import glm_factors
+from labo.laplace.structures.functional import FunctionalPrecision
+from labo.laplace.structures.functional_update import extend_functional
+from labo.laplace.structures.precisions import robust_cholesky
+from labo.laplace.structures.protocol import Precision
 from labo.laplace.validation import randn
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ class ConditionedLaplace:
         """Posterior functions of the conditioned posterior (unbatched conditioning only).
 
         ``f_s(x) = f(x; θ̂) + J(x)(θ̄ − θ̂ + δ_s)`` with ``δ_s ~ N(0, H'⁻¹)``; see
-        :mod:`labo.laplace.function_samples`.
+        :mod:`labo.laplace.predictive.function_samples`.
         """
         if self.batch_shape != torch.Size([]):
             raise NotImplementedError(

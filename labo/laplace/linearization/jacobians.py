@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from labo.exceptions import InputShapeError
-from labo.laplace.masked_jacobians import masked_linear_jacobian
+from labo.laplace.linearization.masked_jacobians import masked_linear_jacobian
 from labo.laplace.subsets import ResolvedSubset
 
 # Largest number of Jacobian entries built at once (about 32 MB in float64).

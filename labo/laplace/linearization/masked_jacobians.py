@@ -10,7 +10,7 @@ For a Linear layer ``s = W a + b`` the Jacobian entry of output ``k`` w.r.t.
 ``W[o, i]`` is ``∂f_k/∂s_o · a_i`` and w.r.t. ``b[o]`` it is ``∂f_k/∂s_o``. So the
 Jacobian w.r.t. any set of entries is a gather-and-multiply of the per-layer
 factors (inputs ``a (N, in)`` and output gradients ``B (N, K, out)``, one forward
-and K backward passes for all rows, see :mod:`labo.laplace.linear_factors`):
+and K backward passes for all rows, see :mod:`labo.laplace.linearization.linear_factors`):
 
     J[n, k, s] = B[n, k, o_s] · a[n, i_s]      (weights),     B[n, k, o_s]   (biases).
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from labo.laplace.linear_factors import linear_factors
+from labo.laplace.linearization.linear_factors import linear_factors
 from labo.laplace.subsets import ResolvedSubset
 
 

@@ -175,7 +175,7 @@ class RBFTerm:
 
     def layer_terms(self) -> list[tuple[Tensor, Tensor, Tensor]]:
         """One output (``K = 1``): the rest as ``(Pa, Pb, w)`` terms of
-        :func:`labo.laplace.layer_quads.layer_quad` (Pa the Jacobian rows, Pb ones), so
+        :func:`labo.laplace.linearization.layer_quads.layer_quad` (Pa the Jacobian rows, Pb ones), so
         factored (lazy) covariances can hold it too."""
         if self.u.shape[-2] != 1:
             raise ValueError("RBFTerm.layer_terms is for one output.")

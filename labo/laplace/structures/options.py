@@ -3,7 +3,7 @@
 A structure option builds a *curvature* module that stores the data-term GGN in
 its own form (dense matrix, diagonal, eigendecomposed Kronecker factors; buffers,
 so ``state_dict`` works). Given hyperparameters, the curvature yields a posterior
-precision (:mod:`labo.laplace.precisions`, where the operations and the exact
+precision (:mod:`labo.laplace.structures.precisions`, where the operations and the exact
 Kron prior rule are documented).
 """
 
@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from labo.exceptions import NotFittedError, StructureError
-from labo.laplace.curvature import ggn, kfac_factors, kfac_layer_plan
-from labo.laplace.precisions import (
+from labo.laplace.structures.curvature import ggn, kfac_factors, kfac_layer_plan
+from labo.laplace.structures.precisions import (
     DiagonalPrecision,
     FullPrecision,
     KronPrecision,

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labo.laplace.functional import FunctionalPrecision
-from labo.laplace.linear_factors import LayerFactors, kernel_from_factors
-from labo.laplace.precisions import robust_cholesky
+from labo.laplace.linearization.linear_factors import LayerFactors, kernel_from_factors
+from labo.laplace.structures.functional import FunctionalPrecision
+from labo.laplace.structures.precisions import robust_cholesky
 from labo.laplace.validation import randn
 
 

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import unfold
 
-from labo.laplace.jacobians import chunk_rows
+from labo.laplace.linearization.jacobians import chunk_rows
 from labo.laplace.subsets import ResolvedSubset
 
 # Layers whose weights get Kronecker factors (Linear from labo or curvlinops, Conv from curvlinops).

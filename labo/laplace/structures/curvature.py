@@ -9,7 +9,7 @@ keeps the fastest path measured for each case (``benchmarks/core_timing.py
   and K backward passes for all rows; curvlinops is 1.1-4.5x slower there); as soon as
   a convolution (``nn.Conv1d``/``nn.Conv2d``) is among the blocks, every block from
   curvlinops' ``KFACLinearOperator`` (KFAC-expand), see
-  :mod:`labo.laplace.library_curvature`.
+  :mod:`labo.laplace.structures.library_curvature`.
 * GGN diagonal (``Diagonal``, Kron's diagonal rest): whole Linear layers from labo's
   closed form, except for big inputs (rows x widest Linear input >= 5e6) of a Sequential
   BackPACK knows, where BackPACK's ``DiagGGNExact`` is about 20 % faster; other whole
@@ -27,8 +27,9 @@ is the flat vector of selected weights) does, for any module, and stays
 differentiable. For a dense GGN curvlinops' ``GGNLinearOperator`` would need S
 matrix-vector products, each a pass over the data: 2-22x slower than the per-row
 Jacobians for S = 65 to 4929 (measured), and it has no square root ``R`` for ``Functional``.
-The closed forms of :mod:`labo.laplace.rbf` and :mod:`labo.laplace.layer_quads` are
-predictive-time contractions no library offers. The GGN is exact:
+The closed forms of :mod:`labo.laplace.linearization.rbf` and
+:mod:`labo.laplace.linearization.layer_quads` are predictive-time contractions no library
+offers. The GGN is exact:
 ``C = Σ_n J_nᵀ Λ_n J_n`` with ``Λ_n = M_n M_nᵀ`` (see ``likelihoods.hessian_sqrt``).
 
 K-FAC for a Linear layer ``s = W a + b`` (weight and bias together as
@@ -51,16 +52,16 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from labo.exceptions import StructureError
-from labo.laplace.jacobians import chunk_rows, iter_output_and_jacobian
-from labo.laplace.library_curvature import (
+from labo.laplace.likelihoods import hessian_sqrt
+from labo.laplace.linearization.jacobians import chunk_rows, iter_output_and_jacobian
+from labo.laplace.linearization.linear_factors import factor_plan, linear_factors
+from labo.laplace.structures.library_curvature import (
     backpack_ggn_diagonal,
     backpack_plan,
     backpack_preferred_for_linear,
     curvlinops_kfac_factors,
     is_kfac_conv,
 )
-from labo.laplace.likelihoods import hessian_sqrt
-from labo.laplace.linear_factors import factor_plan, linear_factors
 from labo.laplace.subsets import ResolvedSubset
 
 
@@ -189,7 +190,7 @@ def kfac_layer_plan(network: nn.Module, subset: ResolvedSubset) -> tuple[list, T
         entries to positions in the flat selected vector; ``rest`` holds the
         positions of selected weights outside any such layer (they get a
         diagonal GGN block). Convolutions qualify under
-        :func:`~labo.laplace.library_curvature.is_kfac_conv`.
+        :func:`~labo.laplace.structures.library_curvature.is_kfac_conv`.
 
     Raises:
         StructureError: if a parameter is only partly selected (Kron needs whole layers).
@@ -225,7 +226,7 @@ def kfac_layer_plan(network: nn.Module, subset: ResolvedSubset) -> tuple[list, T
 
 def _kfac_from_linear_factors(network, layer_names, likelihood, X, n_outputs, noise_var):
     """K-FAC ``(A, G)`` from one forward and K backward passes per chunk of rows (see
-    :mod:`labo.laplace.linear_factors`), or None where those factors do not apply.
+    :mod:`labo.laplace.linearization.linear_factors`), or None where those factors do not apply.
 
     ``G = Σ_n B_nᵀ Λ_n B_n`` is contracted without per-row ``K x K`` matrices; for the
     output layer ``B_n = I`` and ``G = Σ_n Λ_n`` needs no backward pass at all.

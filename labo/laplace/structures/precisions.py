@@ -1,6 +1,6 @@
 """Posterior precisions of the weight-space structures: Full, Diagonal and Kron (K-FAC).
 
-Given hyperparameters, a curvature module (:mod:`labo.laplace.structures`) yields a
+Given hyperparameters, a curvature module (:mod:`labo.laplace.structures.options`) yields a
 *posterior precision* ``H = scale · C + Λ₀`` (``scale = 1/σ²``
 for regression, 1 for classification; ``Λ₀`` the per-weight prior precision)
 offering, for every structure, the operations of ``precision_protocol.Precision``:
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from labo.exceptions import NumericalError, NumericalWarning
-from labo.laplace.layer_quads import (
+from labo.laplace.linearization.layer_quads import (
     SharedRows,
     augmented_inputs,
     layer_quad,
@@ -301,7 +301,7 @@ class KronPrecision:
         if rest_block is not None:
             index, Q, _, e = self.blocks[-1]
             self.rest_block = (index, Q, e.reshape(-1))
-        # Jacobian-free path (labo.laplace.linear_factors) when every weight is in a layer block.
+        # Jacobian-free path (linearization.linear_factors) when every weight is in a layer block.
         self.supports_factors = r_index.numel() == 0 and rest_block is None
         # Output-layer G factors are often (signed) permutations: regression's G ∝ I.
         layers = self.blocks[: self.n_layers]

@@ -2,7 +2,7 @@
 
 A Linear layer's Jacobian rows are outer products ``b ⊗ ã`` of the output
 gradients ``b`` and the inputs ``ã`` (with a 1 for the bias; see
-:mod:`labo.laplace.linear_factors`). In a basis where the layer's covariance block
+:mod:`labo.laplace.linearization.linear_factors`). In a basis where the layer's covariance block
 is diagonal (Kron: the K-FAC eigenbasis; Diagonal: the identity) the covariance
 of the outputs is a contraction of the rotated factors with that diagonal, which
 :func:`layer_quad` and :func:`layer_quad_diag` compute without forming a Jacobian.

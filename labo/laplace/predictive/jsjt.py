@@ -9,11 +9,11 @@ the outputs is the operator ``v ↦ J S Jᵀ v``, computed with ``torch.func``:
 * ``S`` is applied by the structure's ``solve`` (Full, Diagonal, Kron, Functional);
 * ``jvp`` (forward mode) maps a weight direction ``w`` to ``J(x) w`` for all outputs.
 
-Modes of :func:`glm_predictive` / :func:`glm_variance` in ``labo.laplace.predictive``:
+Modes of :func:`glm_predictive` / :func:`glm_variance` in ``labo.laplace.predictive.glm``:
 
 ``"factors"``
     Closed forms from per-layer factors, no Jacobian at all (whole Linear layers;
-    see :mod:`labo.laplace.linear_factors`). The fastest where it applies.
+    see :mod:`labo.laplace.linearization.linear_factors`). The fastest where it applies.
 ``"jacobian"``
     ``vmap`` over the K outputs of ``vjp`` (``jacrev``): the ``(rows, K, S)``
     Jacobian, in memory-bounded chunks of rows. Small K; differentiable w.r.t. x.
@@ -26,10 +26,10 @@ Modes of :func:`glm_predictive` / :func:`glm_variance` in ``labo.laplace.predict
     ``"factors"`` if available, else ``"jacobian"`` while one row's ``K x S``
     Jacobian fits the chunk budget, else ``"loop"``. A Kron posterior whose diagonal
     rest is an ``RBFFeatures`` module's centres takes the Linear-layer factors plus the
-    closed form of :mod:`labo.laplace.rbf` instead.
+    closed form of :mod:`labo.laplace.linearization.rbf` instead.
 
 Linearised function samples ``f(x) + J(x)(θ_s − θ̂)`` (cost independent of K, one
-``jvp`` per sample) are :func:`labo.laplace.predictive.predictive_samples`.
+``jvp`` per sample) are :func:`labo.laplace.predictive.glm.predictive_samples`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from labo.exceptions import StructureError
-from labo.laplace.jacobians import JACOBIAN_CHUNK_ENTRIES
-from labo.laplace.precision_protocol import Precision
+from labo.laplace.linearization.jacobians import JACOBIAN_CHUNK_ENTRIES
+from labo.laplace.structures.protocol import Precision
 
 if TYPE_CHECKING:
     from labo.laplace.laplace import LaplaceApproximation
