@@ -251,7 +251,7 @@ def library_cases(d: int):
                 "torch.func": lambda X: _jacobian_diag(seq, sub_seq, X),
                 "backpack": lambda X: lib.backpack_ggn_diagonal(seq, sub_seq, "regression", X, 1),
             },
-            "backpack",
+            lambda X: "backpack" if lib.backpack_preferred_for_rest(X) else "torch.func",
         )
     )
     return out
@@ -294,12 +294,20 @@ def libraries(args):
             for net_label, structure, weights, S, paths, served in cases:
                 times: dict[str, list[float]] = {}
                 memory: dict[str, float] = {}
+                failed: dict[str, str] = {}
                 for path, fn in paths.items():  # warm-up
                     if (net_label, structure, weights, d, path) in slow:
                         continue
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
-                    times[path] = [_timed(fn, X, sync)]
+                    try:
+                        times[path] = [_timed(fn, X, sync)]
+                    except torch.OutOfMemoryError:
+                        failed[path] = "out of memory"
+                        slow.add((net_label, structure, weights, d, path))
+                        if cuda:
+                            torch.cuda.empty_cache()
+                        continue
                     if cuda:
                         memory[path] = torch.cuda.max_memory_allocated() / 2**20
                 for r in range(args.repeats):
@@ -315,7 +323,7 @@ def libraries(args):
                     row = {"network": net_label, "structure": structure, "weights": weights, "S": S,
                            "n": n, "d": d, "path": path, "served": path == chosen}  # fmt: skip
                     if path not in times:
-                        row["skipped"] = f"over the {args.cap:g} s cap at a smaller n"
+                        row["skipped"] = failed.get(path, f"over the {args.cap:g} s cap at a smaller n")
                         rows.append(row)
                         print(
                             f"{net_label:18} {structure:8} {weights:10} d={d:5d} n={n:6d} {path:44}  skipped"

@@ -339,3 +339,23 @@ def test_no_torchvision_import():
         "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_backpack_dispatch_rules_per_device():
+    """The measured dispatch: on the CPU BackPACK serves whole Linear layers from rows x widest
+    input >= 5e6 and convolutions always; on a GPU Linear layers from a widest input of 1000
+    and convolutions from rows x input entries >= 5e6 (per-row Jacobians are faster below)."""
+    from types import SimpleNamespace
+
+    def inputs(n, d, device):
+        return SimpleNamespace(shape=torch.Size([n, d]), device=torch.device(device))
+
+    narrow, wide = nn.Sequential(nn.Linear(100, 8), nn.Tanh(), nn.Linear(8, 1)), nn.Linear(1000, 1)
+    assert not lib.backpack_preferred_for_linear(narrow, inputs(20000, 100, "cpu"))  # 2e6 entries
+    assert lib.backpack_preferred_for_linear(narrow, inputs(50000, 100, "cpu"))  # 5e6 entries
+    assert not lib.backpack_preferred_for_linear(narrow, inputs(50000, 100, "cuda"))  # width 100
+    assert lib.backpack_preferred_for_linear(wide, inputs(1000, 1000, "cuda"))  # width 1000
+    assert not lib.backpack_preferred_for_linear(nn.Sequential(nn.Tanh()), inputs(10**6, 10, "cpu"))
+    assert lib.backpack_preferred_for_rest(inputs(10, 10, "cpu"))
+    assert not lib.backpack_preferred_for_rest(inputs(20000, 100, "cuda"))
+    assert lib.backpack_preferred_for_rest(inputs(5000, 1000, "cuda"))

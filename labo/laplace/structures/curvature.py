@@ -12,9 +12,10 @@ keeps the fastest path measured for each case (``benchmarks/core_timing.py
   :mod:`labo.laplace.structures.library_curvature`.
 * GGN diagonal (``Diagonal``, Kron's diagonal rest): whole Linear layers from labo's
   closed form, except for big inputs (rows x widest Linear input >= 5e6) of a Sequential
-  BackPACK knows, where BackPACK's ``DiagGGNExact`` is about 20 % faster; other whole
-  tensors of such a Sequential (e.g. convolutions) from BackPACK (3-9x faster than
-  per-row Jacobians); everything else from ``torch.func`` Jacobians.
+  BackPACK knows, where BackPACK's ``DiagGGNExact`` is about 20 % faster (on a GPU: from a
+  widest input of 1000 on); other whole tensors of such a Sequential (e.g. convolutions)
+  from BackPACK (3-9x faster than per-row Jacobians on the CPU; on a GPU only from
+  rows x input entries >= 5e6); everything else from ``torch.func`` Jacobians.
 * Dense GGN (``Full``) and its square root (``Functional``): ``torch.func``.
 
 Why ``torch.func`` stays where it does. labo's subsets may select individual weights
@@ -59,6 +60,7 @@ from labo.laplace.structures.library_curvature import (
     backpack_ggn_diagonal,
     backpack_plan,
     backpack_preferred_for_linear,
+    backpack_preferred_for_rest,
     curvlinops_kfac_factors,
     is_kfac_conv,
 )
@@ -110,7 +112,7 @@ def ggn(
         fast = linear_ggn_diagonal(network, subset, likelihood, X, noise_var)
         if fast is not None:
             return fast
-        if backpack:
+        if backpack and backpack_preferred_for_rest(X):
             return backpack_ggn_diagonal(network, subset, likelihood, X, n_outputs)
     out = torch.zeros(S if diagonal else (S, S), dtype=dtype, device=device)
     for sl, F, J in iter_output_and_jacobian(network, subset, X, n_outputs):

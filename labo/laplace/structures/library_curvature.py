@@ -16,11 +16,15 @@ is not slower than labo's own ``torch.func`` path (measured in
   BackPACK's ``DiagGGNExact`` when the selected weights are whole tensors of a flat
   ``nn.Sequential`` of modules BackPACK knows (:data:`BACKPACK_MODULES`) and labo's
   closed form for whole Linear layers does not apply (e.g. convolutions): one backward
-  pass instead of per-row Jacobians, 3-9x faster. For whole Linear layers labo's closed
-  form is faster up to ``n x widest input = 5e6`` and stays there; beyond (e.g. d = 1000,
-  n >= 5000) BackPACK is about 20 % faster and serves
-  (:data:`BACKPACK_LINEAR_MIN_ENTRIES`). BackPACK extends modules in place (hooks that
-  break ``torch.func``), so it works on a deep copy of the network.
+  pass instead of per-row Jacobians, 3-9x faster on the CPU; on a GPU per-row Jacobians
+  are faster below ``n x input entries = 5e6`` and keep those cases
+  (:func:`backpack_preferred_for_rest`). For whole Linear layers labo's closed form is
+  faster on the CPU up to ``n x widest input = 5e6`` and stays there; beyond (e.g.
+  d = 1000, n >= 5000) BackPACK is about 20 % faster and serves
+  (:data:`BACKPACK_LINEAR_MIN_ENTRIES`); on a GPU BackPACK serves from a widest input of
+  1000 on (:data:`BACKPACK_LINEAR_MIN_WIDTH_CUDA`), where it is 1.4-5x faster. BackPACK
+  extends modules in place (hooks that break ``torch.func``), so it works on a deep copy
+  of the network.
 
 Both are written in labo's conventions: regression curvature without the ``1/σ²``
 factor (``MSELoss(reduction="sum")`` has Hessian ``2I``, so its factors are halved),
@@ -35,6 +39,7 @@ libraries are imported on first use: importing curvlinops costs about 1.5 s.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from functools import partial
 
@@ -228,15 +233,37 @@ def _batch_size(is_dict: bool, X) -> int:
 
 
 # Rows x widest Linear input from which BackPACK's diagonal beats labo's closed form for whole
-# Linear layers (measured on the 2-core CPU, one thread: 18-23 % faster at d = 1000 for
-# n = 5000 and 20000; 10-50 % slower at n x d <= 2e6; docs/benchmarks.md).
+# Linear layers on the CPU (2-core machine, one thread: 18-23 % faster at d = 1000 for
+# n = 5000 and 20000; 10-50 % slower at n x d <= 2e6; docs/benchmarks.md). On a GPU the same
+# threshold decides for other whole tensors (convolutions): below it per-row Jacobians are
+# faster there (H100: 1.3-5x at n x d <= 2e6, BackPACK 10-12 % faster at 5e6 and 2e7).
 BACKPACK_LINEAR_MIN_ENTRIES = 5_000_000
+# On a GPU, the widest Linear input from which BackPACK's diagonal beats labo's closed form
+# (H100: 1.4-5.2x faster at d = 1000 for n = 1000-20000, 2.5-6x slower at d <= 100).
+BACKPACK_LINEAR_MIN_WIDTH_CUDA = 1000
+
+
+def _rows_times_width(X: Tensor, width: int) -> int:
+    return X.shape[0] * width
 
 
 def backpack_preferred_for_linear(network: nn.Module, X: Tensor) -> bool:
     """Whether BackPACK, not labo's closed form, should give a whole-Linear-layer GGN diagonal."""
     widths = [m.in_features for m in network.modules() if isinstance(m, nn.Linear)]
-    return bool(widths) and X.shape[0] * max(widths) >= BACKPACK_LINEAR_MIN_ENTRIES
+    if not widths:
+        return False
+    if X.device.type == "cuda":
+        return max(widths) >= BACKPACK_LINEAR_MIN_WIDTH_CUDA
+    return _rows_times_width(X, max(widths)) >= BACKPACK_LINEAR_MIN_ENTRIES
+
+
+def backpack_preferred_for_rest(X: Tensor) -> bool:
+    """Whether BackPACK, not per-row ``torch.func`` Jacobians, should give the GGN diagonal of
+    whole tensors labo has no closed form for (convolutions): always on the CPU (3-9x
+    faster), on a GPU from :data:`BACKPACK_LINEAR_MIN_ENTRIES` rows x input entries on."""
+    if X.device.type != "cuda":
+        return True
+    return _rows_times_width(X, math.prod(X.shape[1:])) >= BACKPACK_LINEAR_MIN_ENTRIES
 
 
 def backpack_plan(network: nn.Module, subset: ResolvedSubset, noise_var: Tensor | None = None) -> bool:
