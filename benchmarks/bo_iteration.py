@@ -45,6 +45,18 @@ def objective(X):
     return (torch.sin(Z).sum(-1) - 0.1 * Z.pow(2).sum(-1)).unsqueeze(-1)
 
 
+def count_calls(acqf) -> list[int]:
+    """Wrap ``acqf.forward`` to count its calls; returns the one-element counter list."""
+    calls, forward = [0], acqf.forward
+
+    def counted(X):
+        calls[0] += 1
+        return forward(X)
+
+    acqf.forward = counted
+    return calls
+
+
 def _force_batched_lbfgs() -> bool:
     """Use BoTorch's batched L-BFGS-B (one scipy problem per restart) even on a SciPy it
     has not been tested with (>= 1.18, where BoTorch falls back to one joint problem over
@@ -118,14 +130,7 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
     sync()
     out["acqf_init_s"] = time.perf_counter() - t0
     out["baseline_rows"] = int(acqf.X_baseline.shape[0])
-    calls = [0]
-    forward = acqf.forward
-
-    def counted(Xc):
-        calls[0] += 1
-        return forward(Xc)
-
-    acqf.forward = counted
+    calls = count_calls(acqf)
     cand, _ = optimize_acqf(acqf, bounds=bounds, q=4, num_restarts=10, raw_samples=512)
     sync()
     out["acq_s"] = time.perf_counter() - t0

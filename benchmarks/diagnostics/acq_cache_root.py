@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch.quasirandom import SobolEngine
 
 from labo.surrogates import LaplaceModel, fit_laplace_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bo_iteration
+from bo_iteration import count_calls  # noqa: E402
 
 
 def bowl(X):
@@ -52,14 +56,7 @@ def data(d: int, n: int, seed: int):
 
 def one(model, X, cache_root: bool, seed: int):
     acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True, cache_root=cache_root)
-    calls = [0]
-    forward = acqf.forward
-
-    def counted(Z):
-        calls[0] += 1
-        return forward(Z)
-
-    acqf.forward = counted
+    calls = count_calls(acqf)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     bounds = torch.stack([torch.zeros(X.shape[-1]), torch.ones(X.shape[-1])]).to(X)

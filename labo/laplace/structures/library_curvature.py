@@ -243,10 +243,6 @@ BACKPACK_LINEAR_MIN_ENTRIES = 5_000_000
 BACKPACK_LINEAR_MIN_WIDTH_CUDA = 1000
 
 
-def _rows_times_width(X: Tensor, width: int) -> int:
-    return X.shape[0] * width
-
-
 def backpack_preferred_for_linear(network: nn.Module, X: Tensor) -> bool:
     """Whether BackPACK, not labo's closed form, should give a whole-Linear-layer GGN diagonal."""
     widths = [m.in_features for m in network.modules() if isinstance(m, nn.Linear)]
@@ -254,7 +250,7 @@ def backpack_preferred_for_linear(network: nn.Module, X: Tensor) -> bool:
         return False
     if X.device.type == "cuda":
         return max(widths) >= BACKPACK_LINEAR_MIN_WIDTH_CUDA
-    return _rows_times_width(X, max(widths)) >= BACKPACK_LINEAR_MIN_ENTRIES
+    return X.shape[0] * max(widths) >= BACKPACK_LINEAR_MIN_ENTRIES
 
 
 def backpack_preferred_for_rest(X: Tensor) -> bool:
@@ -263,7 +259,7 @@ def backpack_preferred_for_rest(X: Tensor) -> bool:
     faster), on a GPU from :data:`BACKPACK_LINEAR_MIN_ENTRIES` rows x input entries on."""
     if X.device.type != "cuda":
         return True
-    return _rows_times_width(X, math.prod(X.shape[1:])) >= BACKPACK_LINEAR_MIN_ENTRIES
+    return X.shape[0] * math.prod(X.shape[1:]) >= BACKPACK_LINEAR_MIN_ENTRIES
 
 
 def backpack_plan(network: nn.Module, subset: ResolvedSubset, noise_var: Tensor | None = None) -> bool:
