@@ -1,35 +1,38 @@
 """Evidence fit of a Bayesian last layer on learnable features (``LaplaceModel(network="rff")``).
 
 With only the last (linear) layer Bayesian and the features ``φ(x)`` fixed, the Laplace
-approximation is exact: the model is Bayesian linear regression on ``[φ(x), 1]``, whose
-MAP weights are the posterior mean and whose log marginal likelihood
+approximation is exact: the model is Bayesian linear regression on ``[φ(x), 1]``. Its
+hyperparameters (the ARD lengthscales of the random Fourier features, the prior
+precision ``λ`` and the noise ``σ``) are tuned together by MAP-II, as a GP's kernel
+hyperparameters are, instead of training the features on the MAP loss (which shrinks
+lengthscales to fit the data). The hyperpriors are BoTorch's GP defaults: the
+dimension-scaled LogNormal on the lengthscales (Hvarfner et al. 2024) and
+``LogNormal(-4, 1)`` on the noise variance, plus ``N(log 2, 1)`` on ``log λ`` (prior
+variance 1 of the standardised targets, split between features and bias).
 
-    log N(Z | 0, Φ Φᵀ / λ + σ² I)        (per output, summed)
+Two evidences can be maximised (``FitOptions.evidence``):
 
-is a closed-form, differentiable function of the feature parameters (the ARD
-lengthscales of random Fourier features), the prior precision ``λ`` and the noise
-``σ``. So all of them are tuned together on the evidence, as a GP's kernel
-hyperparameters are, instead of training the features on the MAP loss (which
-shrinks lengthscales to fit the data). The hyperpriors are BoTorch's GP defaults:
-the dimension-scaled LogNormal on the lengthscales (Hvarfner et al. 2024) and
-``LogNormal(-4, 1)`` on the noise variance, plus ``N(log 2, 1)`` on ``log λ``
-(prior variance 1 of the standardised targets, split between features and bias).
+- ``"kernel"`` (the default): the evidence of the RBF kernel the features approximate,
+  ``log N(Z | 0, (k(X, X) + 1) / λ + σ² I)`` with ``k(x, x') = exp(−‖(x − x') / ℓ‖² / 2)``
+  (the expectation of ``φ(x)ᵀφ(x')`` over the random frequencies), on at most
+  ``KERNEL_EVIDENCE_ROWS`` rows (a seeded random subset beyond). ``O(rows³)`` per step,
+  cheap at BO sizes.
+- ``"features"``: the exact evidence of the features' own linear regression,
+  ``log N(Z | 0, Φ Φᵀ / λ + σ² I)``, in the cheaper of its two exact forms (the ``n x n``
+  kernel form while ``n ≤ D + 1``, the ``(D + 1) x (D + 1)`` weight form beyond,
+  ``O(n D²)``).
 
-The evidence is computed in the cheaper of its two exact forms: the ``n x n`` kernel
-form while ``n ≤ D + 1``, the ``(D + 1) x (D + 1)`` weight form beyond (``O(n D²)``).
+Why the kernel's: ``d`` ARD lengthscales tuned on one fixed draw of ``D`` frequencies can
+fit that draw. On 80 points of Hartmann6-in-100D the features' evidence prefers
+lengthscales that score 20 nats worse under another draw of the frequencies or under
+the kernel, and separate the active inputs from the inactive ones less, which costs BO
+in high dimension; the kernel's evidence has no draw to fit (``docs/research-log.md``,
+sessions 12 and 14).
 
-``evidence="kernel"`` tunes the same hyperparameters on the evidence of the kernel the
-features approximate instead, ``log N(Z | 0, (k(X, X) + 1) / λ + σ² I)`` with ``k`` the
-RBF kernel ``exp(−‖(x − x') / ℓ‖² / 2)`` (the expectation of ``φ(x)ᵀφ(x')`` over the
-random frequencies), on at most ``KERNEL_EVIDENCE_ROWS`` rows (a seeded random subset
-beyond). Why: ``d`` ARD lengthscales tuned on one fixed draw of ``D`` frequencies can fit
-that draw: on 80 points of Hartmann6-in-100D the features' evidence prefers lengthscales
-that score 20 nats worse under another draw of the frequencies or under the kernel,
-and predict worse than the kernel's own optimum (``docs/research-log.md``, session 12).
-The posterior is still the features' exact Bayesian linear regression, on every row.
-Afterwards the last layer is set to the posterior mean and the Laplace posterior
-(last layer, ``Full``) is fitted at it with the tuned ``λ`` and ``σ``: it then equals
-the exact Bayesian linear regression posterior.
+Either way the posterior is the features' exact Bayesian linear regression on every
+row: afterwards the last layer is set to the posterior mean and the Laplace posterior
+(last layer) is fitted at it with the tuned ``λ`` and ``σ``, so it equals the exact
+Bayesian linear regression posterior.
 """
 
 from __future__ import annotations
@@ -181,7 +184,7 @@ def fit_feature_evidence(
     max_iter: int,
     min_noise_std: float,
     noise_var: Tensor | None = None,
-    evidence: str = "features",
+    evidence: str = "kernel",
     prior_precision: float | None = None,
 ) -> dict:
     """Tune the feature parameters, ``λ`` and ``σ`` on the exact evidence (MAP-II), set the
@@ -196,10 +199,10 @@ def fit_feature_evidence(
             to tune one noise level.
         max_iter: L-BFGS iterations.
         min_noise_std: Floor of the noise standard deviation (standardised units).
-        evidence: ``"features"``: the exact evidence of the features' linear regression;
-            ``"kernel"``: the evidence of the RBF kernel they approximate, on at most
-            :data:`KERNEL_EVIDENCE_ROWS` rows (needs a single
-            :class:`~labo.surrogates.networks.RandomFourierFeatures` module as features).
+        evidence: ``"kernel"`` (default): the evidence of the RBF kernel the features
+            approximate, on at most :data:`KERNEL_EVIDENCE_ROWS` rows (needs a single
+            :class:`~labo.surrogates.networks.RandomFourierFeatures` module as features);
+            ``"features"``: the exact evidence of the features' linear regression.
         prior_precision: Pin ``λ`` at this value (``1``: prior variance 1 per weight, as
             SingleTaskGP's outputscale of 1 on standardised targets) instead of tuning it
             under the ``N(log 2, 1)`` hyperprior.

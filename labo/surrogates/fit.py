@@ -103,9 +103,10 @@ class FitOptions:
             ``prior="function"``, centred at the pinned ``c``; ``None``: ``c`` stays pinned.
         evidence_iters: L-BFGS iterations of the evidence fit of ``network="rff"``
             (``labo.surrogates.feature_evidence``), which replaces the rounds above.
-        evidence: Which evidence that fit maximises: ``"features"`` (the features' exact
-            Bayesian linear regression) or ``"kernel"`` (the RBF kernel they approximate;
-            ``labo.surrogates.feature_evidence``).
+        evidence: Which evidence that fit maximises: ``"kernel"`` (the default: the
+            RBF kernel the features approximate) or ``"features"`` (the features' own
+            exact Bayesian linear regression, whose lengthscales can fit the one draw
+            of random frequencies; ``labo.surrogates.feature_evidence``).
         evidence_prior_precision: Pin that fit's prior precision ``λ`` at this value
             (``1``: prior variance 1 per weight, as SingleTaskGP's outputscale of 1);
             ``None``: tuned under an ``N(log 2, 1)`` hyperprior on ``log λ``.
@@ -138,7 +139,7 @@ class FitOptions:
     hyperprior_std: float | None = None
     noise_prior: bool = False
     evidence_iters: int = 100
-    evidence: str = "features"
+    evidence: str = "kernel"
     evidence_prior_precision: float | None = None
 
     def __post_init__(self) -> None:

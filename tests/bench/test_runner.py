@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from labo.bench import runner
+from labo.bench.methods import TABLE
 from labo.bench.runner import RunSpec, check_bounds, initial_design, run_bo, training_data
 from labo.bench.store import open_store
 from labo.exceptions import BenchmarkError
+from labo.surrogates import FitOptions
 
 FAST = {"num_restarts": 2, "raw_samples": 16}
 
@@ -156,12 +158,17 @@ def test_rbf_methods_make_the_documented_weights_bayesian(fast_laplace, method, 
         ("laplace-rff-sc-orth", 1024, "sincos", True),
         ("laplace-rff2048-sc", 2048, "sincos", False),
         ("laplace-rff256", 256, "cos", False),
+        ("laplace-rff-sc-orth-kernel", 1024, "sincos", True),
     ],
 )
 def test_rff_research_methods_build_their_features_and_warm_start(method, n_features, kind, orthogonal):
     torch.manual_seed(0)
     X = torch.rand(12, 3, dtype=torch.float64)
     Y = -(X - 0.3).pow(2).sum(-1, keepdim=True)
+    # as these variants were measured; the one named "-kernel" has the default's fit
+    assert (TABLE[method].fit or FitOptions()).evidence == (
+        "kernel" if method.endswith("kernel") else "features"
+    )
     model = runner.fit_model(method, X, Y)
     features = model.network[0]
     assert features.n_features == n_features and features.kind == kind and model.evidence_fit
@@ -178,15 +185,16 @@ def test_rff_research_methods_build_their_features_and_warm_start(method, n_feat
 @pytest.mark.parametrize(
     ("method", "evidence", "pinned"),
     [
+        ("laplace", "kernel", False),
+        ("laplace-rff", "features", False),
         ("laplace-rff-pin1", "features", True),
         ("laplace-rff-kernel", "kernel", False),
         ("laplace-rff-kernel-pin1", "kernel", True),
     ],
 )
 def test_rff_evidence_research_methods_pass_their_fit_options(method, evidence, pinned):
-    from labo.bench.methods import TABLE
-
-    assert TABLE[method].fit.evidence == evidence and TABLE[method].research
+    fit = TABLE[method].fit or FitOptions()  # None: fit_laplace_model's defaults
+    assert fit.evidence == evidence and TABLE[method].research == (method != "laplace")
     torch.manual_seed(0)
     X = torch.rand(12, 3, dtype=torch.float64)
     model = runner.fit_model(method, X, -(X - 0.3).pow(2).sum(-1, keepdim=True))

@@ -138,3 +138,26 @@ def test_pinned_prior_precision_stays_and_the_rest_is_tuned(evidence):
             LaplaceModel(X, Y, network=rff_network(2, 1, n_features=8, dtype=D64)),
             FitOptions(evidence_prior_precision=-1.0),
         )
+
+
+def test_the_default_fit_tunes_on_the_kernel_evidence():
+    assert FitOptions().evidence == "kernel"
+    g = torch.Generator().manual_seed(5)
+    X = torch.rand(20, 3, generator=g, dtype=D64)
+    Y = torch.cos(4 * X).sum(-1, keepdim=True) + 0.05 * torch.randn(20, 1, generator=g, dtype=D64)
+    fits = {
+        name: fit_laplace_model(LaplaceModel(X, Y, network=rff_network(3, 1, n_features=64, dtype=D64)), opts)
+        for name, opts in (
+            ("default", None),
+            ("kernel", FitOptions(evidence="kernel")),
+            ("features", FitOptions(evidence="features")),
+        )
+    }
+
+    def hyper(model):
+        return torch.cat(
+            [model.network[0].log_lengthscale.detach(), model.laplace.prior_precision.reshape(1)]
+        )
+
+    assert torch.equal(hyper(fits["default"]), hyper(fits["kernel"]))
+    assert not torch.allclose(hyper(fits["default"]), hyper(fits["features"]), atol=1e-3)
