@@ -176,7 +176,9 @@ def _heldout(model, X: torch.Tensor, y: torch.Tensor, mu_y: float, sd_y: float) 
     }
 
 
-def _bo_step(model, X: torch.Tensor, f, best: float, sd_y: float, seed: int) -> dict:
+def propose_batch(model, X: torch.Tensor, q: int, seed: int) -> tuple[torch.Tensor, float]:
+    """The qLogNEI maximiser (``q`` points, 10 restarts, 512 raw samples) on the unit cube
+    given the data ``X``, and the seconds it took."""
     from botorch.acquisition import qLogNoisyExpectedImprovement
     from botorch.optim import optimize_acqf
 
@@ -187,9 +189,13 @@ def _bo_step(model, X: torch.Tensor, f, best: float, sd_y: float, seed: int) -> 
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cand, _ = optimize_acqf(acqf, bounds=unit, q=1, num_restarts=10, raw_samples=512)
-    seconds = time.perf_counter() - t0
-    value = float(f(cand.detach()).reshape(-1)[0])
+        cand, _ = optimize_acqf(acqf, bounds=unit, q=q, num_restarts=10, raw_samples=512)
+    return cand.detach(), time.perf_counter() - t0
+
+
+def _bo_step(model, X: torch.Tensor, f, best: float, sd_y: float, seed: int) -> dict:
+    cand, seconds = propose_batch(model, X, 1, seed)
+    value = float(f(cand).reshape(-1)[0])
     on_bound = ((cand <= 1e-6) | (cand >= 1 - 1e-6)).double().mean()
     return {"bo_gain": (value - best) / sd_y, "bo_bound": float(on_bound), "acq_s": seconds}
 

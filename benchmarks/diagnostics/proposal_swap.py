@@ -28,11 +28,14 @@ import json
 import math
 import multiprocessing
 import sqlite3
+import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # surrogate_screen
+from surrogate_screen import propose_batch  # noqa: E402
 
 RESULTS = Path(__file__).parent.parent / "results"
 MODELS = ("gp", "default", "rff-gphyp", "gp-defhyp")
@@ -114,21 +117,6 @@ def _gp_with(X, Y, hyper: dict):
     return model
 
 
-def _propose(model, X, q: int, seed: int) -> tuple[torch.Tensor, float]:
-    from botorch.acquisition import qLogNoisyExpectedImprovement
-    from botorch.optim import optimize_acqf
-
-    torch.manual_seed(seed)
-    d = X.shape[-1]
-    acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True)
-    unit = torch.stack([torch.zeros(d), torch.ones(d)]).to(X)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cand, _ = optimize_acqf(acqf, bounds=unit, q=q, num_restarts=10, raw_samples=512)
-    return cand.detach(), time.perf_counter() - t0
-
-
 def run_job(job: tuple) -> list[dict]:
     db, study, method, problem_name, seed, n, models = job
     torch.set_num_threads(1)
@@ -162,7 +150,7 @@ def run_job(job: tuple) -> list[dict]:
     out = []
     for name in models:
         model = built[name]()
-        cand, acq_s = _propose(model, U, problem.q, seed)
+        cand, acq_s = propose_batch(model, U, problem.q, seed)
         values = f(cand)
         dist = (cand - incumbent).abs()
         rec = {
