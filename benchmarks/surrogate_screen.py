@@ -258,7 +258,8 @@ METRICS = (
 )
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (``nan`` for one value)."""
     v = torch.tensor(values, dtype=torch.float64)
     se = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
     return float(v.mean()), se
@@ -273,7 +274,7 @@ def summarize(records: list[dict], by: tuple[str, ...] = ("problem", "variant"))
     for key, recs in sorted(groups.items()):
         row = dict(zip(by, key, strict=True), count=len(recs))
         for m in METRICS:
-            row[m], row[m + "_se"] = _mean_se([r[m] for r in recs])
+            row[m], row[m + "_se"] = mean_se([r[m] for r in recs])
         rows.append(row)
     return rows
 
@@ -288,7 +289,7 @@ def paired_vs_gp(records: list[dict], metric: str) -> list[dict]:
             continue
         diffs.setdefault((r["problem"], r["variant"]), []).append(r[metric] - gp[key][metric])
     return [
-        {"problem": p, "variant": v, "metric": metric, **dict(zip(("mean", "se"), _mean_se(d), strict=True))}
+        {"problem": p, "variant": v, "metric": metric, **dict(zip(("mean", "se"), mean_se(d), strict=True))}
         for (p, v), d in sorted(diffs.items())
     ]
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 from pathlib import Path
 
 from labo.bench.plots import curves
 from labo.bench.problems import get_problem, is_problem_name
 from labo.bench.store import StudyStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # surrogate_screen
+from surrogate_screen import mean_se  # noqa: E402
 
 
 def finals(spec: str) -> dict[str, dict[int, float]]:
@@ -34,12 +37,6 @@ def finals(spec: str) -> dict[str, dict[int, float]]:
     return out
 
 
-def _mean_se(v: list[float]) -> tuple[float, float]:
-    m = sum(v) / len(v)
-    se = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) if len(v) > 1 else float("nan")
-    return m, se
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("candidate", help="db:study:method")
@@ -53,8 +50,8 @@ def main() -> None:
         if not seeds:
             continue
         c, r = [cand[problem][s] for s in seeds], [ref[problem][s] for s in seeds]
-        (cm, cs), (rm, rs) = _mean_se(c), _mean_se(r)
-        dm, ds = _mean_se([x - y for x, y in zip(c, r, strict=True)])
+        (cm, cs), (rm, rs) = mean_se(c), mean_se(r)
+        dm, ds = mean_se([x - y for x, y in zip(c, r, strict=True)])
         rows.append(
             {
                 "problem": problem,

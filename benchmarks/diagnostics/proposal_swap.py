@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import sqlite3
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # surrogate_screen
-from surrogate_screen import propose_batch  # noqa: E402
+from surrogate_screen import mean_se, propose_batch  # noqa: E402
 
 RESULTS = Path(__file__).parent.parent / "results"
 MODELS = ("gp", "default", "rff-gphyp", "gp-defhyp")
@@ -140,13 +139,13 @@ def run_job(job: tuple) -> list[dict]:
     t0 = time.perf_counter()
     default = _default(U, Y)
     default_s = time.perf_counter() - t0
+    hyp_gp, hyp_def = _gp_hyper(gp), _default_hyper(default)
     built = {
         "gp": lambda: gp,
         "default": lambda: default,
-        "rff-gphyp": lambda: _default(U, Y, _gp_hyper(gp)),
-        "gp-defhyp": lambda: _gp_with(U, Y, _default_hyper(default)),
+        "rff-gphyp": lambda: _default(U, Y, hyp_gp),
+        "gp-defhyp": lambda: _gp_with(U, Y, hyp_def),
     }
-    hyp_gp, hyp_def = _gp_hyper(gp), _default_hyper(default)
     out = []
     for name in models:
         model = built[name]()
@@ -184,13 +183,6 @@ def run_job(job: tuple) -> list[dict]:
     return out
 
 
-def _mean_se(v: list[float]) -> tuple[float, float]:
-    m = sum(v) / len(v)
-    if len(v) < 2:
-        return m, float("nan")
-    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
-
-
 def _seeds(text: str) -> list[int]:
     if "-" in text:
         a, b = text.split("-")
@@ -225,8 +217,8 @@ def main() -> None:
             sel = [r for r in records if r["n"] == n and r["model"] == name]
             row = {"n": n, "model": name, "runs": len(sel)}
             for key in ("gain", "batch_mean_gain", "dist_active", "dist_inactive", "on_bound", "acq_s"):
-                row[key], row[key + "_se"] = _mean_se([r[key] for r in sel])
-            row["gain_vs_default"], row["gain_vs_default_se"] = _mean_se(
+                row[key], row[key + "_se"] = mean_se([r[key] for r in sel])
+            row["gain_vs_default"], row["gain_vs_default_se"] = mean_se(
                 [r["gain"] - base[r["seed"]] for r in sel if r["seed"] in base]
             )
             rows.append(row)
