@@ -18,6 +18,12 @@ a 16-core machine, one torch thread per run):
     PYTHONPATH=. python benchmarks/bbob_suite.py --methods laplace,gp,sobol --jobs 16 --tag bbob20
 
 After an interruption, the same command with ``--resume`` finishes the missing runs.
+Studies run separately combine in one report with ``--include``, e.g. a new labo method
+against baselines stored earlier on the same instances and seeds:
+
+    PYTHONPATH=. python benchmarks/bbob_suite.py --methods laplace --tag new --db new.db \\
+        --report-only --include old.db:bbob20:gp,sobol
+
 A reduced check on 2 cores (a minute or two):
 
     PYTHONPATH=. .venv/bin/python benchmarks/bbob_suite.py --functions 1,8 --instances 1,2 \\
@@ -41,6 +47,7 @@ from labo.bench.bbob_report import (
     bbob_payload,
     format_bbob_counts,
     format_bbob_table,
+    merge_finals,
     paired_differences,
     plot_bbob,
     summarize_bbob,
@@ -48,6 +55,7 @@ from labo.bench.bbob_report import (
 from labo.bench.problems import ProblemObjective, get_problem
 from labo.bench.runner import run_bo, spec_from_problem
 from labo.bench.store import open_store
+from labo.exceptions import BenchmarkError
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -77,6 +85,14 @@ def main() -> None:
         action="store_true",
         help="run nothing: the table, JSON and PNG of the runs already finished in --db",
     )
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="DB:STUDY:METHODS",
+        help="add the finished runs of METHODS (comma-separated) of another study to the report, "
+        "e.g. baselines run earlier on the same instances and seeds; repeatable",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -90,7 +106,7 @@ def main() -> None:
     # Instance-major: an interrupted study already covers every function on its first
     # instances, and resuming fills in the rest.
     names = [bbob_name(f, i, args.dim) for i in instances for f in functions]  # validates early
-    skip = ("db", "resume", "threads", "jobs", "no_plot", "report_only")
+    skip = ("db", "resume", "threads", "jobs", "no_plot", "report_only", "include")
     config = {k: v for k, v in vars(args).items() if k not in skip}
     t0 = time.perf_counter()
     with open_store(db) as store:
@@ -116,6 +132,10 @@ def main() -> None:
         # finished runs only: an interrupted study's unfinished runs stop short of the budget
         budget = get_problem(names[0]).scaled_budget(args.budget_scale)
         finals = bbob_finals(store, args.tag, budget)
+    for source in args.include:
+        other_db, study, wanted = _parse_include(source)
+        with open_store(other_db) as other:
+            finals = merge_finals(finals, bbob_finals(other, study, budget), wanted)
     summaries, differences = summarize_bbob(finals), paired_differences(finals)
     print()
     print(format_bbob_table(summaries))
@@ -124,6 +144,7 @@ def main() -> None:
     png = None if args.no_plot else plot_bbob(summaries, RESULTS / f"bbob_{args.tag}.png")
     payload = {
         "config": config,
+        "included": args.include,
         "seconds_total": time.perf_counter() - t0,
         "machine": {"cpus": multiprocessing.cpu_count(), "python": platform.python_version()},
         **bbob_payload(summaries, differences),
@@ -131,6 +152,14 @@ def main() -> None:
     out = RESULTS / f"bbob_{args.tag}.json"
     out.write_text(json.dumps(payload, indent=1))
     print(f"wrote {out}" + (f" and {png}" if png else "") + f" (database {db})")
+
+
+def _parse_include(source: str) -> tuple[str, str, list[str]]:
+    """``"DB:STUDY:METHODS"`` → ``(db, study, [method, ...])``."""
+    parts = source.rsplit(":", 2)
+    if len(parts) != 3 or not all(parts) or not Path(parts[0]).is_file():
+        raise BenchmarkError(f"--include wants DB:STUDY:METHODS with an existing database, got {source!r}.")
+    return parts[0], parts[1], parts[2].split(",")
 
 
 def _run_one(job: tuple) -> str:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from labo.bench.bbob import BBOB_FUNCTION_NAMES, is_bbob_name, parse_bbob_name
 from labo.bench.plots import curves
 from labo.bench.store import StudyStore
+from labo.exceptions import BenchmarkError
 
 BASELINES = ("sobol", "gp")
 
@@ -93,6 +95,39 @@ def bbob_finals(store: StudyStore, study: str, budget: int | None = None) -> Fin
             if curve and (budget is None or len(curve) >= budget):
                 out[(function, dim, method)][(instance, seed)] = curve[-1]
     return dict(out)
+
+
+def merge_finals(base: Finals, other: Finals, methods: Iterable[str] | None = None) -> Finals:
+    """``base`` with the runs of ``other`` added: those of ``methods`` (all when ``None``).
+
+    Lets a report combine studies run separately, e.g. the baselines of one study with a
+    new labo method of another, run later on the same instances and seeds.
+
+    Raises:
+        BenchmarkError: If a method in ``methods`` has no run in ``other``, or if both
+            hold a run of the same (function, dimension, method, instance, seed): the
+            report would not know which to keep.
+    """
+    wanted = None if methods is None else set(methods)
+    present = {m for _, _, m in other}
+    if wanted is not None and wanted - present:
+        raise BenchmarkError(
+            f"merge_finals: no finished run of {sorted(wanted - present)} to add "
+            f"(the other study has {sorted(present) or 'none'})."
+        )
+    out: Finals = {key: dict(runs) for key, runs in base.items()}
+    for key, runs in other.items():
+        if wanted is not None and key[2] not in wanted:
+            continue
+        mine = out.setdefault(key, {})
+        clash = sorted(mine.keys() & runs.keys())
+        if clash:
+            raise BenchmarkError(
+                f"merge_finals: f{key[0]} d={key[1]} {key[2]!r} has runs (instance, seed) {clash} "
+                "in both studies; keep them in one."
+            )
+        mine.update(runs)
+    return out
 
 
 def _mean_se(values: list[float], single_se: float) -> tuple[float, float]:

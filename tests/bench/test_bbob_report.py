@@ -8,11 +8,13 @@ from labo.bench.bbob_report import (
     bbob_payload,
     format_bbob_counts,
     format_bbob_table,
+    merge_finals,
     paired_differences,
     plot_bbob,
     summarize_bbob,
 )
 from labo.bench.store import open_store
+from labo.exceptions import BenchmarkError
 
 # {(function, dim, method): {(instance, seed): final log10 regret}}
 FINALS = {
@@ -50,6 +52,28 @@ def test_paired_rules():
     counts = format_bbob_counts(list(diffs.values()))
     assert "laplace beats sobol on 1 of 2 functions (not on f2)" in counts
     assert "equals or beats it on 1 of 2 (not on f2)" in counts  # against gp
+
+
+def test_merging_adds_the_chosen_methods_of_another_study():
+    new = {key: runs for key, runs in FINALS.items() if key[2] == "laplace"}
+    old = {
+        **{key: runs for key, runs in FINALS.items() if key[2] != "laplace"},
+        (1, 20, "laplace"): {(1, 0): 9.0},  # an earlier default's run under the same name
+    }
+    merged = merge_finals(new, old, ["gp", "sobol"])
+    assert merged == FINALS  # the old laplace run is left out
+    assert paired_differences(merged) == paired_differences(FINALS)
+    assert new == {key: runs for key, runs in FINALS.items() if key[2] == "laplace"}  # not mutated
+    # replicates of the same method from two studies add up
+    more = merge_finals({(1, 20, "gp"): {(1, 0): 0.5}}, {(1, 20, "gp"): {(2, 0): 2.0}})
+    assert more == {(1, 20, "gp"): {(1, 0): 0.5, (2, 0): 2.0}}
+
+
+def test_merging_refuses_clashes_and_missing_methods():
+    with pytest.raises(BenchmarkError, match=r"f1 d=20 'laplace' has runs \(instance, seed\) \[\(1, 0\)\]"):
+        merge_finals(FINALS, {(1, 20, "laplace"): {(1, 0): 9.0}})
+    with pytest.raises(BenchmarkError, match=r"no finished run of \['gpx'\]"):
+        merge_finals(FINALS, FINALS, ["gpx"])
 
 
 def test_table_payload_and_plot(tmp_path):
