@@ -159,6 +159,7 @@ def test_rbf_methods_make_the_documented_weights_bayesian(fast_laplace, method, 
         ("laplace-rff2048-sc", 2048, "sincos", False),
         ("laplace-rff256", 256, "cos", False),
         ("laplace-rff-sc-orth-kernel", 1024, "sincos", True),
+        ("laplace-rff4096-kernel", 4096, "cos", False),
     ],
 )
 def test_rff_research_methods_build_their_features_and_warm_start(method, n_features, kind, orthogonal):
