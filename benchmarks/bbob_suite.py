@@ -17,7 +17,8 @@ a 16-core machine, one torch thread per run):
 
     PYTHONPATH=. python benchmarks/bbob_suite.py --methods laplace,gp,sobol --jobs 16 --tag bbob20
 
-After an interruption, the same command with ``--resume`` finishes the missing runs.
+After an interruption, the same command with ``--resume`` finishes the missing runs
+(``--only gp,sobol`` restricts that to some of the study's methods).
 Studies run separately combine in one report with ``--include``, e.g. a new labo method
 against baselines stored earlier on the same instances and seeds:
 
@@ -86,6 +87,13 @@ def main() -> None:
         help="run nothing: the table, JSON and PNG of the runs already finished in --db",
     )
     parser.add_argument(
+        "--only",
+        default=None,
+        metavar="METHODS",
+        help="run only these of the study's --methods this time (comma-separated), e.g. to finish "
+        "the baselines of a stored study without rerunning a method that was replaced",
+    )
+    parser.add_argument(
         "--include",
         action="append",
         default=[],
@@ -103,10 +111,13 @@ def main() -> None:
         parse_index_ranges(args.instances, "--instances"),
     )
     methods = args.methods.split(",")
+    run_methods = methods if args.only is None else args.only.split(",")
+    if not set(run_methods) <= set(methods):
+        raise BenchmarkError(f"--only {args.only!r} must name methods of --methods {args.methods!r}.")
     # Instance-major: an interrupted study already covers every function on its first
     # instances, and resuming fills in the rest.
     names = [bbob_name(f, i, args.dim) for i in instances for f in functions]  # validates early
-    skip = ("db", "resume", "threads", "jobs", "no_plot", "report_only", "include")
+    skip = ("db", "resume", "threads", "jobs", "no_plot", "report_only", "include", "only")
     config = {k: v for k, v in vars(args).items() if k not in skip}
     t0 = time.perf_counter()
     with open_store(db) as store:
@@ -116,7 +127,7 @@ def main() -> None:
         (db, args.tag, name, method, seed, *budget)
         for name in names
         for seed in range(args.seeds)
-        for method in methods  # methods side by side on the same instance and seed (paired)
+        for method in run_methods  # methods side by side on the same instance and seed (paired)
     ]
     if args.report_only:
         jobs = []
