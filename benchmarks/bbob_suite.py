@@ -111,6 +111,7 @@ def main() -> None:
         parse_index_ranges(args.instances, "--instances"),
     )
     methods = args.methods.split(",")
+    includes = [_parse_include(source) for source in args.include]  # before hours of runs
     run_methods = methods if args.only is None else args.only.split(",")
     if not set(run_methods) <= set(methods):
         raise BenchmarkError(f"--only {args.only!r} must name methods of --methods {args.methods!r}.")
@@ -143,8 +144,7 @@ def main() -> None:
         # finished runs only: an interrupted study's unfinished runs stop short of the budget
         budget = get_problem(names[0]).scaled_budget(args.budget_scale)
         finals = bbob_finals(store, args.tag, budget)
-    for source in args.include:
-        other_db, study, wanted = _parse_include(source)
+    for other_db, study, wanted in includes:
         with open_store(other_db) as other:
             finals = merge_finals(finals, bbob_finals(other, study, budget), wanted)
     summaries, differences = summarize_bbob(finals), paired_differences(finals)
