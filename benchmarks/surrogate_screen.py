@@ -94,15 +94,23 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
     if "rff" in parts:
         kwargs["network"] = "rff"
     # rff<D>: that many random features, e.g. rff2048; "sc": sin/cos pairs instead of
-    # phase-shifted cosines; "orth": orthogonal random frequencies.
+    # phase-shifted cosines; "orth": orthogonal random frequencies; "matern52" /
+    # "matern32": Matérn features (and evidence) instead of the RBF's.
     rff_parts = [p for p in parts if p.startswith("rff") and p[3:].isdigit()]
-    if rff_parts or ("rff" in parts and ("sc" in parts or "orth" in parts)):
+    kernels = [p for p in parts if p.startswith("matern")]
+    if rff_parts or ("rff" in parts and ({"sc", "orth"} & parts or kernels)):
         from labo.surrogates.networks import RFF_FEATURES, rff_network
 
         n_features = int(rff_parts[0][3:]) if rff_parts else RFF_FEATURES
         kind = "sincos" if "sc" in parts else "cos"
         kwargs["network"] = rff_network(
-            d, 1, n_features=n_features, dtype=X.dtype, kind=kind, orthogonal="orth" in parts
+            d,
+            1,
+            n_features=n_features,
+            dtype=X.dtype,
+            kind=kind,
+            orthogonal="orth" in parts,
+            kernel=kernels[0] if kernels else "rbf",
         )
     if "sphere" in parts:
         kwargs["network"] = _sphere_network(d, 1, X.dtype)

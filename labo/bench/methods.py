@@ -44,6 +44,10 @@ pass them to the runner, the CLI does not offer them:
 - ``laplace-rff4096-kernel``: 4096 instead of 1024 features on the kernel's evidence (the
   same hyperparameters, a closer approximation of the kernel; up to 250 rows the
   function-space posterior costs ``O(n D)`` per candidate row).
+- ``laplace-rff-matern52`` / ``laplace-rff-matern32``: the default with Matérn-5/2 /
+  Matérn-3/2 random features (Student-t frequencies) on the evidence of that Matérn
+  kernel (:class:`labo.surrogates.networks.RandomFourierFeatures`'s ``kernel``), the
+  kernel family SingleTaskGP uses.
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).
 - ``laplace-rff-kernel``: the default spelt out, tuned on the evidence of the RBF kernel
@@ -119,6 +123,8 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-rff256": Method(network=_rff(n_features=256), fit=_FEATURES, research=True),
         "laplace-rff-sc-orth-kernel": Method(network=_rff(kind="sincos", orthogonal=True), research=True),
         "laplace-rff4096-kernel": Method(network=_rff(n_features=4096), research=True),
+        "laplace-rff-matern52": Method(network=_rff(kernel="matern52"), research=True),
+        "laplace-rff-matern32": Method(network=_rff(kernel="matern32"), research=True),
         "laplace-rff-pin1": Method(
             fit=FitOptions(evidence="features", evidence_prior_precision=1.0), research=True
         ),

@@ -12,9 +12,10 @@ variance 1 of the standardised targets, split between features and bias).
 
 Two evidences can be maximised (``FitOptions.evidence``):
 
-- ``"kernel"`` (the default): the evidence of the RBF kernel the features approximate,
-  ``log N(Z | 0, (k(X, X) + 1) / λ + σ² I)`` with ``k(x, x') = exp(−‖(x − x') / ℓ‖² / 2)``
-  (the expectation of ``φ(x)ᵀφ(x')`` over the random frequencies), on at most
+- ``"kernel"`` (the default): the evidence of the kernel the features approximate,
+  ``log N(Z | 0, (k(X, X) + 1) / λ + σ² I)`` with ``k`` the expectation of
+  ``φ(x)ᵀφ(x')`` over the random frequencies (the RBF ``exp(−‖(x − x') / ℓ‖² / 2)``
+  by default, or a Matérn kernel: ``RandomFourierFeatures(kernel=)``), on at most
   ``KERNEL_EVIDENCE_ROWS`` rows (a seeded random subset beyond). ``O(rows³)`` per step,
   cheap at BO sizes.
 - ``"features"``: the exact evidence of the features' own linear regression,
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 
 from labo.exceptions import HyperparameterError, NetworkError
 from labo.surrogates.map_training import minimize_lbfgs
-from labo.surrogates.networks import RandomFourierFeatures, dim_scaled_lengthscale_prior
+from labo.surrogates.networks import RandomFourierFeatures, dim_scaled_lengthscale_prior, stationary_kernel
 
 # log λ ~ N(log 2, 1): prior variance 1/λ per weight, ‖φ‖² ≈ 1 plus the bias: about 1 in all.
 _LOG_PRIOR_LOC, _LOG_PRIOR_SCALE = math.log(2.0), 1.0
@@ -136,8 +137,9 @@ def kernel_log_evidence(
     features: RandomFourierFeatures, X: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor
 ) -> Tensor:
     """The evidence of the kernel that ``features`` approximate, summed over outputs:
-    ``Z[:, k] ~ N(0, (k(X, X) + 1) / λ + diag(σ²_k))`` with ``k`` the RBF kernel of the
-    features' lengthscales (``+ 1``: the bias). Differentiable w.r.t. the lengthscales.
+    ``Z[:, k] ~ N(0, (k(X, X) + 1) / λ + diag(σ²_k))`` with ``k`` the features' kernel
+    (their ``kernel``, RBF when they have none; :func:`stationary_kernel`) at their
+    lengthscales (``+ 1``: the bias). Differentiable w.r.t. the lengthscales.
 
     Args:
         features: The random Fourier features (their ``log_lengthscale`` is used).
@@ -149,7 +151,7 @@ def kernel_log_evidence(
     U = X / features.log_lengthscale.exp()
     sq = U.pow(2).sum(-1)
     dist = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * U @ U.T).clamp_min(0)
-    G = torch.exp(-0.5 * dist) + 1.0
+    G = stationary_kernel(getattr(features, "kernel", "rbf"), dist) + 1.0
     if noise_var.dim() > 0:
         return sum(
             _gram_evidence(G, Z[:, k : k + 1], prior_precision, noise_var[:, k]) for k in range(Z.shape[-1])
@@ -199,7 +201,7 @@ def fit_feature_evidence(
             to tune one noise level.
         max_iter: L-BFGS iterations.
         min_noise_std: Floor of the noise standard deviation (standardised units).
-        evidence: ``"kernel"`` (default): the evidence of the RBF kernel the features
+        evidence: ``"kernel"`` (default): the evidence of the kernel the features
             approximate, on at most :data:`KERNEL_EVIDENCE_ROWS` rows (needs a single
             :class:`~labo.surrogates.networks.RandomFourierFeatures` module as features);
             ``"features"``: the exact evidence of the features' linear regression.

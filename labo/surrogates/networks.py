@@ -71,8 +71,35 @@ class SphereMap(nn.Module):
         return torch.cat([2 * u, 1 - sq], -1) / (1 + sq)
 
 
+# Stationary kernels the random Fourier features can approximate; ``nu`` of the Matérn ones.
+RFF_KERNELS = {"rbf": None, "matern32": 1.5, "matern52": 2.5}
+
+
+def stationary_kernel(kernel: str, sqdist: Tensor) -> Tensor:
+    """``k(r)`` of a unit-variance stationary kernel from the squared scaled distances
+    ``r² = ‖(x − x') / ℓ‖²``: ``"rbf"`` ``exp(−r² / 2)``, ``"matern32"``
+    ``(1 + √3 r) exp(−√3 r)``, ``"matern52"`` ``(1 + √5 r + 5 r² / 3) exp(−√5 r)``.
+    Differentiable at ``r = 0`` (the Matérn ones through ``r²``, clamped away from 0)."""
+    if kernel not in RFF_KERNELS:
+        raise NetworkError(f"kernel must be one of {tuple(RFF_KERNELS)}, got {kernel!r}.")
+    if kernel == "rbf":
+        return torch.exp(-0.5 * sqdist)
+    r = sqdist.clamp_min(1e-30).sqrt()
+    if kernel == "matern32":
+        return (1 + 3**0.5 * r) * torch.exp(-(3**0.5) * r)
+    return (1 + 5**0.5 * r + 5.0 / 3.0 * sqdist) * torch.exp(-(5**0.5) * r)
+
+
 class RandomFourierFeatures(nn.Module):
-    """Random Fourier features of an RBF kernel: ``φ(x)ᵀφ(x') ≈ exp(−‖(x − x')/ℓ‖² / 2)``.
+    """Random Fourier features of a stationary kernel: ``φ(x)ᵀφ(x') ≈ k((x − x') / ℓ)``.
+
+    ``kernel="rbf"`` (the default): ``k = exp(−‖(x − x')/ℓ‖² / 2)``, frequencies
+    ``N(0, I)``. ``kernel="matern52"`` / ``"matern32"``: the Matérn kernel of smoothness
+    ``ν = 5/2`` / ``3/2`` (:func:`stationary_kernel`), whose spectral density is the
+    multivariate Student-t with ``2ν`` degrees of freedom, so each frequency row is
+    ``N(0, I)`` times ``sqrt(2ν / u)`` with ``u ~ χ²(2ν)``. The Matérn kernels are rougher
+    than the RBF (their sample paths are once / twice differentiable), which Snoek et al.
+    2012 recommend for BO and which SingleTaskGP uses (Matérn-5/2).
 
     ``kind="cos"``: ``sqrt(2 / D) cos(Ω (x / ℓ) + b)`` with ``D`` frequencies and random
     phases ``b`` (Rahimi & Recht 2007). ``kind="sincos"``: ``sqrt(2 / D) [cos(Ω x / ℓ),
@@ -102,6 +129,7 @@ class RandomFourierFeatures(nn.Module):
         device=None,
         kind: str = "cos",
         orthogonal: bool = False,
+        kernel: str = "rbf",
     ):
         super().__init__()
         if not (isinstance(n_features, int) and n_features > 0):
@@ -112,7 +140,10 @@ class RandomFourierFeatures(nn.Module):
             raise NetworkError(f"kind must be one of {self.KINDS}, got {kind!r}.")
         if kind == "sincos" and n_features % 2:
             raise NetworkError(f"kind='sincos' needs an even n_features, got {n_features}.")
+        if kernel not in RFF_KERNELS:
+            raise NetworkError(f"kernel must be one of {tuple(RFF_KERNELS)}, got {kernel!r}.")
         self.kind = kind
+        self.kernel = kernel
         g = torch.Generator().manual_seed(seed)
         kw = {"dtype": dtype or torch.get_default_dtype()}
         n_freq = n_features // 2 if kind == "sincos" else n_features
@@ -120,11 +151,15 @@ class RandomFourierFeatures(nn.Module):
             omega = _orthogonal_normal(n_freq, d, g, kw["dtype"])
         else:
             omega = torch.randn(n_freq, d, generator=g, **kw)
-        self.register_buffer("omega", omega.to(device))
         if kind == "sincos":
             phase = torch.zeros(0, **kw)
         else:
             phase = 2 * torch.pi * torch.rand(n_freq, generator=g, **kw)
+        nu = RFF_KERNELS[kernel]
+        if nu is not None:  # Student-t rows: N(0, I) · sqrt(2ν / χ²(2ν)), drawn after the RBF's
+            chi2 = torch.randn(n_freq, int(2 * nu), generator=g, **kw).pow(2).sum(-1, keepdim=True)
+            omega = omega * (2 * nu / chi2).sqrt()
+        self.register_buffer("omega", omega.to(device))
         self.register_buffer("phase", phase.to(device))
         self.log_lengthscale = nn.Parameter(torch.full((d,), float(lengthscale), **kw).log().to(device))
 
@@ -170,6 +205,7 @@ def rff_network(
     device=None,
     kind: str = "cos",
     orthogonal: bool = False,
+    kernel: str = "rbf",
 ) -> nn.Sequential:
     """Random Fourier features (:class:`RandomFourierFeatures`) then ``D -> m`` linear.
 
@@ -178,7 +214,7 @@ def rff_network(
     """
     loc, scale = dim_scaled_lengthscale_prior(d)
     ls = math.exp(loc - scale**2)
-    features = RandomFourierFeatures(d, n_features, ls, seed, dtype, device, kind, orthogonal)
+    features = RandomFourierFeatures(d, n_features, ls, seed, dtype, device, kind, orthogonal, kernel)
     return nn.Sequential(features, nn.Linear(n_features, m)).to(dtype=dtype, device=device)
 
 

@@ -160,6 +160,8 @@ def test_rbf_methods_make_the_documented_weights_bayesian(fast_laplace, method, 
         ("laplace-rff256", 256, "cos", False),
         ("laplace-rff-sc-orth-kernel", 1024, "sincos", True),
         ("laplace-rff4096-kernel", 4096, "cos", False),
+        ("laplace-rff-matern52", 1024, "cos", False),
+        ("laplace-rff-matern32", 1024, "cos", False),
     ],
 )
 def test_rff_research_methods_build_their_features_and_warm_start(method, n_features, kind, orthogonal):
@@ -168,11 +170,12 @@ def test_rff_research_methods_build_their_features_and_warm_start(method, n_feat
     Y = -(X - 0.3).pow(2).sum(-1, keepdim=True)
     # as these variants were measured; the one named "-kernel" has the default's fit
     assert (TABLE[method].fit or FitOptions()).evidence == (
-        "kernel" if method.endswith("kernel") else "features"
+        "kernel" if method.endswith("kernel") or "matern" in method else "features"
     )
     model = runner.fit_model(method, X, Y)
     features = model.network[0]
     assert features.n_features == n_features and features.kind == kind and model.evidence_fit
+    assert features.kernel == (method.split("-")[-1] if "matern" in method else "rbf")
     block = features.omega[:3]
     off_diagonal = (block @ block.T) - torch.diag(torch.diagonal(block @ block.T))
     assert (off_diagonal.abs().max() < 1e-10) == orthogonal
