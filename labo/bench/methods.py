@@ -48,6 +48,10 @@ pass them to the runner, the CLI does not offer them:
   Matérn-3/2 random features (Student-t frequencies) on the evidence of that Matérn
   kernel (:class:`labo.surrogates.networks.RandomFourierFeatures`'s ``kernel``), the
   kernel family SingleTaskGP uses.
+- ``laplace-exact-kernel``: the default's hyperparameters (its kernel-evidence fit), then
+  the exact GP of the kernel its features approximate instead of the features' posterior
+  (:func:`labo.bench.runner.exact_kernel_gp`): the infinite-width limit of the default,
+  to measure what the finite feature set costs in BO before the core gets such a posterior.
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).
 - ``laplace-rff-kernel``: the default spelt out, tuned on the evidence of the RBF kernel
@@ -72,8 +76,9 @@ class Method:
     """How the runner builds and fits one method's surrogate.
 
     Attributes:
-        model: ``"laplace"`` (a ``LaplaceModel``), ``"gp"`` (``SingleTaskGP``) or
-            ``"sobol"`` (no model).
+        model: ``"laplace"`` (a ``LaplaceModel``), ``"gp"`` (``SingleTaskGP``),
+            ``"exact-kernel"`` (a fitted ``LaplaceModel``'s hyperparameters in the exact GP
+            of its features' kernel, research) or ``"sobol"`` (no model).
         options: Keyword arguments of ``LaplaceModel`` (``network``, ``weights``, ...).
         fit: ``FitOptions`` of ``fit_laplace_model``; ``None``: its defaults.
         research: A research variant (benchmark scripts only), not a product method.
@@ -123,6 +128,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-rff256": Method(network=_rff(n_features=256), fit=_FEATURES, research=True),
         "laplace-rff-sc-orth-kernel": Method(network=_rff(kind="sincos", orthogonal=True), research=True),
         "laplace-rff4096-kernel": Method(network=_rff(n_features=4096), research=True),
+        "laplace-exact-kernel": Method(model="exact-kernel", research=True),
         "laplace-rff-matern52": Method(network=_rff(kernel="matern52"), research=True),
         "laplace-rff-matern32": Method(network=_rff(kernel="matern32"), research=True),
         "laplace-rff-pin1": Method(
