@@ -50,7 +50,7 @@ pass them to the runner, the CLI does not offer them:
   kernel family SingleTaskGP uses.
 - ``laplace-exact-kernel``: the default's hyperparameters (its kernel-evidence fit), then
   the exact GP of the kernel its features approximate instead of the features' posterior
-  (:func:`labo.bench.runner.exact_kernel_gp`): the infinite-width limit of the default,
+  (:func:`labo.bench.exact_kernel.exact_kernel_gp`): the infinite-width limit of the default,
   to measure what the finite feature set costs in BO before the core gets such a posterior.
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).

@@ -9,6 +9,7 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms import Standardize
 
 from labo.bench import runner
+from labo.bench.exact_kernel import exact_kernel_gp
 from labo.exceptions import BenchmarkError
 from labo.surrogates import LaplaceModel, fit_laplace_model
 from labo.surrogates.networks import rff_network, stationary_kernel
@@ -50,7 +51,7 @@ def test_exact_kernel_gp_is_the_dense_gp_at_the_models_hyperparameters(kernel):
     X, Y = _data()
     net = rff_network(2, 1, n_features=64, dtype=D64, kernel=kernel)
     model = fit_laplace_model(LaplaceModel(X, Y, network=net, outcome_transform=Standardize(1)))
-    gp = runner.exact_kernel_gp(model, X, Y)
+    gp = exact_kernel_gp(model, X, Y)
     Xs = torch.rand(5, 2, dtype=D64)
     with torch.no_grad():
         post = gp.posterior(Xs)
@@ -65,7 +66,7 @@ def test_exact_kernel_is_close_to_many_features():
     X, Y = _data(n=12, seed=1)
     net = rff_network(2, 1, n_features=20000, dtype=D64, kind="sincos")
     model = fit_laplace_model(LaplaceModel(X, Y, network=net, outcome_transform=Standardize(1)))
-    gp = runner.exact_kernel_gp(model, X, Y)
+    gp = exact_kernel_gp(model, X, Y)
     Xs = torch.rand(6, 2, dtype=D64)
     with torch.no_grad():
         a, b = gp.posterior(Xs), model.posterior(Xs)
@@ -89,8 +90,8 @@ def test_exact_kernel_gp_refuses_other_models():
     X, Y = _data()
     mlp = LaplaceModel(X, Y, network="mlp")
     with pytest.raises(BenchmarkError, match="random Fourier features"):
-        runner.exact_kernel_gp(mlp, X, Y)
+        exact_kernel_gp(mlp, X, Y)
     Y2 = torch.cat([Y, -Y], -1)
     two = LaplaceModel(X, Y2)
     with pytest.raises(BenchmarkError, match="one-output"):
-        runner.exact_kernel_gp(two, X, Y2)
+        exact_kernel_gp(two, X, Y2)
