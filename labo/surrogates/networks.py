@@ -98,8 +98,8 @@ class RandomFourierFeatures(nn.Module):
     ``ν = 5/2`` / ``3/2`` (:func:`stationary_kernel`), whose spectral density is the
     multivariate Student-t with ``2ν`` degrees of freedom, so each frequency row is
     ``N(0, I)`` times ``sqrt(2ν / u)`` with ``u ~ χ²(2ν)``. The Matérn kernels are rougher
-    than the RBF (their sample paths are once / twice differentiable), which Snoek et al.
-    2012 recommend for BO and which SingleTaskGP uses (Matérn-5/2).
+    than the RBF (Matérn-3/2 sample paths are once, Matérn-5/2 twice differentiable), as
+    Snoek et al. 2012 recommend for BO; SingleTaskGP uses Matérn-5/2.
 
     ``kind="cos"``: ``sqrt(2 / D) cos(Ω (x / ℓ) + b)`` with ``D`` frequencies and random
     phases ``b`` (Rahimi & Recht 2007). ``kind="sincos"``: ``sqrt(2 / D) [cos(Ω x / ℓ),
