@@ -52,6 +52,9 @@ pass them to the runner, the CLI does not offer them:
   the exact GP of the kernel its features approximate instead of the features' posterior
   (:func:`labo.bench.exact_kernel.exact_kernel_gp`): the infinite-width limit of the default,
   to measure what the finite feature set costs in BO before the core gets such a posterior.
+- ``laplace-kernel``: the same posterior from the core, ``FitOptions(posterior="kernel")``
+  (:mod:`labo.surrogates.kernel_posterior`): a ``LaplaceModel`` whose posterior is the
+  exact GP of its features' kernel (any number of outputs, fantasies, known noise).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).
 - ``laplace-rff-kernel``: the default spelt out, tuned on the evidence of the RBF kernel
@@ -129,6 +132,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-rff-sc-orth-kernel": Method(network=_rff(kind="sincos", orthogonal=True), research=True),
         "laplace-rff4096-kernel": Method(network=_rff(n_features=4096), research=True),
         "laplace-exact-kernel": Method(model="exact-kernel", research=True),
+        "laplace-kernel": Method(fit=FitOptions(posterior="kernel"), research=True),
         "laplace-rff-matern52": Method(network=_rff(kernel="matern52"), research=True),
         "laplace-rff-matern32": Method(network=_rff(kernel="matern32"), research=True),
         "laplace-rff-pin1": Method(

@@ -49,6 +49,7 @@ from torch import Tensor
 from labo.exceptions import HyperparameterError
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
 from labo.surrogates.feature_evidence import EVIDENCES, fit_feature_evidence
+from labo.surrogates.kernel_posterior import KERNEL_POSTERIOR_ROWS, kernel_posterior
 from labo.surrogates.map_training import train_map
 from labo.surrogates.priors import fanin_prior_base, function_space_scale, log_hyperprior
 
@@ -112,6 +113,14 @@ class FitOptions:
             ``None``: tuned under an ``N(log 2, 1)`` hyperprior on ``log λ``.
         noise_prior: Add BoTorch's GP noise prior, ``LogNormal(-4, 1)`` on the noise
             variance in standardised units, to the tuning objective (MAP-II).
+        posterior: The posterior of ``network="rff"`` after its evidence fit:
+            ``"features"`` (the Laplace posterior of the last layer on its ``D`` features,
+            exact Bayesian linear regression) or ``"kernel"`` (the exact GP of the kernel
+            the features approximate, at the same hyperparameters: their ``D → ∞``
+            limit, :mod:`labo.surrogates.kernel_posterior`), for up to
+            ``KERNEL_POSTERIOR_ROWS`` training rows; beyond, the features'. Needs
+            ``evidence="kernel"``. ``model.posterior`` and conditioning (fantasies) use it;
+            function samples (Thompson sampling) stay the features'.
         seed: Seed of torch's global random generator, set before a cold fit (the
             network's initial weights were drawn before, at construction); ``None``
             leaves the generator alone.
@@ -141,6 +150,7 @@ class FitOptions:
     evidence_iters: int = 100
     evidence: str = "kernel"
     evidence_prior_precision: float | None = None
+    posterior: str = "features"
 
     def __post_init__(self) -> None:
         if self.optimizer not in _DEFAULT_STEPS:
@@ -161,6 +171,13 @@ class FitOptions:
             raise ValueError(f"min_noise_std must be a finite number >= 0, got {self.min_noise_std!r}.")
         if self.evidence not in EVIDENCES:
             raise HyperparameterError(f"evidence must be one of {EVIDENCES}, got {self.evidence!r}.")
+        if self.posterior not in POSTERIORS:
+            raise HyperparameterError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}.")
+        if self.posterior == "kernel" and self.evidence != "kernel":
+            raise HyperparameterError(
+                "posterior='kernel' needs evidence='kernel' (the kernel's hyperparameters), "
+                f"got evidence={self.evidence!r}."
+            )
 
     def steps(self, warm: bool) -> int:
         """The training step limit of a warm or cold round."""
@@ -170,6 +187,7 @@ class FitOptions:
 
 _DEFAULT_STEPS = {"lbfgs": (1000, 200), "adam": (2000, 400)}
 PRIORS = ("scalar", "ard", "fanin", "function")
+POSTERIORS = ("features", "kernel")
 
 
 def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) -> LaplaceModel:
@@ -177,11 +195,11 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
 
     Warm-started when the model's network comes from a previous fit (see the
     module docstring). Records timings and iteration counts in ``model.fit_info``:
-    ``seconds``, ``train_steps`` (per round; a round that reached the step limit
-    did not stop early), ``lml_history``, ``prior_precision``, ``noise_std`` and
-    ``warm_start``. The tuned prior precision and noise are in standardised target
-    units (``model.y_scale``); ``model.likelihood.noise`` holds the noise variance in
-    the outcome-transformed units.
+    ``posterior`` (``"features"`` or ``"kernel"``, :class:`FitOptions`), ``seconds``,
+    ``train_steps`` (per round; a round that reached the step limit did not stop early),
+    ``lml_history``, ``prior_precision``, ``noise_std`` and ``warm_start``. The tuned
+    prior precision and noise are in standardised target units (``model.y_scale``);
+    ``model.likelihood.noise`` holds the noise variance in the outcome-transformed units.
 
     Args:
         model: The ``LaplaceModel`` to fit (in place). A conditioned model is
@@ -201,6 +219,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     warm = model.is_fitted or bool(model.fit_info.get("warm_start"))
     t0 = time.perf_counter()
     model.train()
+    model.kernel_posterior = None
     if opts.seed is not None and not warm:
         torch.manual_seed(opts.seed)
     with torch.no_grad():
@@ -220,6 +239,9 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             prior_precision=opts.evidence_prior_precision,
         )
         train_steps, history = [info["steps"]], info["lml_history"]
+        if opts.posterior == "kernel" and X.shape[0] <= KERNEL_POSTERIOR_ROWS:
+            with torch.no_grad():
+                model.kernel_posterior = kernel_posterior(model, X, Z)
     else:
         train_steps, history = _map_rounds(model, X, Z, opts, warm)
     la = model.laplace
@@ -230,6 +252,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             model.likelihood.noise = noise.clamp_min(1e-9).reshape(1)
     model.clear_conditioning()
     model.fit_info = {
+        "posterior": "features" if model.kernel_posterior is None else "kernel",
         "warm_start": warm,
         "seconds": time.perf_counter() - t0,
         "train_steps": train_steps,

@@ -31,6 +31,7 @@ from labo.laplace.structures.options import Structure
 from labo.laplace.subnetworks import WeightStrategy
 from labo.laplace.subsets import WeightSubset
 from labo.surrogates.fit import fit_laplace_model
+from labo.surrogates.kernel_posterior import KernelPosterior
 from labo.surrogates.lazy_covariance import HeadCache
 from labo.surrogates.model_conditioning import (
     append_observations,
@@ -43,6 +44,7 @@ from labo.surrogates.model_support import (
     build_network,
     check_training_data,
     check_X,
+    copy_fit_state,
     flat_anchor,
     output_index,
     posterior_options,
@@ -50,6 +52,7 @@ from labo.surrogates.model_support import (
     standardisation,
     strategy_posterior,
     subset_index,
+    with_own_transforms,
 )
 
 # The network of LaplaceModel(train_X, train_Y) (docs/benchmarks.md, "BO suite").
@@ -171,6 +174,8 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         if input_transform is not None:
             self.input_transform = input_transform
         self._conditioning: tuple[Tensor, Tensor, Tensor] | None = None
+        # FitOptions(posterior="kernel"): the exact posterior of the features' kernel, set by the fit.
+        self.kernel_posterior: KernelPosterior | None = None
         # The prior of MAP training when it differs from the posterior's (FitOptions(prior="function")).
         self.map_prior_precision: Tensor | None = None
         self._outputs: list[int] | None = None  # set by subset_output
@@ -233,14 +238,8 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
 
     def warm_start_from(self, other: LaplaceModel) -> None:
         """Start from another fitted model's network weights, hyperparameters and prior centre."""
-        self.network.load_state_dict(other.network.state_dict())
-        self.prior_mean = other.prior_mean
-        self.network_anchor.copy_(other.network_anchor)
+        copy_fit_state(self, other)
         self._set_laplace_prior_mean()
-        self.laplace.prior_precision = other.laplace.prior_precision.detach().clone()
-        if other.map_prior_precision is not None:
-            self.map_prior_precision = other.map_prior_precision.detach().clone()
-        self.laplace.noise_std = other.laplace.noise_std.detach().clone()
         self.fit_info = {"warm_start": True}
 
     def select_weights(self, X: Tensor, Z: Tensor) -> LaplaceApproximation:
@@ -261,9 +260,7 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         statistics of this model's own training data, as they must for its targets.
         """
         if keep_transforms:
-            transforms = ("outcome_transform.", "input_transform.")
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(transforms)}
-            state_dict.update({k: v for k, v in self.state_dict().items() if k.startswith(transforms)})
+            state_dict = with_own_transforms(state_dict, self.state_dict())
         # nn.Module.load_state_dict: GPyTorchModel's version re-derives GP training targets.
         out = nn.Module.load_state_dict(self, state_dict, strict=strict)
         self.fit_info = {"warm_start": True}
@@ -324,13 +321,14 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
 
     def _z_predictive(self, X_tf: Tensor) -> tuple[Tensor, Tensor]:
         """The predictive mean and joint covariance in z-space at transformed inputs."""
-        la = self.laplace if self._conditioning is None else self.conditioned_laplace()
-        return la.predictive(X_tf)
+        la = self.conditioned_laplace() if self._conditioning is not None else self.kernel_posterior
+        return (la or self.laplace).predictive(X_tf)
 
     def _lazy_posterior(self, X_tf: Tensor, X: Tensor) -> GPyTorchPosterior | None:
         """The one-output posterior with a factored covariance (many points), or None
         (``labo.surrogates.model_posterior.lazy_posterior``)."""
-        if self._conditioning is not None or self._outputs is not None or self.num_outputs != 1:
+        plain = self._conditioning is None and self._outputs is None and self.kernel_posterior is None
+        if not plain or self.num_outputs != 1:
             return None
         cache = self.__dict__.setdefault("_head_cache", HeadCache())
         transforms = getattr(self, "outcome_transform", None), getattr(self, "input_transform", None)
@@ -350,15 +348,16 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         new._outputs = [base[i] for i in idx]
         return new
 
-    def conditioned_laplace(self) -> ConditionedLaplace:
-        """The exact posterior conditioned on :attr:`conditioning` (``labo.laplace.predictive.conditioning``).
+    def conditioned_laplace(self) -> ConditionedLaplace | KernelPosterior:
+        """The exact posterior conditioned on :attr:`conditioning` (``labo.laplace.predictive.conditioning``,
+        or :meth:`KernelPosterior.condition` with a :attr:`kernel_posterior`).
 
         Cached while the data carry no autograd graph
         (:func:`labo.surrogates.model_conditioning.cached_condition`).
         """
         if self._conditioning is None:
             raise ValueError("conditioned_laplace needs a model from condition_on_observations.")
-        return cached_condition(self.laplace, self._conditioning, self.__dict__)
+        return cached_condition(self.laplace, self._conditioning, self.__dict__, self.kernel_posterior)
 
     def condition_on_observations(self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs):
         """A new model conditioned on ``(X, Y)`` under the linearised model: exact, no retraining.

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from labo.exceptions import InputShapeError, NonFiniteInputError
 from labo.laplace import LaplaceApproximation
 from labo.laplace.predictive.conditioning import ConditionedLaplace, condition
+from labo.surrogates.kernel_posterior import KernelPosterior
 
 
 def z_space_observations(
@@ -87,23 +88,31 @@ def append_training_data(
 
 
 def cached_condition(
-    la: LaplaceApproximation, conditioning: tuple[Tensor, Tensor, Tensor], cache: dict
-) -> ConditionedLaplace:
-    """The exact posterior of ``la`` conditioned on ``(X_tf, Z, N)``, cached in ``cache``.
+    la: LaplaceApproximation,
+    conditioning: tuple[Tensor, Tensor, Tensor],
+    cache: dict,
+    kernel: KernelPosterior | None = None,
+) -> ConditionedLaplace | KernelPosterior:
+    """The exact posterior of ``la`` (or of ``kernel``, the model's exact-kernel posterior,
+    when given) conditioned on ``(X_tf, Z, N)``, cached in ``cache``.
 
     The cache (the model's ``__dict__``) holds the last result, reused while the
-    conditioning data and the posterior precision are the same objects. When the
-    conditioning data carry an autograd graph (e.g. fantasies at candidates being
+    conditioning data and the posterior precision (or ``kernel``) are the same objects.
+    When the conditioning data carry an autograd graph (e.g. fantasies at candidates being
     optimised) it is rebuilt per call, so each backward pass has its own graph.
     """
     Xc, Zc, Nc = conditioning
-    precision = la.posterior_precision()
+    source = la.posterior_precision() if kernel is None else kernel
     cached = cache.get("_conditioned_cache")
-    if cached is not None and cached[0] is conditioning and cached[1] is precision:
+    if cached is not None and cached[0] is conditioning and cached[1] is source:
         return cached[2]
+
+    def build():
+        return condition(la, Xc, Zc, Nc) if kernel is None else kernel.condition(Xc, Zc, Nc)
+
     if Xc.requires_grad or Zc.requires_grad or Nc.requires_grad:
-        return condition(la, Xc, Zc, Nc)
+        return build()
     with torch.no_grad():
-        post = condition(la, Xc, Zc, Nc)
-    cache["_conditioned_cache"] = (conditioning, precision, post)
+        post = build()
+    cache["_conditioned_cache"] = (conditioning, source, post)
     return post

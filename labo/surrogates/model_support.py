@@ -312,3 +312,24 @@ def split_anchor(network: nn.Module, anchor: Tensor) -> dict[str, Tensor]:
         out[name] = anchor[start : start + p.numel()].view_as(p)
         start += p.numel()
     return out
+
+
+def with_own_transforms(state_dict: dict, own: dict) -> dict:
+    """``state_dict`` with its input/outcome transform entries replaced by those of ``own``
+    (a model keeps the transforms' statistics of its own training data)."""
+    transforms = ("outcome_transform.", "input_transform.")
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(transforms)}
+    state_dict.update({k: v for k, v in own.items() if k.startswith(transforms)})
+    return state_dict
+
+
+def copy_fit_state(model: nn.Module, other: nn.Module) -> None:
+    """Copy ``other``'s network weights, prior centre, prior precisions and noise into
+    ``model`` (two ``LaplaceModel`` s of one architecture; ``LaplaceModel.warm_start_from``)."""
+    model.network.load_state_dict(other.network.state_dict())
+    model.prior_mean = other.prior_mean
+    model.network_anchor.copy_(other.network_anchor)
+    model.laplace.prior_precision = other.laplace.prior_precision.detach().clone()
+    if other.map_prior_precision is not None:
+        model.map_prior_precision = other.map_prior_precision.detach().clone()
+    model.laplace.noise_std = other.laplace.noise_std.detach().clone()

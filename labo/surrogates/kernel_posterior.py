@@ -1,0 +1,197 @@
+"""The exact-kernel posterior of ``LaplaceModel(network="rff")`` (``FitOptions(posterior="kernel")``).
+
+The default network is a Bayesian last layer on ``D`` random Fourier features: Bayesian
+linear regression whose prior covariance, ``(φ(x)ᵀφ(x') + 1) / λ`` in z-space, is a
+``D``-sample Monte Carlo estimate of ``(k(x, x') + 1) / λ``, with ``k`` the stationary
+kernel the features approximate at their lengthscales. The evidence fit
+(``evidence="kernel"``, :mod:`labo.surrogates.feature_evidence`) already tunes ``ℓ``,
+``λ`` and ``σ`` on that kernel's exact evidence; this class gives the posterior that goes
+with them: the limit ``D → ∞`` of the last layer's Laplace posterior, which is the GP
+
+    z ~ GP(0, (k(x, x') + 1) / λ),   z_i = f(x_i) + ε_i,   ε_i ~ N(0, σ²_i),
+
+conditioned on the training data, computed exactly (one Cholesky factor of the ``n x n``
+training covariance, ``O(n³)`` once per fit and ``O(n²)`` per test point). The features'
+posterior has the same mean and covariance up to the ``O(1 / √D)`` error of the
+features' kernel; far from the data that error is what remains of the posterior
+variance, and its spread across the box decides where an acquisition function looks.
+
+Outputs are independent with the same kernel; the noise may differ per row and output
+(known noise). Everything is differentiable w.r.t. the test inputs (acquisition
+gradients), and :meth:`KernelPosterior.condition` adds observations exactly (fantasies)
+by a block update of the Cholesky factor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from labo.exceptions import InputShapeError
+from labo.laplace.structures.precisions import robust_cholesky
+from labo.surrogates.networks import stationary_kernel
+
+# FitOptions(posterior="kernel") applies up to this many training rows (O(n²) memory,
+# O(n³) per fit); beyond, the model keeps the features' posterior, linear in n.
+KERNEL_POSTERIOR_ROWS = 3000
+
+
+def _solve_lower(L: Tensor, B: Tensor) -> Tensor:
+    """``L⁻¹ B`` for lower-triangular ``L (*bl, n, n)`` and ``B (*bb, n, k)``, broadcast.
+
+    When ``L`` carries no batch of its own beyond size-one dimensions, the batch of ``B``
+    is folded into its columns: one solve, and ``L`` is never copied per t-batch.
+    """
+    batch = torch.broadcast_shapes(L.shape[:-2], B.shape[:-2])
+    n = L.shape[-1]
+    if L.shape[:-2].numel() == 1:
+        cols = B.expand(*batch, n, B.shape[-1]).movedim(-2, 0).reshape(n, -1)
+        out = torch.linalg.solve_triangular(L.reshape(n, n), cols, upper=False)
+        return out.reshape(n, *batch, B.shape[-1]).movedim(0, -2)
+    return torch.linalg.solve_triangular(
+        L.expand(*batch, n, n), B.expand(*batch, n, B.shape[-1]), upper=False
+    )
+
+
+class KernelPosterior:
+    """The exact GP posterior of an rff model's kernel in z-space (module docstring).
+
+    Args:
+        kernel: The stationary kernel's name (:func:`~labo.surrogates.networks.stationary_kernel`).
+        inv_lengthscale: ``(d,)`` inverse ARD lengthscales.
+        X: ``(*b, n, d)`` training inputs (transformed).
+        Z: ``(*b, n, m)`` standardised targets.
+        prior_precision: Scalar ``λ``.
+        noise_var: ``(*b, n, 1)`` (one noise level for every output) or ``(*b, n, m)`` noise
+            variances in z-space.
+
+    Attributes:
+        L: Cholesky factor of ``(k(X, X) + 1) / λ + diag(noise)``, ``(*b, m', n, n)`` with
+            ``m'`` the last dimension of ``noise_var``.
+        alpha: ``(*b, m, n)``, the training covariance's inverse times ``Z``.
+    """
+
+    def __init__(
+        self,
+        kernel: str,
+        inv_lengthscale: Tensor,
+        X: Tensor,
+        Z: Tensor,
+        prior_precision: Tensor,
+        noise_var: Tensor,
+        L: Tensor | None = None,
+    ) -> None:
+        if Z.shape[-2] != X.shape[-2] or noise_var.shape[-2] != X.shape[-2]:
+            raise InputShapeError(
+                f"KernelPosterior needs as many rows of Z {tuple(Z.shape)} and noise_var "
+                f"{tuple(noise_var.shape)} as of X {tuple(X.shape)}."
+            )
+        if noise_var.shape[-1] not in (1, Z.shape[-1]):
+            raise InputShapeError(
+                f"noise_var must have 1 or {Z.shape[-1]} columns, got {tuple(noise_var.shape)}."
+            )
+        self.kernel_name = kernel
+        self.inv_lengthscale = inv_lengthscale.detach().to(X)
+        self.prior_precision = prior_precision.detach().to(X).reshape(())
+        self.X, self.Z, self.noise_var = X, Z, noise_var
+        if L is None:
+            K = self.kernel(X, X).unsqueeze(-3)
+            L = robust_cholesky(K + torch.diag_embed(noise_var.transpose(-1, -2)))
+        self.L = L
+        Zt = Z.transpose(-1, -2).unsqueeze(-1)  # (*b, m, n, 1)
+        batch = torch.broadcast_shapes(L.shape[:-3], Zt.shape[:-3])
+        Lb = L.expand(*batch, *L.shape[-3:])
+        self.alpha = torch.cholesky_solve(Zt.expand(*batch, *Zt.shape[-3:]), Lb).squeeze(-1)
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.alpha.shape[:-2]
+
+    @property
+    def num_outputs(self) -> int:
+        return self.Z.shape[-1]
+
+    def kernel(self, X1: Tensor, X2: Tensor) -> Tensor:
+        """The prior covariance ``(k(x, x') + 1) / λ``, ``(*b, n1, n2)`` (batch dims broadcast)."""
+        U1, U2 = X1 * self.inv_lengthscale, X2 * self.inv_lengthscale
+        sq1, sq2 = U1.pow(2).sum(-1), U2.pow(2).sum(-1)
+        dist = (sq1.unsqueeze(-1) + sq2.unsqueeze(-2) - 2 * U1 @ U2.transpose(-1, -2)).clamp_min(0)
+        return (stationary_kernel(self.kernel_name, dist) + 1.0) / self.prior_precision
+
+    def _terms(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``(*b, m, q)`` and ``V = L⁻¹ k(X_train, X)``, ``(*b, m', n, q)``."""
+        if X.shape[-1] != self.X.shape[-1]:
+            raise InputShapeError(f"Expected inputs with {self.X.shape[-1]} columns, got {tuple(X.shape)}.")
+        Ks = self.kernel(self.X, X).unsqueeze(-3)  # (*b, 1, n, q)
+        mean = (self.alpha.unsqueeze(-2) @ Ks).squeeze(-2)
+        return mean, _solve_lower(self.L, Ks)
+
+    def predictive(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``(*b, q, m)`` and joint covariance ``(*b, q, m, q, m)`` at ``X (*bx, q, d)``;
+        outputs are independent. Differentiable w.r.t. ``X``."""
+        mean, V = self._terms(X)
+        C = self.kernel(X, X).unsqueeze(-3) - V.transpose(-1, -2) @ V  # (*b, m', q, q)
+        m = self.num_outputs
+        batch = torch.broadcast_shapes(mean.shape[:-2], C.shape[:-3])
+        C = C.expand(*batch, m, *C.shape[-2:])
+        # (*b, m, q, q) -> (*b, q, q, m) -> block-diagonal over outputs (*b, q, q, m, m)
+        cov = torch.diag_embed(C.movedim(-3, -1)).permute(*range(len(batch)), -4, -2, -3, -1)
+        return mean.expand(*batch, *mean.shape[-2:]).transpose(-1, -2), cov
+
+    def predictive_variance(self, X: Tensor) -> Tensor:
+        """Marginal variances ``(*b, q, m)`` at ``X (*bx, q, d)``."""
+        mean, V = self._terms(X)
+        prior = (
+            stationary_kernel(self.kernel_name, torch.zeros_like(X[..., 0])) + 1.0
+        ) / self.prior_precision
+        var = prior.unsqueeze(-2) - V.pow(2).sum(-2)  # (*b, m', q)
+        batch = torch.broadcast_shapes(mean.shape[:-2], var.shape[:-2])
+        return var.expand(*batch, self.num_outputs, var.shape[-1]).transpose(-1, -2)
+
+    def condition(self, X_new: Tensor, Z_new: Tensor, noise_new: Tensor) -> KernelPosterior:
+        """The posterior after also observing ``Z_new (*bz, n', m)`` at ``X_new (*bx, n', d)``
+        with noise variances ``noise_new`` (broadcastable to ``(*, n', m)``): exact, by a
+        block update of the Cholesky factor (``O(n² n')`` per batch). Batch dimensions
+        (fantasies) broadcast; the factor depends on the inputs and noise only."""
+        m = self.num_outputs
+        noise_new = noise_new.to(Z_new).expand(*noise_new.shape[:-1], m)
+        noise_old = self.noise_var
+        shared = noise_old.shape[-1] == 1 and bool((noise_new == noise_new[..., :1]).all())
+        if shared:
+            noise_new = noise_new[..., :1]
+        else:
+            noise_old = noise_old.expand(*noise_old.shape[:-1], m)
+        L = self.L if shared else self.L.expand(*self.L.shape[:-3], m, *self.L.shape[-2:])
+        K12 = self.kernel(self.X, X_new).unsqueeze(-3)  # (*b, 1, n, n')
+        C = _solve_lower(L, K12)  # (*b, m', n, n')
+        K22 = self.kernel(X_new, X_new).unsqueeze(-3) + torch.diag_embed(noise_new.transpose(-1, -2))
+        L22 = robust_cholesky(K22 - C.transpose(-1, -2) @ C)
+        batch = torch.broadcast_shapes(L.shape[:-3], C.shape[:-3], L22.shape[:-3])
+        mp, n, k = L22.shape[-3], L.shape[-1], L22.shape[-1]
+        top = torch.cat([L.expand(*batch, mp, n, n), L.new_zeros(*batch, mp, n, k)], -1)
+        bottom = torch.cat([C.transpose(-1, -2).expand(*batch, mp, k, n), L22.expand(*batch, mp, k, k)], -1)
+        L_new = torch.cat([top, bottom], -2)
+
+        def join(a: Tensor, b: Tensor) -> Tensor:
+            lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            return torch.cat([a.expand(*lead, *a.shape[-2:]), b.expand(*lead, *b.shape[-2:])], -2)
+
+        X_all, Z_all = join(self.X, X_new), join(self.Z, Z_new)
+        noise_all = join(noise_old, noise_new)
+        return KernelPosterior(
+            self.kernel_name, self.inv_lengthscale, X_all, Z_all, self.prior_precision, noise_all, L=L_new
+        )
+
+
+def kernel_posterior(model, X: Tensor, Z: Tensor) -> KernelPosterior:
+    """The exact-kernel posterior of a fitted rff ``LaplaceModel`` on its ``n x d``
+    transformed inputs ``X`` and ``n x m`` z-space targets ``Z``, at its tuned ``λ`` and
+    noise (known noise: ``model.train_Yvar`` in z-space)."""
+    features, la = model.network[0], model.laplace
+    if model.train_Yvar is not None:
+        noise = (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12)
+    else:
+        noise = la.noise_std.detach().pow(2).reshape(1, 1).expand(X.shape[0], 1)
+    inv_lengthscale = features.log_lengthscale.detach().neg().exp()
+    kernel = getattr(features, "kernel", "rbf")
+    return KernelPosterior(kernel, inv_lengthscale, X, Z, la.prior_precision.detach().mean(), noise.to(X))
