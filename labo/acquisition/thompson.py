@@ -23,6 +23,7 @@ from torch import Tensor
 
 from labo.exceptions import HyperparameterError, InputShapeError, NotFittedError
 from labo.laplace.predictive.function_samples import FunctionSamples, sample_functions
+from labo.surrogates.kernel_posterior import KernelFunctionSamples
 
 
 class ModelFunctionSamples:
@@ -33,7 +34,8 @@ class ModelFunctionSamples:
 
     Args:
         model: A fitted ``LaplaceModel`` (possibly conditioned on unbatched observations).
-        samples: Function samples of ``model.laplace`` (z-space, transformed inputs).
+        samples: Function samples of ``model.laplace`` (z-space, transformed inputs), or of
+            its ``kernel_posterior`` (:class:`~labo.surrogates.kernel_posterior.KernelFunctionSamples`).
     """
 
     def __init__(self, model, samples: FunctionSamples):
@@ -89,6 +91,13 @@ def model_function_samples(
                 f"Function samples of a batched conditioned (fantasy) LaplaceModel (batch_shape "
                 f"{tuple(model.batch_shape)}) are not supported; condition on unbatched data."
             )
+    kernel = getattr(model, "kernel_posterior", None)
+    if kernel is not None:  # FitOptions(posterior="kernel"): pathwise samples of the kernel's GP
+        post = kernel if model.conditioning is None else model.conditioned_laplace()
+        return ModelFunctionSamples(
+            model, KernelFunctionSamples(post, model.network[0], num_samples, generator)
+        )
+    if getattr(model, "conditioning", None) is not None:
         # exact samples of the conditioned linearised posterior (e.g. with pending points)
         return ModelFunctionSamples(
             model, model.conditioned_laplace().sample_functions(num_samples, generator)

@@ -195,3 +195,72 @@ def kernel_posterior(model, X: Tensor, Z: Tensor) -> KernelPosterior:
     inv_lengthscale = features.log_lengthscale.detach().neg().exp()
     kernel = getattr(features, "kernel", "rbf")
     return KernelPosterior(kernel, inv_lengthscale, X, Z, la.prior_precision.detach().mean(), noise.to(X))
+
+
+class KernelFunctionSamples:
+    """Deterministic posterior functions of a :class:`KernelPosterior` (z-space) by Matheron's
+    rule (pathwise conditioning, Wilson et al. 2020; BoTorch's ``draw_matheron_paths``):
+
+        f_s(x) = g_s(x) + k(x, X) A⁻¹ (Z − g_s(X) − ε_s),   A = k(X, X) + diag(noise),
+
+    with ``g_s(x) = φ(x)ᵀ w_s + b_s`` a prior function on the model's random Fourier features
+    (``w_s ~ N(0, I / λ)``, ``b_s ~ N(0, 1 / λ)``: the features' own prior) and
+    ``ε_s ~ N(0, diag(noise))``. The mean is the posterior's exactly; the covariance is
+    the posterior's up to the features' error in the prior kernel. Differentiable in ``x``;
+    the same values on every call (Thompson sampling maximises them).
+
+    Args:
+        posterior: An unbatched :class:`KernelPosterior`.
+        features: The model's :class:`~labo.surrogates.networks.RandomFourierFeatures`
+            (used with detached parameters).
+        num_samples: ``s``.
+        generator: Optional ``torch.Generator`` for reproducible draws.
+    """
+
+    def __init__(self, posterior: KernelPosterior, features, num_samples: int, generator=None) -> None:
+        if posterior.batch_shape != torch.Size([]):
+            raise InputShapeError(
+                "Function samples need an unbatched kernel posterior, "
+                f"got batch {tuple(posterior.batch_shape)}."
+            )
+        X, Z = posterior.X, posterior.Z
+        n, m, D = X.shape[-2], Z.shape[-1], features.n_features
+
+        def randn(*shape):
+            return torch.randn(*shape, generator=generator, dtype=X.dtype).to(X.device)
+
+        self.posterior, self.features = posterior, features
+        self._params = {name: p.detach() for name, p in features.named_parameters()}
+        self._params.update(dict(features.named_buffers()))
+        scale = posterior.prior_precision.rsqrt()
+        self.w, self.b = randn(num_samples, D, m) * scale, randn(num_samples, m) * scale
+        eps = randn(num_samples, n, m) * posterior.noise_var.expand(n, m).sqrt()
+        R = (Z - self._prior(X) - eps).transpose(-1, -2).unsqueeze(-1)  # (s, m, n, 1)
+        self.update = torch.cholesky_solve(R, posterior.L).squeeze(-1)  # (s, m, n)
+
+    @property
+    def num_samples(self) -> int:
+        return self.w.shape[0]
+
+    def _phi(self, X: Tensor) -> Tensor:
+        return torch.func.functional_call(self.features, self._params, (X,))
+
+    def _prior(self, X: Tensor, paired: bool = False) -> Tensor:
+        eq = "s...nD,sDm->s...nm" if paired else "...nD,sDm->s...nm"
+        out = torch.einsum(eq, self._phi(X), self.w)
+        return out + self.b.reshape(self.num_samples, *([1] * (out.dim() - 2)), -1)
+
+    def __call__(self, X: Tensor) -> Tensor:
+        """Every function at ``X (..., q, d)``: ``(s, ..., q, m)``."""
+        K = self.posterior.kernel(X, self.posterior.X)  # (..., q, n)
+        return self._prior(X) + torch.einsum("...qn,smn->s...qm", K, self.update)
+
+    def paired(self, X: Tensor) -> Tensor:
+        """Function ``i`` at ``X[i]``, ``X (s, ..., q, d)``: ``(s, ..., q, m)``."""
+        if X.dim() < 3 or X.shape[0] != self.num_samples:
+            raise InputShapeError(
+                f"Expected X with shape ({self.num_samples}, ..., n, d) for paired evaluation, "
+                f"got {tuple(X.shape)}."
+            )
+        K = self.posterior.kernel(X, self.posterior.X)  # (s, ..., q, n)
+        return self._prior(X, paired=True) + torch.einsum("s...qn,smn->s...qm", K, self.update)

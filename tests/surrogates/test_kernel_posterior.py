@@ -10,11 +10,12 @@ from botorch.models.transforms import Normalize, Standardize
 from botorch.optim import optimize_acqf
 from botorch.sampling import SobolQMCNormalSampler
 
+from labo.acquisition import model_function_samples, thompson_candidates
 from labo.bench.exact_kernel import exact_kernel_gp
 from labo.exceptions import HyperparameterError, InputShapeError
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 from labo.surrogates import fit as fit_module
-from labo.surrogates.kernel_posterior import KernelPosterior, _solve_lower
+from labo.surrogates.kernel_posterior import KernelFunctionSamples, KernelPosterior, _solve_lower
 from labo.surrogates.networks import rff_network, stationary_kernel
 
 D64 = torch.float64
@@ -226,3 +227,58 @@ def test_bad_options_and_shapes_raise_typed_errors():
     )
     with pytest.raises(InputShapeError, match="2 columns"):
         kp.predictive(torch.rand(3, 5, dtype=D64))
+
+
+def test_pathwise_samples_have_the_posteriors_mean_and_their_own_exact_covariance():
+    """Matheron's rule: mean exactly the posterior's; covariance the one the features'
+    prior implies, which is the posterior's up to the features' kernel error."""
+    X, Y = _data(n=10, d=2)
+    model = _model(X, Y)
+    kp, features = model.kernel_posterior, model.network[0]
+    Xs = torch.rand(4, 2, dtype=D64)
+    samples = KernelFunctionSamples(kp, features, 20000, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f = samples(Xs)[..., 0]  # (s, 4)
+        mean, cov = kp.predictive(Xs)
+        # The covariance of f_s = g_s + k(x, X) A⁻¹ (Z − g_s(X) − ε) with Cov(g) = (ΦΦᵀ + 1) / λ:
+        lam = kp.prior_precision
+
+        def kphi(A, B):
+            return (features(A) @ features(B).T + 1.0) / lam
+
+        W = torch.linalg.solve(kp.kernel(kp.X, kp.X) + torch.diag(kp.noise_var[:, 0]), kp.kernel(kp.X, Xs))
+        noise = torch.diag(kp.noise_var[:, 0])
+        implied = (
+            kphi(Xs, Xs) - kphi(Xs, kp.X) @ W - W.T @ kphi(kp.X, Xs) + W.T @ (kphi(kp.X, kp.X) + noise) @ W
+        )
+    emp_mean, emp_cov = f.mean(0), torch.cov(f.T)
+    sd = implied.diagonal().sqrt()
+    assert torch.allclose(emp_mean, mean[:, 0], atol=4 * float(sd.max()) / 20000**0.5)
+    assert torch.allclose(emp_cov, implied, atol=0.05 * float(implied.diagonal().max()))
+    assert torch.allclose(implied, cov[:, 0, :, 0], atol=0.15 * float(cov.diagonal(dim1=0, dim2=2).max()))
+    # Deterministic, and paired evaluation is the diagonal of the full one.
+    two = KernelFunctionSamples(kp, features, 3, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = two(Xs)
+        assert torch.equal(full, two(Xs))
+        paired = two.paired(Xs.expand(3, 4, 2))
+    assert torch.allclose(paired, full, atol=1e-12)
+    with pytest.raises(InputShapeError, match="paired evaluation"):
+        two.paired(Xs.expand(2, 4, 2))
+
+
+def test_thompson_sampling_on_a_kernel_posterior_model():
+    X, Y = _data(n=12, d=2)
+    model = _model(X, Y)
+    bounds = torch.tensor([[-1.0, -1.0], [3.0, 3.0]], dtype=D64)
+    gen = torch.Generator().manual_seed(0)
+    cand = thompson_candidates(model, bounds, q=2, num_restarts=2, raw_samples=32, generator=gen)
+    assert cand.shape == (2, 2) and bool(((cand >= bounds[0]) & (cand <= bounds[1])).all())
+    samples = model_function_samples(model, 2, torch.Generator().manual_seed(0))
+    assert isinstance(samples.samples, KernelFunctionSamples)
+    Xs = torch.rand(3, 2, dtype=D64)
+    pending = model.condition_on_observations(X[:2] + 0.01, Y[:2])
+    cond = model_function_samples(pending, 2, torch.Generator().manual_seed(0))
+    assert cond.samples.posterior.X.shape[0] == 14
+    with torch.no_grad():
+        assert samples(Xs).shape == (2, 3, 1) and torch.isfinite(cond(Xs)).all()
