@@ -119,8 +119,8 @@ class FitOptions:
             the features approximate, at the same hyperparameters: their ``D → ∞``
             limit, :mod:`labo.surrogates.kernel_posterior`), for up to
             ``KERNEL_POSTERIOR_ROWS`` training rows; beyond, the features'. Needs
-            ``evidence="kernel"``. ``model.posterior`` and conditioning (fantasies) use it;
-            function samples (Thompson sampling) stay the features'.
+            ``evidence="kernel"``. ``model.posterior``, conditioning (fantasies) and
+            function samples (Thompson sampling, by Matheron's rule) use it.
         seed: Seed of torch's global random generator, set before a cold fit (the
             network's initial weights were drawn before, at construction); ``None``
             leaves the generator alone.
