@@ -136,6 +136,10 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         opts["optimizer"] = "lbfgs"
     if "feat" in parts:  # rff: tune on the features' own evidence (the default until 2026-12-06)
         opts["evidence"] = "features"
+    if "kern" in parts:  # rff: the exact GP of the features' kernel as the posterior
+        opts["posterior"] = "kernel"
+    if "fpost" in parts:  # rff: the features' own posterior (FitOptions(posterior="features"))
+        opts["posterior"] = "features"
     model = LaplaceModel(X, Y, outcome_transform=Standardize(1), **kwargs)
     return fit_laplace_model(model, FitOptions(**opts))
 
