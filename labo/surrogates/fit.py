@@ -114,12 +114,13 @@ class FitOptions:
         noise_prior: Add BoTorch's GP noise prior, ``LogNormal(-4, 1)`` on the noise
             variance in standardised units, to the tuning objective (MAP-II).
         posterior: The posterior of ``network="rff"`` after its evidence fit:
-            ``"features"`` (the Laplace posterior of the last layer on its ``D`` features,
-            exact Bayesian linear regression) or ``"kernel"`` (the exact GP of the kernel
-            the features approximate, at the same hyperparameters: their ``D → ∞``
-            limit, :mod:`labo.surrogates.kernel_posterior`), for up to
-            ``KERNEL_POSTERIOR_ROWS`` training rows; beyond, the features'. Needs
-            ``evidence="kernel"``. ``model.posterior``, conditioning (fantasies) and
+            ``"kernel"`` (the default with ``evidence="kernel"``: the exact GP of the kernel
+            the features approximate, at the same hyperparameters, which is their
+            ``D → ∞`` limit, :mod:`labo.surrogates.kernel_posterior`) for up to
+            ``KERNEL_POSTERIOR_ROWS`` training rows, the features' beyond; or
+            ``"features"`` (the default with ``evidence="features"``: the Laplace posterior
+            of the last layer on its ``D`` features, exact Bayesian linear regression).
+            ``"kernel"`` needs ``evidence="kernel"``. ``model.posterior``, conditioning (fantasies) and
             function samples (Thompson sampling, by Matheron's rule) use it.
         seed: Seed of torch's global random generator, set before a cold fit (the
             network's initial weights were drawn before, at construction); ``None``
@@ -150,7 +151,7 @@ class FitOptions:
     evidence_iters: int = 100
     evidence: str = "kernel"
     evidence_prior_precision: float | None = None
-    posterior: str = "features"
+    posterior: str | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in _DEFAULT_STEPS:
@@ -171,6 +172,8 @@ class FitOptions:
             raise ValueError(f"min_noise_std must be a finite number >= 0, got {self.min_noise_std!r}.")
         if self.evidence not in EVIDENCES:
             raise HyperparameterError(f"evidence must be one of {EVIDENCES}, got {self.evidence!r}.")
+        if self.posterior is None:
+            self.posterior = "kernel" if self.evidence == "kernel" else "features"
         if self.posterior not in POSTERIORS:
             raise HyperparameterError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}.")
         if self.posterior == "kernel" and self.evidence != "kernel":

@@ -107,7 +107,7 @@ def test_input_gradients_match_finite_differences():
     out = run_example("input_gradients")
     errors = [float(line.split()[-1]) for line in out.splitlines() if "(3, " in line]
     assert len(errors) == 5 and max(errors) < 1e-5
-    assert floats_after("network input Jacobian: max rel. error", out)[0] < 1e-10
+    assert floats_after("the kernel mean's closed form: max rel. error", out)[0] < 1e-10
     assert floats_after("vs central differences", out)[0] < 1e-5
     assert "Thompson sampling loop" in out and "iter  2" in out
 

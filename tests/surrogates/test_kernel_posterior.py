@@ -187,9 +187,11 @@ def test_solve_lower_folds_the_batch_into_columns():
     assert torch.allclose(_solve_lower(L2, B), ref, atol=1e-12)
 
 
-def test_above_the_row_limit_and_by_default_the_features_posterior_stays(monkeypatch):
+def test_the_default_posterior_and_the_features_posterior_above_the_row_limit(monkeypatch):
     X, Y = _data()
-    assert _model(X, Y, options=FitOptions()).kernel_posterior is None
+    assert FitOptions().posterior == "kernel" and FitOptions(evidence="features").posterior == "features"
+    assert _model(X, Y, options=FitOptions()).kernel_posterior is not None
+    assert _model(X, Y, options=FitOptions(posterior="features")).kernel_posterior is None
     monkeypatch.setattr(fit_module, "KERNEL_POSTERIOR_ROWS", 10)
     model = _model(X, Y)
     assert model.kernel_posterior is None and model.fit_info["posterior"] == "features"
@@ -203,7 +205,7 @@ def test_a_refit_without_the_option_drops_the_kernel_posterior():
     X, Y = _data()
     model = _model(X, Y)
     assert model.kernel_posterior is not None
-    fit_laplace_model(model, FitOptions())
+    fit_laplace_model(model, FitOptions(posterior="features"))
     assert model.kernel_posterior is None
 
 
