@@ -4,8 +4,8 @@ Product methods (:data:`METHODS`, what ``labo run`` / ``labo bench`` offer) are 
 surrogates labo ships:
 
 - ``laplace``: :class:`~labo.surrogates.LaplaceModel` with its default configuration
-  (``network="rff"`` on the kernel's evidence), warm-started from the previous iteration's
-  model (``fit_laplace_model``).
+  (``network="rff"`` on the kernel's evidence, with the exact posterior of that kernel),
+  warm-started from the previous iteration's model (``fit_laplace_model``).
 - ``laplace-mlp``: the MLP d-64-64-m with every weight Bayesian (``network="mlp"``), the
   default before ``"rff"``.
 - ``laplace-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around
@@ -40,7 +40,10 @@ pass them to the runner, the CLI does not offer them:
 - ``laplace-rff256``: the same with 256 instead of 1024 random features (a quarter of
   the acquisition's per-evaluation work, a coarser approximation of the kernel).
 - ``laplace-rff-sc-orth-kernel``: sin/cos pairs with orthogonal frequencies on the
-  default's (the kernel's) evidence: a closer approximation of the same kernel.
+  default's (the kernel's) evidence: a closer approximation of the same kernel. This
+  variant, ``laplace-rff4096-kernel``, the Matérn ones and ``laplace-rff-kernel(-pin1)``
+  keep the posterior they were measured with, the features' own
+  (``FitOptions(posterior="features")``), so that their stored studies stay reproducible.
 - ``laplace-rff4096-kernel``: 4096 instead of 1024 features on the kernel's evidence (the
   same hyperparameters, a closer approximation of the kernel; up to 250 rows the
   function-space posterior costs ``O(n D)`` per candidate row).
@@ -54,12 +57,15 @@ pass them to the runner, the CLI does not offer them:
   to measure what the finite feature set costs in BO before the core gets such a posterior.
 - ``laplace-kernel``: the same posterior from the core, ``FitOptions(posterior="kernel")``
   (:mod:`labo.surrogates.kernel_posterior`): a ``LaplaceModel`` whose posterior is the
-  exact GP of its features' kernel (any number of outputs, fantasies, known noise).
+  exact GP of its features' kernel (any number of outputs, fantasies, known noise); the
+  default since 2026-12-07, measured under this name before.
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).
-- ``laplace-rff-kernel``: the default spelt out, tuned on the evidence of the RBF kernel
-  the features approximate (``FitOptions(evidence="kernel")``); ``laplace-rff-kernel-pin1``
-  the same with the prior precision pinned at 1.
+- ``laplace-rff-kernel``: tuned on the evidence of the RBF kernel the features
+  approximate, with the features' posterior (``FitOptions(evidence="kernel",
+  posterior="features")``): the default from 2026-12-06 to 2026-12-07, under whose name
+  its studies are stored; ``laplace-rff-kernel-pin1`` the same with the prior precision
+  pinned at 1.
 """
 
 from __future__ import annotations
@@ -105,6 +111,8 @@ def _rff(**kwargs) -> Callable[..., Any]:
 _MLP = {"network": "mlp"}
 # The rff research variants measured before the default moved to the kernel's evidence.
 _FEATURES = FitOptions(evidence="features")
+# ... and those measured on the kernel's evidence with the features' posterior.
+_FEATURE_POST = FitOptions(posterior="features")
 TABLE: MappingProxyType[str, Method] = MappingProxyType(
     {
         "laplace": Method(),
@@ -129,18 +137,20 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
             network=_rff(n_features=2048, kind="sincos"), fit=_FEATURES, research=True
         ),
         "laplace-rff256": Method(network=_rff(n_features=256), fit=_FEATURES, research=True),
-        "laplace-rff-sc-orth-kernel": Method(network=_rff(kind="sincos", orthogonal=True), research=True),
-        "laplace-rff4096-kernel": Method(network=_rff(n_features=4096), research=True),
+        "laplace-rff-sc-orth-kernel": Method(
+            network=_rff(kind="sincos", orthogonal=True), fit=_FEATURE_POST, research=True
+        ),
+        "laplace-rff4096-kernel": Method(network=_rff(n_features=4096), fit=_FEATURE_POST, research=True),
         "laplace-exact-kernel": Method(model="exact-kernel", research=True),
         "laplace-kernel": Method(fit=FitOptions(posterior="kernel"), research=True),
-        "laplace-rff-matern52": Method(network=_rff(kernel="matern52"), research=True),
-        "laplace-rff-matern32": Method(network=_rff(kernel="matern32"), research=True),
+        "laplace-rff-matern52": Method(network=_rff(kernel="matern52"), fit=_FEATURE_POST, research=True),
+        "laplace-rff-matern32": Method(network=_rff(kernel="matern32"), fit=_FEATURE_POST, research=True),
         "laplace-rff-pin1": Method(
             fit=FitOptions(evidence="features", evidence_prior_precision=1.0), research=True
         ),
-        "laplace-rff-kernel": Method(fit=FitOptions(evidence="kernel"), research=True),
+        "laplace-rff-kernel": Method(fit=_FEATURE_POST, research=True),
         "laplace-rff-kernel-pin1": Method(
-            fit=FitOptions(evidence="kernel", evidence_prior_precision=1.0), research=True
+            fit=FitOptions(evidence_prior_precision=1.0, posterior="features"), research=True
         ),
     }
 )
