@@ -94,10 +94,13 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
     t0 = time.perf_counter()
     if method.startswith("LaplaceModel"):
         from labo.laplace import AllWeights, LastLayer
-        from labo.surrogates import LaplaceModel, fit_laplace_model
+        from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
+        # LaplaceModel-features: the default network with its 1024 features' own posterior
+        options = FitOptions(posterior="features") if method == "LaplaceModel-features" else None
         variant = {
             "LaplaceModel": {},
+            "LaplaceModel-features": {},
             "LaplaceModel-mlp": {"network": "mlp"},
             "LaplaceModel-ll": {"network": "mlp", "weights": LastLayer()},
             "LaplaceModel-rbf": {"network": "rbf"},
@@ -106,14 +109,14 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
         prev = LaplaceModel(
             X[:-4], Y[:-4], input_transform=Normalize(d), outcome_transform=Standardize(1), **variant
         )
-        fit_laplace_model(prev)
+        fit_laplace_model(prev, options)
         sync()
         out["cold_fit_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         model = LaplaceModel(
             X, Y, input_transform=Normalize(d), outcome_transform=Standardize(1), warm_start=prev, **variant
         )
-        fit_laplace_model(model)
+        fit_laplace_model(model, options)
         out["train_steps"] = model.fit_info["train_steps"]
         out["structure"] = type(model.laplace.structure).__name__
     else:
@@ -185,7 +188,8 @@ def main():
     parser.add_argument(
         "--methods",
         default="LaplaceModel,SingleTaskGP",
-        help="also LaplaceModel-ll (last-layer weights), LaplaceModel-rbf (RBF network), "
+        help="also LaplaceModel-features (the default network with its features' posterior), "
+        "LaplaceModel-mlp, LaplaceModel-ll (the MLP's last layer), LaplaceModel-rbf (RBF network), "
         "LaplaceModel-rbf-all (RBF network, every weight Bayesian)",
     )
     parser.add_argument("--cap", type=float, default=900.0, help="seconds per (method, size), all seeds")
