@@ -30,10 +30,13 @@ the kernel, and separate the active inputs from the inactive ones less, which co
 in high dimension; the kernel's evidence has no draw to fit (``docs/research-log.md``,
 sessions 12 and 14).
 
-Either way the posterior is the features' exact Bayesian linear regression on every
-row: afterwards the last layer is set to the posterior mean and the Laplace posterior
-(last layer) is fitted at it with the tuned ``λ`` and ``σ``, so it equals the exact
-Bayesian linear regression posterior.
+Either way the last layer is then set to the posterior mean of the features' exact
+Bayesian linear regression on every row and the Laplace posterior (last layer) is
+fitted at it with the tuned ``λ`` and ``σ``, so it equals the exact Bayesian linear
+regression posterior. With the kernel's evidence the model's posterior is by default
+the exact GP of that kernel instead (``FitOptions.posterior``,
+:mod:`labo.surrogates.kernel_posterior`), of which the features' is the finite-``D``
+approximation.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
             noise level is then not tuned).
         network: An ``nn.Module`` mapping ``b x d`` to ``b x m``, or a built-in one by
             name: ``"rff"`` (the default: random Fourier features and a Bayesian last
-            layer, every hyperparameter tuned on the exact evidence), ``"mlp"`` (d-64-64-m,
+            layer, every hyperparameter tuned on the exact evidence of their kernel, whose
+            exact GP is the posterior: ``FitOptions.posterior``), ``"mlp"`` (d-64-64-m,
             tanh, every weight Bayesian) or ``"rbf"`` (RBF features, then 64-64-m tanh);
             :func:`labo.surrogates.model_support.build_network` describes them.
         weights: Which weights are Bayesian (default ``AllWeights()``; ``LastLayer()`` for

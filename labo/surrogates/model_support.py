@@ -180,7 +180,9 @@ def build_network(
     1024 random Fourier features with one learnable lengthscale per input, then a linear
     layer; its default ``weights`` are that last layer, and its lengthscales, prior
     precision and noise are tuned on the exact evidence, see
-    ``labo.surrogates.feature_evidence``: a bounded, GP-like variance away from the data),
+    ``labo.surrogates.feature_evidence``; the posterior is then the exact GP of the kernel
+    the features approximate, ``labo.surrogates.kernel_posterior``: a GP's bounded
+    variance away from the data),
     ``"mlp"`` (:func:`labo.surrogates.networks.default_network`, MLP d-64-64-m, tanh, every
     weight Bayesian; the default before the surrogate screen of docs/benchmarks.md) or
     ``"rbf"`` (:func:`labo.surrogates.networks.rbf_network`: 64 Gaussian RBF features around
