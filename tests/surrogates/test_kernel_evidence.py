@@ -53,14 +53,16 @@ def test_kernel_evidence_against_the_dense_gaussian_and_many_features(known):
     assert float(blr_log_evidence(Phi, Z, lam, noise)) == pytest.approx(value, abs=0.05)
 
 
-def test_kernel_evidence_gradients_match_finite_differences():
+@pytest.mark.parametrize("kernel", [None, "matern32", "matern52"])  # None: no kernel attribute, RBF
+def test_kernel_evidence_gradients_match_finite_differences(kernel):
     g = torch.Generator().manual_seed(1)
     X, Z = torch.rand(6, 2, generator=g, dtype=D64), torch.randn(6, 1, generator=g, dtype=D64)
     lam = torch.tensor(0.7, dtype=D64, requires_grad=True)
     s2 = torch.tensor(0.2, dtype=D64, requires_grad=True)
+    extra = {} if kernel is None else {"kernel": kernel}
 
-    def fn(log_ls, lam, s2):  # the evidence reads only the features' log_lengthscale
-        return kernel_log_evidence(SimpleNamespace(log_lengthscale=log_ls), X, Z, lam, s2)
+    def fn(log_ls, lam, s2):  # the evidence reads only the features' log_lengthscale (and kernel)
+        return kernel_log_evidence(SimpleNamespace(log_lengthscale=log_ls, **extra), X, Z, lam, s2)
 
     log_ls = torch.tensor([-0.1, 0.3], dtype=D64, requires_grad=True)
     assert torch.autograd.gradcheck(fn, (log_ls, lam, s2))

@@ -116,20 +116,6 @@ def test_kernel_evidence_of_matern_features_against_the_dense_gaussian(kernel):
     assert value == pytest.approx(dense, rel=1e-10)
 
 
-@pytest.mark.parametrize("kernel", ["matern32", "matern52"])
-def test_matern_kernel_evidence_gradients_match_finite_differences(kernel):
-    g = torch.Generator().manual_seed(1)
-    X, Z = torch.rand(6, 2, generator=g, dtype=D64), torch.randn(6, 1, generator=g, dtype=D64)
-    lam = torch.tensor(0.7, dtype=D64, requires_grad=True)
-    s2 = torch.tensor(0.2, dtype=D64, requires_grad=True)
-
-    def fn(log_ls, lam, s2):
-        return kernel_log_evidence(SimpleNamespace(log_lengthscale=log_ls, kernel=kernel), X, Z, lam, s2)
-
-    log_ls = torch.tensor([-0.1, 0.3], dtype=D64, requires_grad=True)
-    assert torch.autograd.gradcheck(fn, (log_ls, lam, s2))
-
-
 def test_a_matern_model_is_tuned_on_the_matern_evidence():
     g = torch.Generator().manual_seed(2)
     X = torch.rand(30, 3, generator=g, dtype=D64)
