@@ -10,7 +10,7 @@ from botorch.models.transforms import Normalize, Standardize
 from botorch.optim import optimize_acqf
 from botorch.sampling import SobolQMCNormalSampler
 
-from labo.acquisition import model_function_samples, thompson_candidates
+from labo.acquisition import get_optimal_samples, model_function_samples, thompson_candidates
 from labo.bench.exact_kernel import exact_kernel_gp
 from labo.exceptions import HyperparameterError, InputShapeError
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
@@ -284,3 +284,17 @@ def test_thompson_sampling_on_a_kernel_posterior_model():
     assert cond.samples.posterior.X.shape[0] == 14
     with torch.no_grad():
         assert samples(Xs).shape == (2, 3, 1) and torch.isfinite(cond(Xs)).all()
+
+
+def test_optimal_samples_of_a_kernel_posterior_model_are_maxima_of_its_matheron_samples():
+    X, Y = _data(n=12, d=2)
+    model = _model(X, Y)
+    bounds = torch.tensor([[-1.0, -1.0], [3.0, 3.0]], dtype=D64)
+    X_opt, f_opt = get_optimal_samples(model, bounds, num_optima=5, seed=0)
+    assert X_opt.shape == (5, 2) and f_opt.shape == (5, 1)
+    samples = model_function_samples(model, 5, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        at_opt = samples.paired(X_opt.unsqueeze(-2))[..., 0, 0]
+        at_train = samples(X)[..., 0]
+    assert torch.allclose(at_opt, f_opt.squeeze(-1), atol=1e-9)
+    assert (f_opt.squeeze(-1) >= at_train.max(-1).values - 1e-9).all()
