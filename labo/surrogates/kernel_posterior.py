@@ -226,8 +226,9 @@ class KernelFunctionSamples:
         X, Z = posterior.X, posterior.Z
         n, m, D = X.shape[-2], Z.shape[-1], features.n_features
 
-        def randn(*shape):
-            return torch.randn(*shape, generator=generator, dtype=X.dtype).to(X.device)
+        def randn(*shape):  # on the generator's device (a CPU or CUDA generator), then the data's
+            device = X.device if generator is None else generator.device
+            return torch.randn(*shape, generator=generator, dtype=X.dtype, device=device).to(X.device)
 
         self.posterior, self.features = posterior, features
         self._params = {name: p.detach() for name, p in features.named_parameters()}

@@ -150,3 +150,31 @@ def test_factor_root_sampling_and_pruning_on_cuda():
     assert mvn.rsample(torch.Size([3])).device == X.device
     acq = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True)
     assert acq.X_baseline.device == X.device and 1 <= acq.X_baseline.shape[0] <= 120
+
+
+@pytest.mark.parametrize("gen_device", ["cpu", "cuda"])
+def test_default_kernel_posterior_model_on_cuda(gen_device):
+    """The default (rff, exact kernel posterior): posterior, qLogNEI, fantasies and Thompson
+    sampling on the GPU, with a CPU or a CUDA generator."""
+    from botorch.sampling import SobolQMCNormalSampler
+
+    from labo.acquisition import thompson_candidates
+
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    X = torch.rand(30, 4, dtype=torch.float64, device=CUDA, generator=g)
+    Y = torch.sin(6 * X).sum(-1, keepdim=True)
+    model = fit_laplace_model(
+        LaplaceModel(X, Y, input_transform=Normalize(4), outcome_transform=Standardize(1))
+    )
+    assert model.fit_info["posterior"] == "kernel" and model.kernel_posterior.L.device.type == "cuda"
+    post = model.posterior(torch.rand(3, 20, 4, dtype=torch.float64, device=CUDA))
+    assert post.mean.device.type == "cuda" and torch.isfinite(post.variance).all()
+    acq = qLogNoisyExpectedImprovement(model, X_baseline=X)
+    bounds = torch.stack([torch.zeros(4), torch.ones(4)]).double().to(CUDA)
+    cand, val = optimize_acqf(acq, bounds=bounds, q=2, num_restarts=2, raw_samples=32)
+    assert cand.device.type == "cuda" and torch.isfinite(val).all()
+    fantasy = model.fantasize(cand, sampler=SobolQMCNormalSampler(torch.Size([3]), seed=0))
+    assert fantasy.posterior(cand).mean.shape == (3, 2, 1)
+    gen = torch.Generator(device=gen_device).manual_seed(0)
+    cand = thompson_candidates(model, bounds, q=2, num_restarts=2, raw_samples=16, generator=gen)
+    assert cand.shape == (2, 4) and cand.device.type == "cuda"
