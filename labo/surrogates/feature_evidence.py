@@ -49,7 +49,12 @@ from torch import Tensor, nn
 
 from labo.exceptions import HyperparameterError, NetworkError
 from labo.surrogates.map_training import minimize_lbfgs
-from labo.surrogates.networks import RandomFourierFeatures, dim_scaled_lengthscale_prior, stationary_kernel
+from labo.surrogates.networks import (
+    RandomFourierFeatures,
+    dim_scaled_lengthscale_prior,
+    squared_distances,
+    stationary_kernel,
+)
 
 # log λ ~ N(log 2, 1): prior variance 1/λ per weight, ‖φ‖² ≈ 1 plus the bias: about 1 in all.
 _LOG_PRIOR_LOC, _LOG_PRIOR_SCALE = math.log(2.0), 1.0
@@ -152,9 +157,7 @@ def kernel_log_evidence(
         noise_var: Scalar ``σ²``, or ``n x m`` known noise variances.
     """
     U = X / features.log_lengthscale.exp()
-    sq = U.pow(2).sum(-1)
-    dist = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2 * U @ U.T).clamp_min(0)
-    G = stationary_kernel(getattr(features, "kernel", "rbf"), dist) + 1.0
+    G = stationary_kernel(getattr(features, "kernel", "rbf"), squared_distances(U, U)) + 1.0
     if noise_var.dim() > 0:
         return sum(
             _gram_evidence(G, Z[:, k : k + 1], prior_precision, noise_var[:, k]) for k in range(Z.shape[-1])

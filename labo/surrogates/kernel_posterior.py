@@ -29,7 +29,7 @@ from torch import Tensor
 
 from labo.exceptions import InputShapeError
 from labo.laplace.structures.precisions import robust_cholesky
-from labo.surrogates.networks import stationary_kernel
+from labo.surrogates.networks import squared_distances, stationary_kernel
 
 # FitOptions(posterior="kernel") applies up to this many training rows (O(n²) memory,
 # O(n³) per fit); beyond, the model keeps the features' posterior, linear in n.
@@ -113,9 +113,7 @@ class KernelPosterior:
 
     def kernel(self, X1: Tensor, X2: Tensor) -> Tensor:
         """The prior covariance ``(k(x, x') + 1) / λ``, ``(*b, n1, n2)`` (batch dims broadcast)."""
-        U1, U2 = X1 * self.inv_lengthscale, X2 * self.inv_lengthscale
-        sq1, sq2 = U1.pow(2).sum(-1), U2.pow(2).sum(-1)
-        dist = (sq1.unsqueeze(-1) + sq2.unsqueeze(-2) - 2 * U1 @ U2.transpose(-1, -2)).clamp_min(0)
+        dist = squared_distances(X1 * self.inv_lengthscale, X2 * self.inv_lengthscale)
         return (stationary_kernel(self.kernel_name, dist) + 1.0) / self.prior_precision
 
     def _terms(self, X: Tensor) -> tuple[Tensor, Tensor]:

@@ -90,6 +90,14 @@ def stationary_kernel(kernel: str, sqdist: Tensor) -> Tensor:
     return (1 + 5**0.5 * r + 5.0 / 3.0 * sqdist) * torch.exp(-(5**0.5) * r)
 
 
+def squared_distances(U1: Tensor, U2: Tensor) -> Tensor:
+    """``‖u − u'‖²`` between the rows of ``U1 (*b, n1, d)`` and ``U2 (*b, n2, d)`` (inputs
+    already divided by their lengthscales), ``(*b, n1, n2)``, as ``‖u‖² + ‖u'‖² − 2 u·u'``
+    clamped at 0: one matrix product, differentiable everywhere (no square root)."""
+    sq1, sq2 = U1.pow(2).sum(-1), U2.pow(2).sum(-1)
+    return (sq1.unsqueeze(-1) + sq2.unsqueeze(-2) - 2 * U1 @ U2.transpose(-1, -2)).clamp_min(0)
+
+
 class RandomFourierFeatures(nn.Module):
     """Random Fourier features of a stationary kernel: ``φ(x)ᵀφ(x') ≈ k((x − x') / ℓ)``.
 
