@@ -225,8 +225,11 @@ def run_bench(
 
             bar = tqdm(total=len(specs), desc="runs", unit="run", dynamic_ncols=True)
             try:
+                # Longest runs first (dimension x budget), so that no long run starts last
+                # and leaves the other workers idle at the end.
+                order = sorted(specs, key=lambda sp: -len(sp.bounds) * sp.budget)
                 with make_client(workers, scheduler) as client:
-                    run_many(specs, db, client, on_done=lambda summary: bar.update(1))
+                    run_many(order, db, client, on_done=lambda summary: bar.update(1))
             finally:
                 bar.close()
         else:

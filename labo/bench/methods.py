@@ -59,6 +59,12 @@ pass them to the runner, the CLI does not offer them:
   (:mod:`labo.surrogates.kernel_posterior`): a ``LaplaceModel`` whose posterior is the
   exact GP of its features' kernel (any number of outputs, fantasies, known noise); the
   default since 2026-12-07, measured under this name before.
+- ``laplace-matern52-kernel``: the default with the Matérn-5/2 kernel (features, evidence
+  and the exact kernel posterior) instead of the RBF.
+- ``laplace-kernel-choice``: evidence-based model choice between the two: every iteration
+  fits the default (RBF) and ``laplace-matern52-kernel``, each warm-started from its own
+  previous fit, and proposes with the one whose maximised log evidence plus log
+  hyperprior density (``fit_info["hyper_log_posterior"]``) is larger.
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).
 - ``laplace-rff-kernel``: tuned on the evidence of the RBF kernel the features
@@ -87,13 +93,18 @@ class Method:
     Attributes:
         model: ``"laplace"`` (a ``LaplaceModel``), ``"gp"`` (``SingleTaskGP``),
             ``"exact-kernel"`` (a fitted ``LaplaceModel``'s hyperparameters in the exact GP
-            of its features' kernel, research) or ``"sobol"`` (no model).
+            of its features' kernel, research), ``"choice"`` (the best-supported of a
+            ``family`` of ``LaplaceModel`` fits, research) or ``"sobol"`` (no model).
         options: Keyword arguments of ``LaplaceModel`` (``network``, ``weights``, ...).
         fit: ``FitOptions`` of ``fit_laplace_model``; ``None``: its defaults.
         research: A research variant (benchmark scripts only), not a product method.
         network: ``(d, m, dtype) -> nn.Module``, the network of a variant that needs the
             input size to build it (passed as ``LaplaceModel(network=...)``); ``None``:
             ``options`` names it, or the default.
+        family: With ``model="choice"``: network factories like ``network``; every
+            iteration fits one ``LaplaceModel`` per member (each warm-started from its own
+            previous fit) and keeps the one with the largest
+            ``fit_info["hyper_log_posterior"]`` (evidence-based model choice, issue 23 §2f).
     """
 
     model: str = "laplace"
@@ -101,6 +112,7 @@ class Method:
     fit: FitOptions | None = None
     research: bool = False
     network: Callable[..., Any] | None = None
+    family: tuple[Callable[..., Any], ...] = ()
 
 
 def _rff(**kwargs) -> Callable[..., Any]:
@@ -143,6 +155,10 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-rff4096-kernel": Method(network=_rff(n_features=4096), fit=_FEATURE_POST, research=True),
         "laplace-exact-kernel": Method(model="exact-kernel", research=True),
         "laplace-kernel": Method(fit=FitOptions(posterior="kernel"), research=True),
+        "laplace-matern52-kernel": Method(network=_rff(kernel="matern52"), research=True),
+        "laplace-kernel-choice": Method(
+            model="choice", family=(_rff(), _rff(kernel="matern52")), research=True
+        ),
         "laplace-rff-matern52": Method(network=_rff(kernel="matern52"), fit=_FEATURE_POST, research=True),
         "laplace-rff-matern32": Method(network=_rff(kernel="matern32"), fit=_FEATURE_POST, research=True),
         "laplace-rff-pin1": Method(

@@ -160,19 +160,34 @@ def fit_model(method: str, X: Tensor, Y: Tensor, previous=None):
         model = SingleTaskGP(X, Y, outcome_transform=Standardize(m))
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         return model
+    if entry.model == "choice":  # one fit per family member, the best-supported one proposes
+        sources = getattr(previous, "family_fits", None) or [None] * len(entry.family)
+        members = zip(sources, entry.family, strict=True)
+        fits = [_fit_laplace(entry, X, Y, source, net) for source, net in members]
+        scores = [fit.fit_info["hyper_log_posterior"] for fit in fits]
+        best = max(range(len(fits)), key=scores.__getitem__)
+        fits[best].fit_info["family_choice"], fits[best].fit_info["family_scores"] = best, scores
+        fits[best].__dict__["family_fits"] = fits  # the next fits' warm starts; not submodules
+        return fits[best]
     if entry.model == "exact-kernel":  # the kernel's exact GP at the LaplaceModel's hyperparameters
         previous = getattr(previous, "laplace_source", None)
-    warm = previous if isinstance(previous, LaplaceModel) else None
-    options = dict(entry.options)
-    if entry.network is not None:
-        options["network"] = entry.network(X.shape[-1], m, X.dtype)
-    model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **options)
-    model = fit_laplace_model(model, entry.fit)
+    model = _fit_laplace(entry, X, Y, previous, entry.network)
     if entry.model == "exact-kernel":
         gp = exact_kernel_gp(model, X, Y)
         gp.__dict__["laplace_source"] = model  # the next fit's warm start; not a submodule
         return gp
     return model
+
+
+def _fit_laplace(entry, X: Tensor, Y: Tensor, previous, network: Callable | None) -> LaplaceModel:
+    """``fit_laplace_model`` of one ``LaplaceModel`` of ``entry``, warm-started from ``previous``."""
+    m = Y.shape[-1]
+    warm = previous if isinstance(previous, LaplaceModel) else None
+    options = dict(entry.options)
+    if network is not None:
+        options["network"] = network(X.shape[-1], m, X.dtype)
+    model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **options)
+    return fit_laplace_model(model, entry.fit)
 
 
 def propose(

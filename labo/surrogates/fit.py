@@ -200,9 +200,12 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     module docstring). Records timings and iteration counts in ``model.fit_info``:
     ``posterior`` (``"features"`` or ``"kernel"``, :class:`FitOptions`), ``seconds``,
     ``train_steps`` (per round; a round that reached the step limit did not stop early),
-    ``lml_history``, ``prior_precision``, ``noise_std`` and ``warm_start``. The tuned
-    prior precision and noise are in standardised target units (``model.y_scale``);
-    ``model.likelihood.noise`` holds the noise variance in the outcome-transformed units.
+    ``lml_history``, ``prior_precision``, ``noise_std``, ``warm_start`` and, for
+    ``network="rff"``, ``hyper_log_posterior`` (the maximised log evidence plus the
+    hyperpriors' log densities; the larger of two such fits on the same data is the
+    better-supported model; ``None`` otherwise). The tuned prior precision and noise are
+    in standardised target units (``model.y_scale``); ``model.likelihood.noise`` holds
+    the noise variance in the outcome-transformed units.
 
     Args:
         model: The ``LaplaceModel`` to fit (in place). A conditioned model is
@@ -242,11 +245,13 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             prior_precision=opts.evidence_prior_precision,
         )
         train_steps, history = [info["steps"]], info["lml_history"]
+        hyper_log_posterior = info["hyper_log_posterior"]
         if opts.posterior == "kernel" and X.shape[0] <= KERNEL_POSTERIOR_ROWS:
             with torch.no_grad():
                 model.kernel_posterior = kernel_posterior(model, X, Z)
     else:
         train_steps, history = _map_rounds(model, X, Z, opts, warm)
+        hyper_log_posterior = None
     la = model.laplace
     model.eval()
     with torch.no_grad():
@@ -260,6 +265,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
         "seconds": time.perf_counter() - t0,
         "train_steps": train_steps,
         "lml_history": history,
+        "hyper_log_posterior": hyper_log_posterior,
         "prior_precision": la.prior_precision.detach().clone(),
         "noise_std": la.noise_std.detach().clone(),
     }

@@ -296,3 +296,43 @@ def test_per_problem_budget_scales_of_the_demo(tmp_path):
         "branin": get_problem("branin").scaled_budget(0.25),
         "hartmann6": get_problem("hartmann6").scaled_budget(0.1),
     }
+
+
+def test_demo_runs_on_two_workers_by_default(monkeypatch):
+    """`labo demo` passes --workers to the bench runner: two where the machine has two cores."""
+    import labo.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "run_bench", lambda problems, methods, *args, **kw: seen.update(args=args))
+    assert runner.invoke(app, ["demo", "--out", "d"]).exit_code == 0
+    assert seen["args"][6] == min(2, os.cpu_count() or 1)
+    assert runner.invoke(app, ["demo", "--out", "d", "--workers", "1"]).exit_code == 0
+    assert seen["args"][6] == 1
+
+
+def test_parallel_bench_submits_the_longest_runs_first(tmp_path, monkeypatch):
+    """With several workers the runs are submitted by dimension x budget, largest first."""
+    from contextlib import contextmanager
+    from pathlib import Path
+
+    import labo.bench.distributed as distributed
+    from labo.bench.cli_support import run_bench
+    from labo.bench.problems import ProblemObjective
+    from labo.bench.runner import run_bo
+
+    order = []
+
+    def sequential(specs, location, client, on_done=None):  # the runs, in submission order
+        for spec in specs:
+            order.append(spec.problem)
+            with open_store(location) as store:
+                run_bo(spec, ProblemObjective(spec.problem), store)
+
+    monkeypatch.setattr(distributed, "make_client", contextmanager(lambda workers, scheduler: (yield None)))
+    monkeypatch.setattr(distributed, "run_many", sequential)
+    db = str(tmp_path / "s.db")
+    run_bench(["branin", "hartmann6"], ["sobol"], 1, 0.25, db, "s", False, Path(tmp_path), 2, None, 2, 16,
+              problem_scales={"hartmann6": 0.1})  # fmt: skip
+    with open_store(db) as store:
+        assert {r.problem for r in store.evaluations("s")} == {"branin", "hartmann6"}
+    assert order == ["hartmann6", "branin"]  # 6 x 21 evaluations before 2 x 16
