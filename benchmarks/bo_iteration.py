@@ -6,7 +6,10 @@ until session 11), ``LaplaceModel-ll`` (the MLP's last-layer weights, default st
 (``network="rbf"``), ``LaplaceModel-rbf-all`` (the RBF network with every weight
 Bayesian: under Kron its centres and lengthscale form one full GGN block, with the
 closed form of ``labo.laplace.linearization.rbf``) and
-``SingleTaskGP``.
+``SingleTaskGP``; ``LaplaceModel-features`` (the default's fit with its 1024 features'
+own posterior) and ``LaplaceModel-exactgp`` (the default's fit, then the exact GP of its
+kernel at its hyperparameters in GPyTorch: ``labo.bench.exact_kernel``) separate what the
+posterior's implementation and what the hyperparameters do to the acquisition.
 One iteration = refit the surrogate on the current data + optimise
 qLogNoisyExpectedImprovement (q=4, num_restarts=10, raw_samples=512). For
 LaplaceModel the refit is warm-started from the model of the previous iteration
@@ -101,6 +104,7 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
         variant = {
             "LaplaceModel": {},
             "LaplaceModel-features": {},
+            "LaplaceModel-exactgp": {},
             "LaplaceModel-mlp": {"network": "mlp"},
             "LaplaceModel-ll": {"network": "mlp", "weights": LastLayer()},
             "LaplaceModel-rbf": {"network": "rbf"},
@@ -119,6 +123,13 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
         fit_laplace_model(model, options)
         out["train_steps"] = model.fit_info["train_steps"]
         out["structure"] = type(model.laplace.structure).__name__
+        if method == "LaplaceModel-exactgp":  # the same kernel and hyperparameters in GPyTorch
+            from labo.bench.exact_kernel import exact_kernel_gp
+
+            laplace_model = model
+            with torch.no_grad():
+                model = exact_kernel_gp(laplace_model, laplace_model.transform_inputs(X), Y)
+            model.input_transform = laplace_model.input_transform
     else:
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP
