@@ -268,9 +268,8 @@ def fit_feature_evidence(
         history_size=20,
         on_loss=lambda loss: history.append(-loss * Z.numel()),
     )
-    steps = info["steps"]
+    steps, hyper_log_posterior = info["steps"], -info["loss"] * Z.numel()  # the final objective
     with torch.no_grad():
-        hyper_log_posterior = -float(objective()) * Z.numel()
         prior, sigma = log_prior.exp(), noise_std(log_noise)
         Phi = _design(features, X)
         M = blr_posterior_mean(Phi, Z, prior, sigma.pow(2) if noise_var is None else noise_var)
