@@ -84,6 +84,14 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         model = SingleTaskGP(X, Y, outcome_transform=Standardize(1))
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         return model
+    if name in ("gp-lin", "gp-quad", "gp-dquad"):  # SingleTaskGP + a polynomial trend (diagnostics)
+        from diagnostics.trend_kernel import fit_trend_gp
+
+        return fit_trend_gp(name, X, Y)
+    if name == "gp-mgp":  # SingleTaskGP averaged over its hyperparameters' Laplace posterior
+        from diagnostics.hyper_laplace import fit_mgp
+
+        return fit_mgp(name, X, Y)
     if name == "choice":  # the default or its Matérn-5/2 twin, whichever the evidence prefers
         fits = [fit_variant("default", X, Y), fit_variant("rff-matern52", X, Y)]
         return max(fits, key=lambda fit: fit.fit_info["hyper_log_posterior"])
