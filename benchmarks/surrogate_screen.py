@@ -88,7 +88,11 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         from diagnostics.trend_kernel import fit_trend_gp
 
         return fit_trend_gp(name, X, Y)
-    if name == "gp-mgp":  # SingleTaskGP averaged over its hyperparameters' Laplace posterior
+    if name == "default-mgp":  # the default's kernel posterior averaged over its lengthscales
+        from diagnostics.hyper_laplace import fit_default_mgp
+
+        return fit_default_mgp(name, X, Y)
+    if name in ("gp-mgp", "gp-mgp-ls"):  # SingleTaskGP averaged over its hyperparameters' Laplace posterior
         from diagnostics.hyper_laplace import fit_mgp
 
         return fit_mgp(name, X, Y)

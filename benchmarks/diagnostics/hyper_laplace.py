@@ -14,12 +14,15 @@ every BoTorch acquisition function works.
 The question it answers: does hyperparameter uncertainty, propagated cheaply, make the
 GP's (and so the default's) one BO step better in high dimension?
 
-Variant (``surrogate_screen.py --variants``): ``gp-mgp`` (``S = 16``).
+Variants (``surrogate_screen.py --variants``): ``gp-mgp`` (``S = 16``, every raw
+hyperparameter drawn) and ``gp-mgp-ls`` (the lengthscales drawn from their marginal, the
+noise and the constant mean at the MAP).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from botorch.models.model import Model
@@ -107,11 +110,26 @@ def fit_mgp(name: str, X: torch.Tensor, Y: torch.Tensor, seed: int = 0):
     H = hyper_hessian(model, mll, Xt, yt)
     evals, evecs = torch.linalg.eigh(H)
     evals = evals.clamp_min(1e-2)  # flat or negative directions: at most variance 100 in raw units
+    cov = (evecs / evals) @ evecs.T
     params = _raw_parameters(model)
     flat = torch.cat([p.detach().reshape(-1) for p in params])
+    # gp-mgp-ls: only the lengthscales vary (their marginal under the Laplace posterior);
+    # the noise and the constant stay at the MAP
+    names = [n for n, p in sorted(model.named_parameters()) if p.requires_grad]
+    sizes = [p.numel() for p in params]
+    keep = torch.cat(
+        [
+            torch.full((k,), ("ls" not in name.split("-")) or "lengthscale" in n)
+            for n, k in zip(names, sizes, strict=True)
+        ]
+    )
+    idx = keep.nonzero().reshape(-1)
+    block = cov[idx][:, idx]
+    root = torch.linalg.cholesky(block + 1e-9 * torch.eye(len(idx), dtype=block.dtype))
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(SAMPLES, flat.numel(), generator=g, dtype=flat.dtype)
-    draws = flat + (z / evals.sqrt()) @ evecs.T
+    z = torch.randn(SAMPLES, len(idx), generator=g, dtype=flat.dtype)
+    draws = flat.repeat(SAMPLES, 1)
+    draws[:, idx] += z @ root.T
     members = []
     for v in draws:
         member = copy.deepcopy(model)
@@ -120,3 +138,98 @@ def fit_mgp(name: str, X: torch.Tensor, Y: torch.Tensor, seed: int = 0):
         members.append(member)
     model.eval()
     return MomentMatchedGP(members)
+
+
+# ---------------------------------------------------------------- labo's default, averaged
+class MixtureKernelPosterior:
+    """Moment-matched average of ``KernelPosterior``s that differ in their lengthscales.
+
+    ``predictive(X)`` returns what ``KernelPosterior.predictive`` does: mean ``(*b, q, m)``
+    and joint covariance ``(*b, q, m, q, m)``, the mean of the members' plus the
+    covariance of their means."""
+
+    def __init__(self, members: list) -> None:
+        self.members = members
+
+    def predictive(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outs = [member.predictive(X) for member in self.members]
+        means = torch.stack([m for m, _ in outs])
+        covs = torch.stack([c for _, c in outs])
+        mean = means.mean(0)
+        dev = means - mean  # (S, *b, q, m)
+        outer = torch.einsum("s...ij,s...kl->...ijkl", dev, dev) / len(outs)
+        return mean, covs.mean(0) + outer
+
+
+def evidence_objective(model, X: torch.Tensor, Z: torch.Tensor, min_noise_std: float):
+    """``(f, flat)``: the default's negative MAP-II objective (``fit_feature_evidence``, all
+    rows) as a function of ``(log lengthscales, log λ, u)`` with ``σ = min_noise_std +
+    exp(u)``, and that vector at the fit."""
+    from labo.surrogates.feature_evidence import _gram_evidence
+    from labo.surrogates.networks import dim_scaled_lengthscale_prior, squared_distances, stationary_kernel
+
+    features, la = model.network[0], model.laplace
+    d = X.shape[-1]
+    loc, scale = dim_scaled_lengthscale_prior(d)
+    kernel = getattr(features, "kernel", "rbf")
+    log_prior_loc = math.log(2.0)
+
+    def neg_log_post(flat: torch.Tensor) -> torch.Tensor:
+        log_ls, log_lam, u = flat[:d], flat[d], flat[d + 1]
+        U = X / log_ls.exp()
+        G = stationary_kernel(kernel, squared_distances(U, U)) + 1.0
+        sigma = min_noise_std + u.exp()
+        value = _gram_evidence(G, Z, log_lam.exp(), sigma.pow(2))
+        log_var = 2 * sigma.log()
+        value = value - 0.5 * (log_var + 4.0).pow(2) - log_var
+        value = value - 0.5 * (log_lam - log_prior_loc).pow(2)
+        value = value - (0.5 * ((log_ls - loc) / scale).pow(2) + log_ls).sum()
+        return -value
+
+    sigma = la.noise_std.detach().mean()
+    u = (sigma - min_noise_std).clamp_min(1e-6).log()
+    flat = torch.cat(
+        [
+            features.log_lengthscale.detach().reshape(-1),
+            la.prior_precision.detach().mean().log().reshape(1),
+            u.reshape(1),
+        ]
+    ).to(X)
+    return neg_log_post, flat
+
+
+def evidence_hessian(model, X: torch.Tensor, Z: torch.Tensor, min_noise_std: float) -> torch.Tensor:
+    """Hessian of :func:`evidence_objective` at the fit, symmetrised."""
+    H = torch.autograd.functional.hessian(*evidence_objective(model, X, Z, min_noise_std))
+    return 0.5 * (H + H.T)
+
+
+def fit_default_mgp(name: str, X: torch.Tensor, Y: torch.Tensor, seed: int = 0):
+    """``default-mgp``: labo's default fit, then its exact kernel posterior averaged over
+    ``S`` lengthscale draws from their Laplace marginal (``λ`` and the noise at the fit)."""
+    from botorch.models.transforms import Standardize
+
+    from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
+    from labo.surrogates.kernel_posterior import KernelPosterior
+
+    model = fit_laplace_model(LaplaceModel(X, Y, outcome_transform=Standardize(1)))
+    if model.kernel_posterior is None:
+        return model
+    base = model.kernel_posterior
+    Xt, Z = base.X, base.Z
+    d = Xt.shape[-1]
+    H = evidence_hessian(model, Xt, Z, FitOptions().min_noise_std)
+    evals, evecs = torch.linalg.eigh(H)
+    cov = (evecs / evals.clamp_min(1e-2)) @ evecs.T
+    block = cov[:d, :d]
+    root = torch.linalg.cholesky(block + 1e-9 * torch.eye(d, dtype=block.dtype))
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(SAMPLES, d, generator=g, dtype=Xt.dtype)
+    log_ls = model.network[0].log_lengthscale.detach().reshape(-1)
+    members = [
+        KernelPosterior(base.kernel_name, (-(log_ls + dz)).exp(), Xt, Z, base.prior_precision, base.noise_var)
+        for dz in z @ root.T
+    ]
+    model.kernel_posterior = MixtureKernelPosterior(members)
+    model.fit_info["hyper_samples"] = SAMPLES
+    return model
