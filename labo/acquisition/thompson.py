@@ -23,7 +23,7 @@ from torch import Tensor
 
 from labo.exceptions import HyperparameterError, InputShapeError, NotFittedError
 from labo.laplace.predictive.function_samples import FunctionSamples, sample_functions
-from labo.surrogates.kernel_posterior import KernelFunctionSamples
+from labo.surrogates.kernel_posterior import AveragedKernelPosterior, KernelFunctionSamples
 
 
 class ModelFunctionSamples:
@@ -92,6 +92,11 @@ def model_function_samples(
                 f"{tuple(model.batch_shape)}) are not supported; condition on unbatched data."
             )
     kernel = getattr(model, "kernel_posterior", None)
+    if isinstance(kernel, AveragedKernelPosterior):
+        raise HyperparameterError(
+            "Function samples of a LaplaceModel fitted with FitOptions(lengthscale_samples=S) are "
+            "not supported (its posterior is a moment-matched average); refit with lengthscale_samples=0."
+        )
     if kernel is not None:  # FitOptions(posterior="kernel"): pathwise samples of the kernel's GP
         post = kernel if model.conditioning is None else model.conditioned_laplace()
         return ModelFunctionSamples(

@@ -65,6 +65,9 @@ pass them to the runner, the CLI does not offer them:
   fits the default (RBF) and ``laplace-matern52-kernel``, each warm-started from its own
   previous fit, and proposes with the one whose maximised log evidence plus log
   hyperprior density (``fit_info["hyper_log_posterior"]``) is larger.
+- ``laplace-lsavg``: the default with its kernel posterior averaged over 16 lengthscale
+  vectors drawn from their Laplace marginal (``FitOptions(lengthscale_samples=16)``,
+  :class:`labo.surrogates.kernel_posterior.AveragedKernelPosterior`).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).
 - ``laplace-rff-kernel``: tuned on the evidence of the RBF kernel the features
@@ -156,6 +159,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-exact-kernel": Method(model="exact-kernel", research=True),
         "laplace-kernel": Method(fit=FitOptions(posterior="kernel"), research=True),
         "laplace-matern52-kernel": Method(network=_rff(kernel="matern52"), research=True),
+        "laplace-lsavg": Method(fit=FitOptions(lengthscale_samples=16), research=True),
         "laplace-kernel-choice": Method(
             model="choice", family=(_rff(), _rff(kernel="matern52")), research=True
         ),

@@ -142,7 +142,12 @@ def _gram_evidence(G: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Ten
 
 
 def kernel_log_evidence(
-    features: RandomFourierFeatures, X: Tensor, Z: Tensor, prior_precision: Tensor, noise_var: Tensor
+    features: RandomFourierFeatures,
+    X: Tensor,
+    Z: Tensor,
+    prior_precision: Tensor,
+    noise_var: Tensor,
+    log_lengthscale: Tensor | None = None,
 ) -> Tensor:
     """The evidence of the kernel that ``features`` approximate, summed over outputs:
     ``Z[:, k] ~ N(0, (k(X, X) + 1) / λ + diag(σ²_k))`` with ``k`` the features' kernel
@@ -155,8 +160,10 @@ def kernel_log_evidence(
         Z: ``n x m`` targets.
         prior_precision: Scalar ``λ``.
         noise_var: Scalar ``σ²``, or ``n x m`` known noise variances.
+        log_lengthscale: Evaluate at these ``(d,)`` log-lengthscales instead of the features'.
     """
-    U = X / features.log_lengthscale.exp()
+    log_ls = features.log_lengthscale if log_lengthscale is None else log_lengthscale
+    U = X / log_ls.exp()
     G = stationary_kernel(getattr(features, "kernel", "rbf"), squared_distances(U, U)) + 1.0
     if noise_var.dim() > 0:
         return sum(
@@ -194,6 +201,7 @@ def fit_feature_evidence(
     noise_var: Tensor | None = None,
     evidence: str = "kernel",
     prior_precision: float | None = None,
+    lengthscale_samples: int = 0,
 ) -> dict:
     """Tune the feature parameters, ``λ`` and ``σ`` on the exact evidence (MAP-II), set the
     last layer to the posterior mean and fit the Laplace posterior. In place.
@@ -214,11 +222,15 @@ def fit_feature_evidence(
         prior_precision: Pin ``λ`` at this value (``1``: prior variance 1 per weight, as
             SingleTaskGP's outputscale of 1 on standardised targets) instead of tuning it
             under the ``N(log 2, 1)`` hyperprior.
+        lengthscale_samples: With ``evidence="kernel"``, also draw this many
+            log-lengthscale vectors from their marginal under the Laplace approximation
+            of the hyperparameter posterior at the optimum (:func:`lengthscale_draws`).
 
     Returns:
-        ``{"steps", "seconds", "lml_history", "hyper_log_posterior"}``; the last is the
-        maximised objective: the log evidence plus the hyperpriors' log densities at the
-        tuned values (nats, all outputs), which compares models fitted to the same data.
+        ``{"steps", "seconds", "lml_history", "hyper_log_posterior", "lengthscale_draws"}``;
+        ``hyper_log_posterior`` is the maximised objective: the log evidence plus the
+        hyperpriors' log densities at the tuned values (nats, all outputs), which compares
+        models fitted to the same data; ``lengthscale_draws`` is ``(S, d)`` or ``None``.
     """
     t0 = time.perf_counter()
     la = model.laplace
@@ -242,20 +254,24 @@ def fit_feature_evidence(
 
     log_evidence = _evidence_function(evidence, features, X, Z, noise_var)
 
-    def objective() -> Tensor:
+    def neg_log_post(log_ls: Tensor | None, log_prior_: Tensor, log_noise_: Tensor) -> Tensor:
+        """Minus the MAP-II objective; ``log_ls`` replaces the (one) RFF module's."""
         if noise_var is not None:
-            value = log_evidence(log_prior.exp(), None)
+            value = log_evidence(log_prior_.exp(), None, log_ls)
         else:
-            sigma = noise_std(log_noise)
-            value = log_evidence(log_prior.exp(), sigma.pow(2))
+            sigma = noise_std(log_noise_)
+            value = log_evidence(log_prior_.exp(), sigma.pow(2), log_ls)
             log_var = 2 * sigma.log()
             value = value - 0.5 * (log_var + 4.0).pow(2) - log_var  # LogNormal(-4, 1) on σ²
         if not pinned:
-            value = value - 0.5 * ((log_prior - _LOG_PRIOR_LOC) / _LOG_PRIOR_SCALE).pow(2)
+            value = value - 0.5 * ((log_prior_ - _LOG_PRIOR_LOC) / _LOG_PRIOR_SCALE).pow(2)
         for f, loc, scale in ls_prior:  # LogNormal(loc, scale) on each lengthscale
-            log_ls = f.log_lengthscale
-            value = value - (0.5 * ((log_ls - loc) / scale).pow(2) + log_ls).sum()
-        return -value / Z.numel()
+            ls = f.log_lengthscale if log_ls is None else log_ls
+            value = value - (0.5 * ((ls - loc) / scale).pow(2) + ls).sum()
+        return -value
+
+    def objective() -> Tensor:
+        return neg_log_post(None, log_prior, log_noise) / Z.numel()
 
     params = [*feature_params] + ([] if pinned else [log_prior]) + ([log_noise] if noise_var is None else [])
     history: list[float] = []
@@ -269,6 +285,17 @@ def fit_feature_evidence(
         on_loss=lambda loss: history.append(-loss * Z.numel()),
     )
     steps, hyper_log_posterior = info["steps"], -info["loss"] * Z.numel()  # the final objective
+    draws = None
+    if lengthscale_samples:
+        if evidence != "kernel":
+            raise HyperparameterError(
+                f"lengthscale_samples needs evidence='kernel', got evidence={evidence!r}."
+            )
+        (rff,) = [f for f, _, _ in ls_prior]
+        free = (not pinned, noise_var is None)
+        draws = lengthscale_draws(
+            neg_log_post, rff.log_lengthscale, log_prior, log_noise, free, lengthscale_samples
+        )
     with torch.no_grad():
         prior, sigma = log_prior.exp(), noise_std(log_noise)
         Phi = _design(features, X)
@@ -286,15 +313,53 @@ def fit_feature_evidence(
         "seconds": time.perf_counter() - t0,
         "lml_history": history,
         "hyper_log_posterior": hyper_log_posterior,
+        "lengthscale_draws": draws,
     }
 
 
+# Floor of the Hessian's eigenvalues in lengthscale_draws: a flat or non-convex direction of
+# the MAP-II objective gets at most variance 100 (log units) instead of an improper one.
+HESSIAN_FLOOR = 1e-2
+
+
+def lengthscale_draws(
+    neg_log_post, log_lengthscale: Tensor, log_prior: Tensor, log_noise: Tensor, free, samples: int
+) -> Tensor:
+    """``(samples, d)`` log-lengthscales from their marginal under the Laplace
+    approximation of the hyperparameter posterior at the MAP-II optimum.
+
+    The Hessian ``H`` of ``neg_log_post(log_ls, log λ, u)`` (minus the MAP-II objective)
+    is taken jointly over the log-lengthscales and the free ones of ``log λ`` and the
+    noise parameter ``u`` (``free = (λ tuned, noise tuned)``), its eigenvalues floored at
+    :data:`HESSIAN_FLOOR`; the draws are ``N(log ℓ̂, (H⁻¹)_{ℓℓ})``, the marginal of the
+    lengthscales (``λ`` and the noise are then kept at the optimum). Seeded (seed 0):
+    the same fit gives the same draws.
+    """
+    d = log_lengthscale.numel()
+    others = [t.detach().reshape(1) for t, keep in zip((log_prior, log_noise), free, strict=True) if keep]
+    flat = torch.cat([log_lengthscale.detach().reshape(-1), *others])
+
+    def f(v: Tensor) -> Tensor:
+        lp = v[d] if free[0] else log_prior.detach()
+        ln = v[-1] if free[1] else log_noise.detach()
+        return neg_log_post(v[:d].reshape(log_lengthscale.shape), lp, ln)
+
+    H = torch.autograd.functional.hessian(f, flat)
+    evals, evecs = torch.linalg.eigh(0.5 * (H + H.T))
+    cov = ((evecs / evals.clamp_min(HESSIAN_FLOOR)) @ evecs.T)[:d, :d]
+    root = torch.linalg.cholesky(0.5 * (cov + cov.T))
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(samples, d, generator=g, dtype=flat.dtype).to(flat.device)
+    return flat[:d] + z @ root.T
+
+
 def _evidence_function(evidence: str, features: nn.Module, X: Tensor, Z: Tensor, noise_var: Tensor | None):
-    """``(λ, σ² or None) -> log evidence`` of the chosen kind (``None``: the known ``noise_var``)."""
+    """``(λ, σ² or None, log ℓ or None) -> log evidence`` of the chosen kind (``None``: the
+    known ``noise_var``; the features' log-lengthscales)."""
     if evidence not in EVIDENCES:
         raise HyperparameterError(f"evidence must be one of {EVIDENCES}, got {evidence!r}.")
-    if evidence == "features":
-        return lambda prior, s2: blr_log_evidence(
+    if evidence == "features":  # log_ls: only the kernel's evidence takes it
+        return lambda prior, s2, log_ls=None: blr_log_evidence(
             _design(features, X), Z, prior, noise_var if s2 is None else s2
         )
     rff = list(features.children()) if isinstance(features, nn.Sequential) else [features]
@@ -306,7 +371,9 @@ def _evidence_function(evidence: str, features: nn.Module, X: Tensor, Z: Tensor,
     rows = _evidence_rows(X.shape[0], X.device)
     Xs, Zs = X[rows], Z[rows]
     known = None if noise_var is None else noise_var[rows]
-    return lambda prior, s2: kernel_log_evidence(rff[0], Xs, Zs, prior, known if s2 is None else s2)
+    return lambda prior, s2, log_ls=None: kernel_log_evidence(
+        rff[0], Xs, Zs, prior, known if s2 is None else s2, log_ls
+    )
 
 
 def _evidence_rows(n: int, device) -> Tensor:

@@ -49,7 +49,11 @@ from torch import Tensor
 from labo.exceptions import HyperparameterError
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
 from labo.surrogates.feature_evidence import EVIDENCES, fit_feature_evidence
-from labo.surrogates.kernel_posterior import KERNEL_POSTERIOR_ROWS, kernel_posterior
+from labo.surrogates.kernel_posterior import (
+    KERNEL_POSTERIOR_ROWS,
+    averaged_kernel_posterior,
+    kernel_posterior,
+)
 from labo.surrogates.map_training import train_map
 from labo.surrogates.priors import fanin_prior_base, function_space_scale, log_hyperprior
 
@@ -122,6 +126,14 @@ class FitOptions:
             of the last layer on its ``D`` features, exact Bayesian linear regression).
             ``"kernel"`` needs ``evidence="kernel"``. ``model.posterior``, conditioning (fantasies) and
             function samples (Thompson sampling, by Matheron's rule) use it.
+        lengthscale_samples: ``S > 0``: average the kernel posterior over ``S``
+            lengthscale vectors drawn from their Laplace marginal at the evidence's optimum,
+            moment-matched into one Gaussian
+            (:class:`~labo.surrogates.kernel_posterior.AveragedKernelPosterior`), so the
+            variance also reflects how little the data pin the lengthscales down;
+            ``0`` (the default): the MAP-II lengthscales alone. Needs
+            ``posterior="kernel"``; costs ``S`` kernel posteriors per call, and function
+            samples (Thompson sampling) are not offered with it.
         seed: Seed of torch's global random generator, set before a cold fit (the
             network's initial weights were drawn before, at construction); ``None``
             leaves the generator alone.
@@ -152,6 +164,7 @@ class FitOptions:
     evidence: str = "kernel"
     evidence_prior_precision: float | None = None
     posterior: str | None = None
+    lengthscale_samples: int = 0
 
     def __post_init__(self) -> None:
         if self.optimizer not in _DEFAULT_STEPS:
@@ -176,6 +189,13 @@ class FitOptions:
             self.posterior = "kernel" if self.evidence == "kernel" else "features"
         if self.posterior not in POSTERIORS:
             raise HyperparameterError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}.")
+        samples = self.lengthscale_samples
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+            raise HyperparameterError(f"lengthscale_samples must be a non-negative integer, got {samples!r}.")
+        if samples and self.posterior != "kernel":
+            raise HyperparameterError(
+                f"lengthscale_samples needs posterior='kernel', got posterior={self.posterior!r}."
+            )
         if self.posterior == "kernel" and self.evidence != "kernel":
             raise HyperparameterError(
                 "posterior='kernel' needs evidence='kernel' (the kernel's hyperparameters), "
@@ -243,12 +263,18 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             noise_var=known,
             evidence=opts.evidence,
             prior_precision=opts.evidence_prior_precision,
+            lengthscale_samples=opts.lengthscale_samples,
         )
         train_steps, history = [info["steps"]], info["lml_history"]
         hyper_log_posterior = info["hyper_log_posterior"]
         if opts.posterior == "kernel" and X.shape[0] <= KERNEL_POSTERIOR_ROWS:
             with torch.no_grad():
-                model.kernel_posterior = kernel_posterior(model, X, Z)
+                draws = info["lengthscale_draws"]
+                model.kernel_posterior = (
+                    kernel_posterior(model, X, Z)
+                    if draws is None
+                    else averaged_kernel_posterior(model, X, Z, draws)
+                )
     else:
         train_steps, history = _map_rounds(model, X, Z, opts, warm)
         hyper_log_posterior = None
@@ -261,6 +287,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     model.clear_conditioning()
     model.fit_info = {
         "posterior": "features" if model.kernel_posterior is None else "kernel",
+        "lengthscale_samples": len(getattr(model.kernel_posterior, "members", ())),
         "warm_start": warm,
         "seconds": time.perf_counter() - t0,
         "train_steps": train_steps,

@@ -195,6 +195,77 @@ def kernel_posterior(model, X: Tensor, Z: Tensor) -> KernelPosterior:
     return KernelPosterior(kernel, inv_lengthscale, X, Z, la.prior_precision.detach().mean(), noise.to(X))
 
 
+class AveragedKernelPosterior:
+    """The moment-matched average of exact kernel posteriors that differ in their lengthscales
+    (``FitOptions(lengthscale_samples=S)``).
+
+    With few points in many dimensions most lengthscales are barely determined by the
+    evidence, and one MAP-II set of them makes the posterior overconfident where the data
+    do not pin the function down. The members are the :class:`KernelPosterior` at ``S``
+    lengthscale vectors drawn from their Laplace marginal
+    (:func:`~labo.surrogates.feature_evidence.lengthscale_draws`); the predictive is one
+    Gaussian with the mixture's first two moments (the "marginal GP" of Garnett, Osborne
+    and Hennig 2014, by sampling): the mean of the members' means, and the mean of their
+    joint covariances plus the covariance of their means. It stays a joint multivariate
+    normal, so every BoTorch acquisition function applies.
+
+    Args:
+        members: The member posteriors (same data, noise and ``λ``).
+    """
+
+    def __init__(self, members: list[KernelPosterior]) -> None:
+        if not members:
+            raise InputShapeError("AveragedKernelPosterior needs at least one member posterior.")
+        self.members = list(members)
+        first = self.members[0]
+        self.X, self.Z, self.noise_var, self.prior_precision = (
+            first.X,
+            first.Z,
+            first.noise_var,
+            first.prior_precision,
+        )
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.members[0].batch_shape
+
+    @property
+    def num_outputs(self) -> int:
+        return self.members[0].num_outputs
+
+    def predictive(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean ``(*b, q, m)`` and joint covariance ``(*b, q, m, q, m)`` (moment-matched)."""
+        outs = [member.predictive(X) for member in self.members]
+        means = torch.stack([mean for mean, _ in outs])
+        mean = means.mean(0)
+        dev = means - mean
+        spread = torch.einsum("s...ij,s...kl->...ijkl", dev, dev) / len(outs)
+        return mean, torch.stack([cov for _, cov in outs]).mean(0) + spread
+
+    def predictive_variance(self, X: Tensor) -> Tensor:
+        """Marginal variances ``(*b, q, m)``: the members' mean variance plus the variance
+        of their means."""
+        means = torch.stack([member.predictive(X)[0] for member in self.members])
+        variances = torch.stack([member.predictive_variance(X) for member in self.members])
+        return variances.mean(0) + means.var(0, unbiased=False)
+
+    def condition(self, X_new: Tensor, Z_new: Tensor, noise_new: Tensor) -> AveragedKernelPosterior:
+        """Every member conditioned on the new observations (:meth:`KernelPosterior.condition`)."""
+        return AveragedKernelPosterior([member.condition(X_new, Z_new, noise_new) for member in self.members])
+
+
+def averaged_kernel_posterior(
+    model, X: Tensor, Z: Tensor, log_lengthscales: Tensor
+) -> AveragedKernelPosterior:
+    """:func:`kernel_posterior` at each row of ``log_lengthscales (S, d)``, averaged."""
+    base = kernel_posterior(model, X, Z)
+    members = [
+        KernelPosterior(base.kernel_name, (-log_ls).exp(), X, Z, base.prior_precision, base.noise_var)
+        for log_ls in log_lengthscales.to(X)
+    ]
+    return AveragedKernelPosterior(members)
+
+
 class KernelFunctionSamples:
     """Deterministic posterior functions of a :class:`KernelPosterior` (z-space) by Matheron's
     rule (pathwise conditioning, Wilson et al. 2020; BoTorch's ``draw_matheron_paths``):

@@ -1,0 +1,167 @@
+"""``FitOptions(lengthscale_samples=S)``: the kernel posterior averaged over lengthscales drawn
+from their Laplace marginal, checked in float64 against explicit mixture moments and a
+finite-difference Hessian of the MAP-II objective written out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+from botorch.models.transforms import Normalize, Standardize
+from botorch.sampling import SobolQMCNormalSampler
+
+from labo.acquisition import model_function_samples
+from labo.exceptions import HyperparameterError, InputShapeError
+from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
+from labo.surrogates.kernel_posterior import AveragedKernelPosterior, KernelPosterior
+from labo.surrogates.networks import dim_scaled_lengthscale_prior, rff_network
+
+D64 = torch.float64
+
+
+def _data(n=12, d=2, m=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.rand(n, d, generator=g, dtype=D64)
+    cols = [(k + 1) * torch.sin(4 * X).sum(-1) + X[:, 0] * k for k in range(m)]
+    return X, 3.0 * torch.stack(cols, -1) + 0.05 * torch.randn(n, m, generator=g, dtype=D64)
+
+
+def _model(X, Y, samples):
+    d, m = X.shape[-1], Y.shape[-1]
+    model = LaplaceModel(
+        X,
+        Y,
+        network=rff_network(d, m, n_features=64, dtype=D64),
+        input_transform=Normalize(d),
+        outcome_transform=Standardize(m),
+    )
+    return fit_laplace_model(model, FitOptions(lengthscale_samples=samples))
+
+
+def _members(m=1, n=10, d=3):
+    g = torch.Generator().manual_seed(1)
+    X, Z = torch.rand(n, d, generator=g, dtype=D64), torch.randn(n, m, generator=g, dtype=D64)
+    noise = torch.full((n, 1), 0.05, dtype=D64)
+    lam = torch.tensor(1.5, dtype=D64)
+    return [KernelPosterior("rbf", torch.full((d,), s, dtype=D64), X, Z, lam, noise) for s in (0.7, 1.6, 3.0)]
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_predictive_is_the_mixtures_first_two_moments(m):
+    members = _members(m)
+    Xs = torch.rand(4, 3, 3, dtype=D64)
+    mean, cov = AveragedKernelPosterior(members).predictive(Xs)
+    outs = [p.predictive(Xs) for p in members]
+    for b in range(4):  # written out: E[f] and E[f fᵀ] − E[f] E[f]ᵀ over the members
+        mus = [o[0][b].reshape(-1) for o in outs]
+        second = (
+            sum(o[1][b].reshape(3 * m, 3 * m) + torch.outer(mu, mu) for o, mu in zip(outs, mus, strict=True))
+            / 3
+        )
+        mu = sum(mus) / 3
+        torch.testing.assert_close(mean[b].reshape(-1), mu, rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            cov[b].reshape(3 * m, 3 * m), second - torch.outer(mu, mu), rtol=0, atol=1e-12
+        )
+    var = AveragedKernelPosterior(members).predictive_variance(Xs)
+    torch.testing.assert_close(var, cov.reshape(4, 3 * m, 3 * m).diagonal(dim1=-2, dim2=-1).reshape(4, 3, m))
+
+
+def test_identical_members_give_the_member_and_conditioning_goes_member_by_member():
+    member = _members()[0]
+    Xs = torch.rand(5, 2, 3, dtype=D64)
+    torch.testing.assert_close(
+        AveragedKernelPosterior([member, member]).predictive(Xs), member.predictive(Xs)
+    )
+    members = _members()
+    Xn, Zn = torch.rand(2, 3, dtype=D64), torch.randn(2, 1, dtype=D64)
+    noise = torch.full((2, 1), 0.05, dtype=D64)
+    conditioned = AveragedKernelPosterior(members).condition(Xn, Zn, noise)
+    explicit = AveragedKernelPosterior([p.condition(Xn, Zn, noise) for p in members])
+    torch.testing.assert_close(conditioned.predictive(Xs), explicit.predictive(Xs))
+    assert conditioned.X.shape[-2] == 12
+    with pytest.raises(InputShapeError, match="at least one member"):
+        AveragedKernelPosterior([])
+
+
+def _neg_log_post(X, Z, log_ls, log_lam, u, min_noise_std=1e-2):
+    """Minus the MAP-II objective of the default's fit, written out densely."""
+    n, d = X.shape
+    K = torch.exp(-0.5 * torch.cdist(X / log_ls.exp(), X / log_ls.exp()).pow(2)) + 1.0
+    sigma = min_noise_std + u.exp()
+    C = K / log_lam.exp() + sigma.pow(2) * torch.eye(n, dtype=X.dtype)
+    z = Z.reshape(-1)
+    value = -0.5 * z @ torch.linalg.solve(C, z) - 0.5 * torch.logdet(C) - 0.5 * n * math.log(2 * math.pi)
+    log_var = 2 * sigma.log()
+    value = value - 0.5 * (log_var + 4.0).pow(2) - log_var - 0.5 * (log_lam - math.log(2.0)).pow(2)
+    loc, scale = dim_scaled_lengthscale_prior(d)
+    return -(value - (0.5 * ((log_ls - loc) / scale).pow(2) + log_ls).sum())
+
+
+def test_draws_follow_the_laplace_marginal_of_a_finite_difference_hessian():
+    X, Y = _data()
+    model = _model(X, Y, samples=3000)
+    post = model.kernel_posterior
+    assert isinstance(post, AveragedKernelPosterior) and model.fit_info["lengthscale_samples"] == 3000
+    draws = torch.stack([-p.inv_lengthscale.log() for p in post.members])  # (S, d)
+    la, d = model.laplace, X.shape[-1]
+    log_ls = model.network[0].log_lengthscale.detach()
+    u = (la.noise_std.detach().mean() - 1e-2).log()
+    theta = torch.cat([log_ls, la.prior_precision.detach().mean().log().reshape(1), u.reshape(1)])
+
+    def f(v):
+        return _neg_log_post(post.X, post.Z, v[:d], v[d], v[d + 1])
+
+    assert float(f(theta)) == pytest.approx(-model.fit_info["hyper_log_posterior"], rel=1e-9)
+    h, k = 1e-4, theta.numel()
+    H = torch.zeros(k, k, dtype=D64)
+    for i in range(k):
+        for j in range(k):
+            e_i, e_j = torch.eye(k, dtype=D64)[i] * h, torch.eye(k, dtype=D64)[j] * h
+            H[i, j] = (
+                f(theta + e_i + e_j) - f(theta + e_i - e_j) - f(theta - e_i + e_j) + f(theta - e_i - e_j)
+            ) / (4 * h * h)
+    assert torch.linalg.eigvalsh(H).min() > 1e-2  # no floored direction in this case
+    block = torch.linalg.inv(H)[:d, :d]
+    torch.testing.assert_close(
+        draws.mean(0), log_ls, rtol=0, atol=4 * float(block.diagonal().max().sqrt()) / 50
+    )
+    emp = torch.cov(draws.T)
+    torch.testing.assert_close(emp, block, rtol=0.12, atol=0.12 * float(block.diagonal().max()))
+
+
+def test_fit_predict_acquire_and_fantasize_with_lengthscale_samples():
+    X, Y = _data(n=14, d=3, m=1)
+    model = _model(X, Y, samples=6)
+    assert len(model.kernel_posterior.members) == 6
+    Xs = torch.rand(7, 2, 3, dtype=D64, requires_grad=True)
+    acq = qLogNoisyExpectedImprovement(model, X_baseline=X)
+    value = acq(Xs)
+    value.sum().backward()
+    assert torch.isfinite(Xs.grad).all() and Xs.grad.abs().sum() > 0
+    fantasy = model.fantasize(torch.rand(2, 3, dtype=D64), sampler=SobolQMCNormalSampler(torch.Size([3])))
+    assert fantasy.posterior(torch.rand(4, 1, 1, 3, dtype=D64)).mean.shape == (4, 3, 1, 1)
+    plain = _model(X, Y, samples=0)
+    assert isinstance(plain.kernel_posterior, KernelPosterior) and plain.fit_info["lengthscale_samples"] == 0
+    # the average keeps the mean near the MAP's and widens where the lengthscales matter
+    Xt = torch.rand(64, 1, 3, dtype=D64)
+    assert (model.posterior(Xt).variance.mean() > 0.5 * plain.posterior(Xt).variance.mean()).item()
+    with pytest.raises(HyperparameterError, match="lengthscale_samples"):
+        model_function_samples(model, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lengthscale_samples": -1}, "non-negative integer"),
+        ({"lengthscale_samples": True}, "non-negative integer"),
+        ({"lengthscale_samples": 2.0}, "non-negative integer"),
+        ({"lengthscale_samples": 4, "evidence": "features"}, "posterior='kernel'"),
+        ({"lengthscale_samples": 4, "posterior": "features"}, "posterior='kernel'"),
+    ],
+)
+def test_bad_lengthscale_samples_are_refused(kwargs, match):
+    with pytest.raises(HyperparameterError, match=match):
+        FitOptions(**kwargs)
