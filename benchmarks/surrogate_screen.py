@@ -153,6 +153,8 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         opts["evidence"] = "features"
     if "kern" in parts:  # rff: the exact GP of the features' kernel as the posterior
         opts["posterior"] = "kernel"
+    if "lsavg" in parts:  # the kernel posterior averaged over 16 lengthscale draws
+        opts["lengthscale_samples"] = 16
     if "fpost" in parts:  # rff: the features' own posterior (FitOptions(posterior="features"))
         opts["posterior"] = "features"
     model = LaplaceModel(X, Y, outcome_transform=Standardize(1), **kwargs)
