@@ -141,26 +141,6 @@ def fit_mgp(name: str, X: torch.Tensor, Y: torch.Tensor, seed: int = 0):
 
 
 # ---------------------------------------------------------------- labo's default, averaged
-class MixtureKernelPosterior:
-    """Moment-matched average of ``KernelPosterior``s that differ in their lengthscales.
-
-    ``predictive(X)`` returns what ``KernelPosterior.predictive`` does: mean ``(*b, q, m)``
-    and joint covariance ``(*b, q, m, q, m)``, the mean of the members' plus the
-    covariance of their means."""
-
-    def __init__(self, members: list) -> None:
-        self.members = members
-
-    def predictive(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outs = [member.predictive(X) for member in self.members]
-        means = torch.stack([m for m, _ in outs])
-        covs = torch.stack([c for _, c in outs])
-        mean = means.mean(0)
-        dev = means - mean  # (S, *b, q, m)
-        outer = torch.einsum("s...ij,s...kl->...ijkl", dev, dev) / len(outs)
-        return mean, covs.mean(0) + outer
-
-
 def evidence_objective(model, X: torch.Tensor, Z: torch.Tensor, min_noise_std: float):
     """``(f, flat)``: the default's negative MAP-II objective (``fit_feature_evidence``, all
     rows) as a function of ``(log lengthscales, log λ, u)`` with ``σ = min_noise_std +
@@ -210,7 +190,7 @@ def fit_default_mgp(name: str, X: torch.Tensor, Y: torch.Tensor, seed: int = 0):
     from botorch.models.transforms import Standardize
 
     from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
-    from labo.surrogates.kernel_posterior import KernelPosterior
+    from labo.surrogates.kernel_posterior import AveragedKernelPosterior, KernelPosterior
 
     model = fit_laplace_model(LaplaceModel(X, Y, outcome_transform=Standardize(1)))
     if model.kernel_posterior is None:
@@ -230,6 +210,6 @@ def fit_default_mgp(name: str, X: torch.Tensor, Y: torch.Tensor, seed: int = 0):
         KernelPosterior(base.kernel_name, (-(log_ls + dz)).exp(), Xt, Z, base.prior_precision, base.noise_var)
         for dz in z @ root.T
     ]
-    model.kernel_posterior = MixtureKernelPosterior(members)
+    model.kernel_posterior = AveragedKernelPosterior(members)
     model.fit_info["hyper_samples"] = SAMPLES
     return model
