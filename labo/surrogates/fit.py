@@ -287,7 +287,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     model.clear_conditioning()
     model.fit_info = {
         "posterior": "features" if model.kernel_posterior is None else "kernel",
-        "lengthscale_samples": len(getattr(model.kernel_posterior, "members", ())),
+        "lengthscale_samples": getattr(model.kernel_posterior, "num_members", 0),
         "warm_start": warm,
         "seconds": time.perf_counter() - t0,
         "train_steps": train_steps,

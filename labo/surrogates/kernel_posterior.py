@@ -34,23 +34,31 @@ from labo.surrogates.networks import squared_distances, stationary_kernel
 # FitOptions(posterior="kernel") applies up to this many training rows (O(n²) memory,
 # O(n³) per fit); beyond, the model keeps the features' posterior, linear in n.
 KERNEL_POSTERIOR_ROWS = 3000
+# An AveragedKernelPosterior stacks its members into blocks of at most about this many
+# training-covariance entries (all 16 members in one block up to n ≈ 700).
+MEMBER_BLOCK_ENTRIES = 2**23
 
 
 def _solve_lower(L: Tensor, B: Tensor) -> Tensor:
     """``L⁻¹ B`` for lower-triangular ``L (*bl, n, n)`` and ``B (*bb, n, k)``, broadcast.
 
-    When ``L`` carries no batch of its own beyond size-one dimensions, the batch of ``B``
-    is folded into its columns: one solve, and ``L`` is never copied per t-batch.
+    Batch dimensions where ``L`` has size one (t-batches, and the test points of every
+    member of an averaged posterior) are folded into the columns of ``B``: one solve per
+    distinct factor, and ``L`` is never copied per t-batch.
     """
     batch = torch.broadcast_shapes(L.shape[:-2], B.shape[:-2])
-    n = L.shape[-1]
-    if L.shape[:-2].numel() == 1:
-        cols = B.expand(*batch, n, B.shape[-1]).movedim(-2, 0).reshape(n, -1)
-        out = torch.linalg.solve_triangular(L.reshape(n, n), cols, upper=False)
-        return out.reshape(n, *batch, B.shape[-1]).movedim(0, -2)
-    return torch.linalg.solve_triangular(
-        L.expand(*batch, n, n), B.expand(*batch, n, B.shape[-1]), upper=False
-    )
+    n, k, nb = L.shape[-1], B.shape[-1], len(batch)
+    lb = (1,) * (nb - L.dim() + 2) + tuple(L.shape[:-2])
+    fold = [i for i in range(nb) if lb[i] == 1 and batch[i] != 1]
+    if not fold:
+        return torch.linalg.solve_triangular(L.expand(*batch, n, n), B.expand(*batch, n, k), upper=False)
+    keep = [i for i in range(nb) if i not in fold]
+    keep_shape, fold_shape = [batch[i] for i in keep], [batch[i] for i in fold]
+    perm = [*keep, nb, *fold, nb + 1]  # (*keep, n, *fold, k)
+    cols = B.expand(*batch, n, k).permute(perm).reshape(*keep_shape, n, -1)
+    Lk = L.reshape(*[lb[i] for i in keep], n, n)
+    out = torch.linalg.solve_triangular(Lk, cols, upper=False).reshape(*keep_shape, n, *fold_shape, k)
+    return out.permute([perm.index(i) for i in range(nb + 2)])
 
 
 class KernelPosterior:
@@ -58,7 +66,9 @@ class KernelPosterior:
 
     Args:
         kernel: The stationary kernel's name (:func:`~labo.surrogates.networks.stationary_kernel`).
-        inv_lengthscale: ``(d,)`` inverse ARD lengthscales.
+        inv_lengthscale: ``(d,)`` inverse ARD lengthscales, or ``(k, 1, d)`` for ``k`` members
+            evaluated together (inputs then carry a size-one dimension before their rows;
+            :class:`AveragedKernelPosterior`).
         X: ``(*b, n, d)`` training inputs (transformed).
         Z: ``(*b, n, m)`` standardised targets.
         prior_precision: Scalar ``λ``.
@@ -116,11 +126,38 @@ class KernelPosterior:
         dist = squared_distances(X1 * self.inv_lengthscale, X2 * self.inv_lengthscale)
         return (stationary_kernel(self.kernel_name, dist) + 1.0) / self.prior_precision
 
+    def _train_kernel(self, X: Tensor) -> Tensor:
+        """``kernel(self.X, X)``: ``(*b, n, q)``, or ``(*bx, k, n, q)`` for ``k`` members.
+
+        With unbatched training inputs (no fantasies) it is one matrix product of all test
+        points with the training inputs scaled by every member's ``ℓ⁻²`` (cached), using
+        ``‖(x − x')/ℓ‖² = Σ x²/ℓ² + Σ x'²/ℓ² − 2 Σ x x'/ℓ²``: no per-member copy of the
+        test points, and the backward pass is one product too.
+        """
+        members = self.inv_lengthscale.dim() == 3
+        if self.X.shape[:-2].numel() != 1 or (members and X.dim() < 3):
+            return self.kernel(self.X, X)
+        d, n = X.shape[-1], self.X.shape[-2]
+        cache = self.__dict__.get("_train_cache")
+        if cache is None:
+            w2 = self.inv_lengthscale.pow(2).reshape(-1, d)  # (k, d)
+            Xt = self.X.reshape(n, d)
+            cache = self._train_cache = ((Xt * w2.unsqueeze(-2)).reshape(-1, d), w2, Xt.pow(2) @ w2.T)
+        W, w2, train_sq = cache  # (k n, d), (k, d), (n, k)
+        lead = X.shape[:-3] if members else X.shape[:-2]
+        Xf = X.reshape(-1, d)  # (B q, d)
+        k = w2.shape[0]
+        cross = (Xf @ W.T).reshape(-1, k, n)
+        dist = ((Xf.pow(2) @ w2.T).unsqueeze(-1) + train_sq.T - 2 * cross).clamp_min(0)  # (B q, k, n)
+        K = (stationary_kernel(self.kernel_name, dist) + 1.0) / self.prior_precision
+        K = K.reshape(*lead, X.shape[-2], k, n)
+        return K.movedim(-3, -1) if members else K.squeeze(-2).transpose(-1, -2)
+
     def _terms(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``(*b, m, q)`` and ``V = L⁻¹ k(X_train, X)``, ``(*b, m', n, q)``."""
         if X.shape[-1] != self.X.shape[-1]:
             raise InputShapeError(f"Expected inputs with {self.X.shape[-1]} columns, got {tuple(X.shape)}.")
-        Ks = self.kernel(self.X, X).unsqueeze(-3)  # (*b, 1, n, q)
+        Ks = self._train_kernel(X).unsqueeze(-3)  # (*b, 1, n, q)
         mean = (self.alpha.unsqueeze(-2) @ Ks).squeeze(-2)
         return mean, _solve_lower(self.L, Ks)
 
@@ -138,13 +175,18 @@ class KernelPosterior:
 
     def predictive_variance(self, X: Tensor) -> Tensor:
         """Marginal variances ``(*b, q, m)`` at ``X (*bx, q, d)``."""
+        return self.mean_and_variance(X)[1]
+
+    def mean_and_variance(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and marginal variances, both ``(*b, q, m)``, at ``X (*bx, q, d)``."""
         mean, V = self._terms(X)
         prior = (
             stationary_kernel(self.kernel_name, torch.zeros_like(X[..., 0])) + 1.0
         ) / self.prior_precision
         var = prior.unsqueeze(-2) - V.pow(2).sum(-2)  # (*b, m', q)
         batch = torch.broadcast_shapes(mean.shape[:-2], var.shape[:-2])
-        return var.expand(*batch, self.num_outputs, var.shape[-1]).transpose(-1, -2)
+        var = var.expand(*batch, self.num_outputs, var.shape[-1]).transpose(-1, -2)
+        return mean.expand(*batch, *mean.shape[-2:]).transpose(-1, -2), var
 
     def condition(self, X_new: Tensor, Z_new: Tensor, noise_new: Tensor) -> KernelPosterior:
         """The posterior after also observing ``Z_new (*bz, n', m)`` at ``X_new (*bx, n', d)``
@@ -209,49 +251,92 @@ class AveragedKernelPosterior:
     joint covariances plus the covariance of their means. It stays a joint multivariate
     normal, so every BoTorch acquisition function applies.
 
+    The members are evaluated together: they are stacked into batched
+    :class:`KernelPosterior` blocks whose lengthscales are ``(k, 1, d)`` and whose inputs
+    carry a size-one member dimension just before the rows, so one kernel evaluation and
+    one batched triangular solve serve ``k`` members (an acquisition step costs about as
+    many kernel calls as one member's). Blocks hold at most about ``MEMBER_BLOCK_ENTRIES``
+    training-covariance entries, which bounds the memory of many rows.
+
     Args:
-        members: The member posteriors (same data, noise and ``λ``).
+        members: The member posteriors (unbatched lengthscales; same data, noise and ``λ``).
     """
 
     def __init__(self, members: list[KernelPosterior]) -> None:
         if not members:
             raise InputShapeError("AveragedKernelPosterior needs at least one member posterior.")
-        self.members = list(members)
-        first = self.members[0]
-        self.X, self.Z, self.noise_var, self.prior_precision = (
-            first.X,
-            first.Z,
-            first.noise_var,
-            first.prior_precision,
-        )
+        first = members[0]
+        n = first.X.shape[-2]
+        per_block = max(1, MEMBER_BLOCK_ENTRIES // (n * n))
+        blocks = []
+        for start in range(0, len(members), per_block):
+            chunk = members[start : start + per_block]
+            blocks.append(
+                KernelPosterior(
+                    first.kernel_name,
+                    torch.stack([p.inv_lengthscale for p in chunk]).unsqueeze(-2),
+                    first.X.unsqueeze(-3),
+                    first.Z.unsqueeze(-3),
+                    first.prior_precision,
+                    first.noise_var.unsqueeze(-3),
+                    L=torch.stack([p.L for p in chunk], -4),
+                )
+            )
+        self._set_blocks(blocks)
+
+    def _set_blocks(self, blocks: list[KernelPosterior]) -> None:
+        self.blocks = blocks
+        first = blocks[0]
+        self.X, self.Z, self.noise_var = first.X.squeeze(-3), first.Z.squeeze(-3), first.noise_var.squeeze(-3)
+        self.prior_precision = first.prior_precision
+
+    @classmethod
+    def _from_blocks(cls, blocks: list[KernelPosterior]) -> AveragedKernelPosterior:
+        out = cls.__new__(cls)
+        out._set_blocks(blocks)
+        return out
+
+    @property
+    def inv_lengthscales(self) -> Tensor:
+        """The members' inverse lengthscales, ``(S, d)``."""
+        return torch.cat([block.inv_lengthscale.squeeze(-2) for block in self.blocks])
+
+    @property
+    def num_members(self) -> int:
+        return sum(block.inv_lengthscale.shape[0] for block in self.blocks)
 
     @property
     def batch_shape(self) -> torch.Size:
-        return self.members[0].batch_shape
+        return self.blocks[0].batch_shape[:-1]
 
     @property
     def num_outputs(self) -> int:
-        return self.members[0].num_outputs
+        return self.blocks[0].num_outputs
 
     def predictive(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``(*b, q, m)`` and joint covariance ``(*b, q, m, q, m)`` (moment-matched)."""
-        outs = [member.predictive(X) for member in self.members]
-        means = torch.stack([mean for mean, _ in outs])
-        mean = means.mean(0)
-        dev = means - mean
-        spread = torch.einsum("s...ij,s...kl->...ijkl", dev, dev) / len(outs)
-        return mean, torch.stack([cov for _, cov in outs]).mean(0) + spread
+        outs = [block.predictive(X.unsqueeze(-3)) for block in self.blocks]
+        means = torch.cat([mean for mean, _ in outs], -3)  # (*b, S, q, m)
+        mean = means.mean(-3)
+        dev = means - mean.unsqueeze(-3)
+        spread = torch.einsum("...sij,...skl->...ijkl", dev, dev) / means.shape[-3]
+        return mean, torch.cat([cov for _, cov in outs], -5).mean(-5) + spread
 
     def predictive_variance(self, X: Tensor) -> Tensor:
         """Marginal variances ``(*b, q, m)``: the members' mean variance plus the variance
         of their means."""
-        means = torch.stack([member.predictive(X)[0] for member in self.members])
-        variances = torch.stack([member.predictive_variance(X) for member in self.members])
-        return variances.mean(0) + means.var(0, unbiased=False)
+        outs = [block.mean_and_variance(X.unsqueeze(-3)) for block in self.blocks]
+        means = torch.cat([mean for mean, _ in outs], -3)
+        variances = torch.cat([var for _, var in outs], -3)
+        return variances.mean(-3) + means.var(-3, unbiased=False)
 
     def condition(self, X_new: Tensor, Z_new: Tensor, noise_new: Tensor) -> AveragedKernelPosterior:
         """Every member conditioned on the new observations (:meth:`KernelPosterior.condition`)."""
-        return AveragedKernelPosterior([member.condition(X_new, Z_new, noise_new) for member in self.members])
+        blocks = [
+            block.condition(X_new.unsqueeze(-3), Z_new.unsqueeze(-3), noise_new.unsqueeze(-3))
+            for block in self.blocks
+        ]
+        return AveragedKernelPosterior._from_blocks(blocks)
 
 
 def averaged_kernel_posterior(

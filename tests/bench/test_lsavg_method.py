@@ -17,7 +17,7 @@ def test_lsavg_is_the_default_fit_with_an_averaged_posterior_and_warm_starts():
     model = runner.fit_model("laplace-lsavg", X, Y)
     default = runner.fit_model("laplace", X, Y)
     assert isinstance(model.kernel_posterior, AveragedKernelPosterior)
-    assert len(model.kernel_posterior.members) == 16 and model.fit_info["lengthscale_samples"] == 16
+    assert model.kernel_posterior.num_members == 16 and model.fit_info["lengthscale_samples"] == 16
     assert isinstance(default.kernel_posterior, KernelPosterior)
     # the same MAP-II fit underneath: the average only changes the posterior
     assert model.fit_info["hyper_log_posterior"] == default.fit_info["hyper_log_posterior"]

@@ -185,6 +185,14 @@ def test_solve_lower_folds_the_batch_into_columns():
     assert torch.allclose(_solve_lower(L, B), ref, atol=1e-12)
     L2 = L.expand(4, 1, 5, 5).clone()
     assert torch.allclose(_solve_lower(L2, B), ref, atol=1e-12)
+    # distinct factors in a middle dimension (members), t-batches folded around them
+    M = torch.randn(4, 2, 5, 5, generator=g, dtype=D64)
+    L3 = torch.linalg.cholesky(M @ M.transpose(-1, -2) + 5 * torch.eye(5, dtype=D64)).unsqueeze(-3)
+    B3 = torch.randn(3, 1, 2, 1, 5, 6, generator=g, dtype=D64)  # (3, 1, 2, 1) against (4, 2, 1)
+    ref3 = torch.linalg.solve_triangular(
+        L3.expand(3, 4, 2, 1, 5, 5), B3.expand(3, 4, 2, 1, 5, 6), upper=False
+    )
+    torch.testing.assert_close(_solve_lower(L3, B3), ref3, rtol=0, atol=1e-12)
 
 
 def test_the_default_posterior_and_the_features_posterior_above_the_row_limit(monkeypatch):

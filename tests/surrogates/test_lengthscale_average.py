@@ -86,6 +86,36 @@ def test_identical_members_give_the_member_and_conditioning_goes_member_by_membe
         AveragedKernelPosterior([])
 
 
+def test_member_blocks_agree_with_one_block_and_with_fantasy_batches(monkeypatch):
+    members = _members(m=2)
+    Xs = torch.rand(4, 3, 3, dtype=D64)
+    together = AveragedKernelPosterior(members)
+    assert len(together.blocks) == 1 and together.num_members == 3
+    monkeypatch.setattr("labo.surrogates.kernel_posterior.MEMBER_BLOCK_ENTRIES", 150)  # 10 rows: 1 a block
+    apart = AveragedKernelPosterior(members)
+    assert len(apart.blocks) == 3 and apart.num_members == 3
+    torch.testing.assert_close(apart.predictive(Xs), together.predictive(Xs), rtol=0, atol=1e-12)
+    torch.testing.assert_close(apart.inv_lengthscales, together.inv_lengthscales)
+    Xg = torch.rand(2, 2, 3, dtype=D64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: together.predictive(x), (Xg,))
+    # fantasies: a batch of 5 observation sets at the same 2 points, each member conditioned
+    Xn = torch.rand(2, 3, dtype=D64)
+    Zn = torch.randn(5, 2, 2, dtype=D64)
+    noise = torch.full((2, 1), 0.05, dtype=D64)
+    conditioned = together.condition(Xn, Zn, noise)
+    assert conditioned.batch_shape == (5,) and conditioned.X.shape == (12, 3)
+    Xq = torch.rand(7, 1, 3, 3, dtype=D64)  # t-batches against the fantasy batch
+    mean, cov = conditioned.predictive(Xq)
+    assert mean.shape == (7, 5, 3, 2) and cov.shape == (7, 5, 3, 2, 3, 2)
+    for f in range(5):
+        explicit = AveragedKernelPosterior([p.condition(Xn, Zn[f], noise) for p in members])
+        ref_mean, ref_cov = explicit.predictive(Xq[:, 0])
+        torch.testing.assert_close(mean[:, f], ref_mean, rtol=0, atol=1e-10)
+        torch.testing.assert_close(cov[:, f], ref_cov, rtol=0, atol=1e-10)
+    var = conditioned.predictive_variance(Xq)
+    torch.testing.assert_close(var, cov.reshape(7, 5, 6, 6).diagonal(dim1=-2, dim2=-1).reshape(7, 5, 3, 2))
+
+
 def _neg_log_post(X, Z, log_ls, log_lam, u, min_noise_std=1e-2):
     """Minus the MAP-II objective of the default's fit, written out densely."""
     n, d = X.shape
@@ -105,7 +135,7 @@ def test_draws_follow_the_laplace_marginal_of_a_finite_difference_hessian():
     model = _model(X, Y, samples=3000)
     post = model.kernel_posterior
     assert isinstance(post, AveragedKernelPosterior) and model.fit_info["lengthscale_samples"] == 3000
-    draws = torch.stack([-p.inv_lengthscale.log() for p in post.members])  # (S, d)
+    draws = -post.inv_lengthscales.log()  # (S, d)
     la, d = model.laplace, X.shape[-1]
     log_ls = model.network[0].log_lengthscale.detach()
     u = (la.noise_std.detach().mean() - 1e-2).log()
@@ -135,7 +165,7 @@ def test_draws_follow_the_laplace_marginal_of_a_finite_difference_hessian():
 def test_fit_predict_acquire_and_fantasize_with_lengthscale_samples():
     X, Y = _data(n=14, d=3, m=1)
     model = _model(X, Y, samples=6)
-    assert len(model.kernel_posterior.members) == 6
+    assert model.kernel_posterior.num_members == 6
     Xs = torch.rand(7, 2, 3, dtype=D64, requires_grad=True)
     acq = qLogNoisyExpectedImprovement(model, X_baseline=X)
     value = acq(Xs)
