@@ -155,6 +155,8 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         opts["posterior"] = "kernel"
     if "lsavg" in parts:  # the kernel posterior averaged over 16 lengthscale draws
         opts["lengthscale_samples"] = 16
+    if "saas" in parts:  # the SAAS lengthscale prior (FitOptions(lengthscale_prior="saas"))
+        opts["lengthscale_prior"] = "saas"
     if "fpost" in parts:  # rff: the features' own posterior (FitOptions(posterior="features"))
         opts["posterior"] = "features"
     model = LaplaceModel(X, Y, outcome_transform=Standardize(1), **kwargs)

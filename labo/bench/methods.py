@@ -68,6 +68,8 @@ pass them to the runner, the CLI does not offer them:
 - ``laplace-lsavg``: the default with its kernel posterior averaged over 16 lengthscale
   vectors drawn from their Laplace marginal (``FitOptions(lengthscale_samples=16)``,
   :class:`labo.surrogates.kernel_posterior.AveragedKernelPosterior`).
+- ``laplace-saas``: the default with the SAAS prior on its lengthscales
+  (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).
 - ``laplace-rff-kernel``: tuned on the evidence of the RBF kernel the features
@@ -160,6 +162,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-kernel": Method(fit=FitOptions(posterior="kernel"), research=True),
         "laplace-matern52-kernel": Method(network=_rff(kernel="matern52"), research=True),
         "laplace-lsavg": Method(fit=FitOptions(lengthscale_samples=16), research=True),
+        "laplace-saas": Method(fit=FitOptions(lengthscale_prior="saas"), research=True),
         "laplace-kernel-choice": Method(
             model="choice", family=(_rff(), _rff(kernel="matern52")), research=True
         ),

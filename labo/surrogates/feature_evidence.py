@@ -24,11 +24,9 @@ Two evidences can be maximised (``FitOptions.evidence``):
   ``O(n D²)``).
 
 Why the kernel's: ``d`` ARD lengthscales tuned on one fixed draw of ``D`` frequencies can
-fit that draw. On 80 points of Hartmann6-in-100D the features' evidence prefers
-lengthscales that score 20 nats worse under another draw of the frequencies or under
-the kernel, and separate the active inputs from the inactive ones less, which costs BO
-in high dimension; the kernel's evidence has no draw to fit (``docs/research-log.md``,
-sessions 12 and 14).
+fit that draw, and then separate the active inputs from the inactive ones less, which
+costs BO in high dimension; the kernel's evidence has no draw to fit
+(``docs/research-log.md``, sessions 12 and 14).
 
 Either way the last layer is then set to the posterior mean of the features' exact
 Bayesian linear regression on every row and the Laplace posterior (last layer) is
@@ -61,6 +59,11 @@ _LOG_PRIOR_LOC, _LOG_PRIOR_SCALE = math.log(2.0), 1.0
 # evidence="kernel": at most this many rows enter the kernel's evidence (O(rows³) per step).
 KERNEL_EVIDENCE_ROWS = 1000
 EVIDENCES = ("features", "kernel")
+LENGTHSCALE_PRIORS = ("dim_scaled", "saas")
+# "saas": ρ = ℓ⁻² ~ HalfCauchy(τ) at a fixed τ, the scale of τ's own prior in the SAAS paper
+# (MAP-II of τ is unbounded as τ → 0 when fewer than half the inputs matter); each fit
+# starts below SAAS_START_MAX_LENGTHSCALE, since the evidence's gradient vanishes above.
+SAAS_TAU, SAAS_START_MAX_LENGTHSCALE = 0.1, 10.0
 
 
 def split_feature_network(network: nn.Module) -> tuple[nn.Module, nn.Linear]:
@@ -202,6 +205,7 @@ def fit_feature_evidence(
     evidence: str = "kernel",
     prior_precision: float | None = None,
     lengthscale_samples: int = 0,
+    lengthscale_prior: str = "dim_scaled",
 ) -> dict:
     """Tune the feature parameters, ``λ`` and ``σ`` on the exact evidence (MAP-II), set the
     last layer to the posterior mean and fit the Laplace posterior. In place.
@@ -222,6 +226,9 @@ def fit_feature_evidence(
         prior_precision: Pin ``λ`` at this value (``1``: prior variance 1 per weight, as
             SingleTaskGP's outputscale of 1 on standardised targets) instead of tuning it
             under the ``N(log 2, 1)`` hyperprior.
+        lengthscale_prior: ``"dim_scaled"``: ``LogNormal(√2 + log(d) / 2, √3)`` on each ``ℓ``;
+            ``"saas"``: ``HalfCauchy(SAAS_TAU)`` on each ``ρ = ℓ⁻²`` (density in ``ρ``, as MAP-SAAS
+            GPs: an input pays about 9 nats for ``ℓ = 0.3``, nothing for staying long).
         lengthscale_samples: With ``evidence="kernel"``, also draw this many
             log-lengthscale vectors from their marginal under the Laplace approximation
             of the hyperparameter posterior at the optimum (:func:`lengthscale_draws`).
@@ -232,6 +239,8 @@ def fit_feature_evidence(
         hyperpriors' log densities at the tuned values (nats, all outputs), which compares
         models fitted to the same data; ``lengthscale_draws`` is ``(S, d)`` or ``None``.
     """
+    if lengthscale_prior not in LENGTHSCALE_PRIORS:
+        raise HyperparameterError(f"lengthscale_prior must be one of {LENGTHSCALE_PRIORS}.")
     t0 = time.perf_counter()
     la = model.laplace
     features, head = split_feature_network(model.network)
@@ -248,6 +257,10 @@ def fit_feature_evidence(
         for f in features.modules()
         if isinstance(f, RandomFourierFeatures)
     ]
+    if lengthscale_prior == "saas":  # inputs it switched off (ℓ → ∞) can come back on warm refits
+        with torch.no_grad():
+            for f, _, _ in ls_prior:
+                f.log_lengthscale.clamp_(max=math.log(SAAS_START_MAX_LENGTHSCALE))
 
     def noise_std(u: Tensor) -> Tensor:
         return min_noise_std + u.exp()
@@ -265,9 +278,12 @@ def fit_feature_evidence(
             value = value - 0.5 * (log_var + 4.0).pow(2) - log_var  # LogNormal(-4, 1) on σ²
         if not pinned:
             value = value - 0.5 * ((log_prior_ - _LOG_PRIOR_LOC) / _LOG_PRIOR_SCALE).pow(2)
-        for f, loc, scale in ls_prior:  # LogNormal(loc, scale) on each lengthscale
+        for f, loc, scale in ls_prior:
             ls = f.log_lengthscale if log_ls is None else log_ls
-            value = value - (0.5 * ((ls - loc) / scale).pow(2) + ls).sum()
+            if lengthscale_prior == "saas":  # HalfCauchy(τ) on ρ = ℓ⁻²
+                value = value - torch.log1p(((-2 * ls).exp() / SAAS_TAU).pow(2)).sum()
+            else:  # LogNormal(loc, scale) on each lengthscale
+                value = value - (0.5 * ((ls - loc) / scale).pow(2) + ls).sum()
         return -value
 
     def objective() -> Tensor:

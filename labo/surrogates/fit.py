@@ -48,7 +48,7 @@ from torch import Tensor
 
 from labo.exceptions import HyperparameterError
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
-from labo.surrogates.feature_evidence import EVIDENCES, fit_feature_evidence
+from labo.surrogates.feature_evidence import EVIDENCES, LENGTHSCALE_PRIORS, fit_feature_evidence
 from labo.surrogates.kernel_posterior import (
     KERNEL_POSTERIOR_ROWS,
     averaged_kernel_posterior,
@@ -134,6 +134,12 @@ class FitOptions:
             ``0`` (the default): the MAP-II lengthscales alone. Needs
             ``posterior="kernel"``; costs ``S`` kernel posteriors per call, and function
             samples (Thompson sampling) are not offered with it.
+        lengthscale_prior: The hyperprior on the lengthscales in the evidence fit of
+            ``network="rff"``: ``"dim_scaled"`` (the default, BoTorch's GP prior of
+            Hvarfner et al. 2024) or ``"saas"``, the sparse axis-aligned subspace prior of
+            Eriksson and Jankowiak 2021 at a fixed global shrinkage, which keeps inputs
+            the evidence does not clearly need at long lengthscales
+            (:mod:`labo.surrogates.feature_evidence`).
         seed: Seed of torch's global random generator, set before a cold fit (the
             network's initial weights were drawn before, at construction); ``None``
             leaves the generator alone.
@@ -165,6 +171,7 @@ class FitOptions:
     evidence_prior_precision: float | None = None
     posterior: str | None = None
     lengthscale_samples: int = 0
+    lengthscale_prior: str = "dim_scaled"
 
     def __post_init__(self) -> None:
         if self.optimizer not in _DEFAULT_STEPS:
@@ -195,6 +202,10 @@ class FitOptions:
         if samples and self.posterior != "kernel":
             raise HyperparameterError(
                 f"lengthscale_samples needs posterior='kernel', got posterior={self.posterior!r}."
+            )
+        if self.lengthscale_prior not in LENGTHSCALE_PRIORS:
+            raise HyperparameterError(
+                f"lengthscale_prior must be one of {LENGTHSCALE_PRIORS}, got {self.lengthscale_prior!r}."
             )
         if self.posterior == "kernel" and self.evidence != "kernel":
             raise HyperparameterError(
@@ -264,6 +275,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             evidence=opts.evidence,
             prior_precision=opts.evidence_prior_precision,
             lengthscale_samples=opts.lengthscale_samples,
+            lengthscale_prior=opts.lengthscale_prior,
         )
         train_steps, history = [info["steps"]], info["lml_history"]
         hyper_log_posterior = info["hyper_log_posterior"]
