@@ -156,7 +156,12 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
     if "lsavg" in parts:  # the kernel posterior averaged over 16 lengthscale draws
         opts["lengthscale_samples"] = 16
     if "saas" in parts:  # the SAAS lengthscale prior (FitOptions(lengthscale_prior="saas"))
+        import labo.surrogates.feature_evidence as fe
+
         opts["lengthscale_prior"] = "saas"
+        # saas-t<τ>: another global shrinkage than the library's (diagnostics), e.g. saas-t1
+        taus = [float(p[1:]) for p in parts if p.startswith("t") and p[1:].replace(".", "").isdigit()]
+        fe.SAAS_TAU = taus[0] if taus else 0.1
     if "fpost" in parts:  # rff: the features' own posterior (FitOptions(posterior="features"))
         opts["posterior"] = "features"
     model = LaplaceModel(X, Y, outcome_transform=Standardize(1), **kwargs)

@@ -190,7 +190,8 @@ def fit_default_mgp(name: str, X: torch.Tensor, Y: torch.Tensor, seed: int = 0):
     from botorch.models.transforms import Standardize
 
     from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
-    from labo.surrogates.kernel_posterior import AveragedKernelPosterior, KernelPosterior
+    from labo.surrogates.averaged_posterior import AveragedKernelPosterior
+    from labo.surrogates.kernel_posterior import KernelPosterior
 
     model = fit_laplace_model(LaplaceModel(X, Y, outcome_transform=Standardize(1)))
     if model.kernel_posterior is None:

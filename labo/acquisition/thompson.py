@@ -23,7 +23,8 @@ from torch import Tensor
 
 from labo.exceptions import HyperparameterError, InputShapeError, NotFittedError
 from labo.laplace.predictive.function_samples import FunctionSamples, sample_functions
-from labo.surrogates.kernel_posterior import AveragedKernelPosterior, KernelFunctionSamples
+from labo.surrogates.averaged_posterior import AveragedKernelPosterior
+from labo.surrogates.kernel_posterior import KernelFunctionSamples
 
 
 class ModelFunctionSamples:

@@ -67,7 +67,7 @@ pass them to the runner, the CLI does not offer them:
   hyperprior density (``fit_info["hyper_log_posterior"]``) is larger.
 - ``laplace-lsavg``: the default with its kernel posterior averaged over 16 lengthscale
   vectors drawn from their Laplace marginal (``FitOptions(lengthscale_samples=16)``,
-  :class:`labo.surrogates.kernel_posterior.AveragedKernelPosterior`).
+  :class:`labo.surrogates.averaged_posterior.AveragedKernelPosterior`).
 - ``laplace-saas``: the default with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1

@@ -48,12 +48,9 @@ from torch import Tensor
 
 from labo.exceptions import HyperparameterError
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
+from labo.surrogates.averaged_posterior import averaged_kernel_posterior
 from labo.surrogates.feature_evidence import EVIDENCES, LENGTHSCALE_PRIORS, fit_feature_evidence
-from labo.surrogates.kernel_posterior import (
-    KERNEL_POSTERIOR_ROWS,
-    averaged_kernel_posterior,
-    kernel_posterior,
-)
+from labo.surrogates.kernel_posterior import KERNEL_POSTERIOR_ROWS, kernel_posterior
 from labo.surrogates.map_training import train_map
 from labo.surrogates.priors import fanin_prior_base, function_space_scale, log_hyperprior
 
@@ -129,7 +126,7 @@ class FitOptions:
         lengthscale_samples: ``S > 0``: average the kernel posterior over ``S``
             lengthscale vectors drawn from their Laplace marginal at the evidence's optimum,
             moment-matched into one Gaussian
-            (:class:`~labo.surrogates.kernel_posterior.AveragedKernelPosterior`), so the
+            (:class:`~labo.surrogates.averaged_posterior.AveragedKernelPosterior`), so the
             variance also reflects how little the data pin the lengthscales down;
             ``0`` (the default): the MAP-II lengthscales alone. Needs
             ``posterior="kernel"``; costs ``S`` kernel posteriors per call, and function

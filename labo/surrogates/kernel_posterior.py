@@ -34,9 +34,6 @@ from labo.surrogates.networks import squared_distances, stationary_kernel
 # FitOptions(posterior="kernel") applies up to this many training rows (O(n²) memory,
 # O(n³) per fit); beyond, the model keeps the features' posterior, linear in n.
 KERNEL_POSTERIOR_ROWS = 3000
-# An AveragedKernelPosterior stacks its members into blocks of at most about this many
-# training-covariance entries (all 16 members in one block up to n ≈ 700).
-MEMBER_BLOCK_ENTRIES = 2**23
 
 
 def _solve_lower(L: Tensor, B: Tensor) -> Tensor:
@@ -68,7 +65,7 @@ class KernelPosterior:
         kernel: The stationary kernel's name (:func:`~labo.surrogates.networks.stationary_kernel`).
         inv_lengthscale: ``(d,)`` inverse ARD lengthscales, or ``(k, 1, d)`` for ``k`` members
             evaluated together (inputs then carry a size-one dimension before their rows;
-            :class:`AveragedKernelPosterior`).
+            :class:`~labo.surrogates.averaged_posterior.AveragedKernelPosterior`).
         X: ``(*b, n, d)`` training inputs (transformed).
         Z: ``(*b, n, m)`` standardised targets.
         prior_precision: Scalar ``λ``.
@@ -235,120 +232,6 @@ def kernel_posterior(model, X: Tensor, Z: Tensor) -> KernelPosterior:
     inv_lengthscale = features.log_lengthscale.detach().neg().exp()
     kernel = getattr(features, "kernel", "rbf")
     return KernelPosterior(kernel, inv_lengthscale, X, Z, la.prior_precision.detach().mean(), noise.to(X))
-
-
-class AveragedKernelPosterior:
-    """The moment-matched average of exact kernel posteriors that differ in their lengthscales
-    (``FitOptions(lengthscale_samples=S)``).
-
-    With few points in many dimensions most lengthscales are barely determined by the
-    evidence, and one MAP-II set of them makes the posterior overconfident where the data
-    do not pin the function down. The members are the :class:`KernelPosterior` at ``S``
-    lengthscale vectors drawn from their Laplace marginal
-    (:func:`~labo.surrogates.feature_evidence.lengthscale_draws`); the predictive is one
-    Gaussian with the mixture's first two moments (the "marginal GP" of Garnett, Osborne
-    and Hennig 2014, by sampling): the mean of the members' means, and the mean of their
-    joint covariances plus the covariance of their means. It stays a joint multivariate
-    normal, so every BoTorch acquisition function applies.
-
-    The members are evaluated together: they are stacked into batched
-    :class:`KernelPosterior` blocks whose lengthscales are ``(k, 1, d)`` and whose inputs
-    carry a size-one member dimension just before the rows, so one kernel evaluation and
-    one batched triangular solve serve ``k`` members (an acquisition step costs about as
-    many kernel calls as one member's). Blocks hold at most about ``MEMBER_BLOCK_ENTRIES``
-    training-covariance entries, which bounds the memory of many rows.
-
-    Args:
-        members: The member posteriors (unbatched lengthscales; same data, noise and ``λ``).
-    """
-
-    def __init__(self, members: list[KernelPosterior]) -> None:
-        if not members:
-            raise InputShapeError("AveragedKernelPosterior needs at least one member posterior.")
-        first = members[0]
-        n = first.X.shape[-2]
-        per_block = max(1, MEMBER_BLOCK_ENTRIES // (n * n))
-        blocks = []
-        for start in range(0, len(members), per_block):
-            chunk = members[start : start + per_block]
-            blocks.append(
-                KernelPosterior(
-                    first.kernel_name,
-                    torch.stack([p.inv_lengthscale for p in chunk]).unsqueeze(-2),
-                    first.X.unsqueeze(-3),
-                    first.Z.unsqueeze(-3),
-                    first.prior_precision,
-                    first.noise_var.unsqueeze(-3),
-                    L=torch.stack([p.L for p in chunk], -4),
-                )
-            )
-        self._set_blocks(blocks)
-
-    def _set_blocks(self, blocks: list[KernelPosterior]) -> None:
-        self.blocks = blocks
-        first = blocks[0]
-        self.X, self.Z, self.noise_var = first.X.squeeze(-3), first.Z.squeeze(-3), first.noise_var.squeeze(-3)
-        self.prior_precision = first.prior_precision
-
-    @classmethod
-    def _from_blocks(cls, blocks: list[KernelPosterior]) -> AveragedKernelPosterior:
-        out = cls.__new__(cls)
-        out._set_blocks(blocks)
-        return out
-
-    @property
-    def inv_lengthscales(self) -> Tensor:
-        """The members' inverse lengthscales, ``(S, d)``."""
-        return torch.cat([block.inv_lengthscale.squeeze(-2) for block in self.blocks])
-
-    @property
-    def num_members(self) -> int:
-        return sum(block.inv_lengthscale.shape[0] for block in self.blocks)
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return self.blocks[0].batch_shape[:-1]
-
-    @property
-    def num_outputs(self) -> int:
-        return self.blocks[0].num_outputs
-
-    def predictive(self, X: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean ``(*b, q, m)`` and joint covariance ``(*b, q, m, q, m)`` (moment-matched)."""
-        outs = [block.predictive(X.unsqueeze(-3)) for block in self.blocks]
-        means = torch.cat([mean for mean, _ in outs], -3)  # (*b, S, q, m)
-        mean = means.mean(-3)
-        dev = means - mean.unsqueeze(-3)
-        spread = torch.einsum("...sij,...skl->...ijkl", dev, dev) / means.shape[-3]
-        return mean, torch.cat([cov for _, cov in outs], -5).mean(-5) + spread
-
-    def predictive_variance(self, X: Tensor) -> Tensor:
-        """Marginal variances ``(*b, q, m)``: the members' mean variance plus the variance
-        of their means."""
-        outs = [block.mean_and_variance(X.unsqueeze(-3)) for block in self.blocks]
-        means = torch.cat([mean for mean, _ in outs], -3)
-        variances = torch.cat([var for _, var in outs], -3)
-        return variances.mean(-3) + means.var(-3, unbiased=False)
-
-    def condition(self, X_new: Tensor, Z_new: Tensor, noise_new: Tensor) -> AveragedKernelPosterior:
-        """Every member conditioned on the new observations (:meth:`KernelPosterior.condition`)."""
-        blocks = [
-            block.condition(X_new.unsqueeze(-3), Z_new.unsqueeze(-3), noise_new.unsqueeze(-3))
-            for block in self.blocks
-        ]
-        return AveragedKernelPosterior._from_blocks(blocks)
-
-
-def averaged_kernel_posterior(
-    model, X: Tensor, Z: Tensor, log_lengthscales: Tensor
-) -> AveragedKernelPosterior:
-    """:func:`kernel_posterior` at each row of ``log_lengthscales (S, d)``, averaged."""
-    base = kernel_posterior(model, X, Z)
-    members = [
-        KernelPosterior(base.kernel_name, (-log_ls).exp(), X, Z, base.prior_precision, base.noise_var)
-        for log_ls in log_lengthscales.to(X)
-    ]
-    return AveragedKernelPosterior(members)
 
 
 class KernelFunctionSamples:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from labo.bench import runner
-from labo.surrogates.kernel_posterior import AveragedKernelPosterior, KernelPosterior
+from labo.surrogates.averaged_posterior import AveragedKernelPosterior
+from labo.surrogates.kernel_posterior import KernelPosterior
 
 D64 = torch.float64
 

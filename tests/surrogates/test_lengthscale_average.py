@@ -15,7 +15,8 @@ from botorch.sampling import SobolQMCNormalSampler
 from labo.acquisition import model_function_samples
 from labo.exceptions import HyperparameterError, InputShapeError
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
-from labo.surrogates.kernel_posterior import AveragedKernelPosterior, KernelPosterior
+from labo.surrogates.averaged_posterior import AveragedKernelPosterior
+from labo.surrogates.kernel_posterior import KernelPosterior
 from labo.surrogates.networks import dim_scaled_lengthscale_prior, rff_network
 
 D64 = torch.float64
@@ -91,7 +92,7 @@ def test_member_blocks_agree_with_one_block_and_with_fantasy_batches(monkeypatch
     Xs = torch.rand(4, 3, 3, dtype=D64)
     together = AveragedKernelPosterior(members)
     assert len(together.blocks) == 1 and together.num_members == 3
-    monkeypatch.setattr("labo.surrogates.kernel_posterior.MEMBER_BLOCK_ENTRIES", 150)  # 10 rows: 1 a block
+    monkeypatch.setattr("labo.surrogates.averaged_posterior.MEMBER_BLOCK_ENTRIES", 150)  # 10 rows: 1 a block
     apart = AveragedKernelPosterior(members)
     assert len(apart.blocks) == 3 and apart.num_members == 3
     torch.testing.assert_close(apart.predictive(Xs), together.predictive(Xs), rtol=0, atol=1e-12)
