@@ -1,9 +1,8 @@
 """The kernel posterior averaged over lengthscales (``FitOptions(lengthscale_samples=S)``).
 
 The members are :class:`~labo.surrogates.kernel_posterior.KernelPosterior` objects at ``S``
-lengthscale vectors drawn from their Laplace marginal
-(:func:`~labo.surrogates.feature_evidence.lengthscale_draws`), evaluated together in
-batched blocks and moment-matched into one joint Gaussian.
+lengthscale vectors drawn from their Laplace marginal (:func:`lengthscale_draws`),
+evaluated together in batched blocks and moment-matched into one joint Gaussian.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ class AveragedKernelPosterior:
     evidence, and one MAP-II set of them makes the posterior overconfident where the data
     do not pin the function down. The members are the :class:`KernelPosterior` at ``S``
     lengthscale vectors drawn from their Laplace marginal
-    (:func:`~labo.surrogates.feature_evidence.lengthscale_draws`); the predictive is one
+    (:func:`lengthscale_draws`); the predictive is one
     Gaussian with the mixture's first two moments (the "marginal GP" of Garnett, Osborne
     and Hennig 2014, by sampling): the mean of the members' means, and the mean of their
     joint covariances plus the covariance of their means. It stays a joint multivariate
@@ -131,3 +130,39 @@ def averaged_kernel_posterior(
         for log_ls in log_lengthscales.to(X)
     ]
     return AveragedKernelPosterior(members)
+
+
+# Floor of the Hessian's eigenvalues in lengthscale_draws: a flat or non-convex direction of
+# the MAP-II objective gets at most variance 100 (log units) instead of an improper one.
+HESSIAN_FLOOR = 1e-2
+
+
+def lengthscale_draws(
+    neg_log_post, log_lengthscale: Tensor, log_prior: Tensor, log_noise: Tensor, free, samples: int
+) -> Tensor:
+    """``(samples, d)`` log-lengthscales from their marginal under the Laplace
+    approximation of the hyperparameter posterior at the MAP-II optimum.
+
+    The Hessian ``H`` of ``neg_log_post(log_ls, log λ, u)`` (minus the MAP-II objective)
+    is taken jointly over the log-lengthscales and the free ones of ``log λ`` and the
+    noise parameter ``u`` (``free = (λ tuned, noise tuned)``), its eigenvalues floored at
+    :data:`HESSIAN_FLOOR`; the draws are ``N(log ℓ̂, (H⁻¹)_{ℓℓ})``, the marginal of the
+    lengthscales (``λ`` and the noise are then kept at the optimum). Seeded (seed 0):
+    the same fit gives the same draws.
+    """
+    d = log_lengthscale.numel()
+    others = [t.detach().reshape(1) for t, keep in zip((log_prior, log_noise), free, strict=True) if keep]
+    flat = torch.cat([log_lengthscale.detach().reshape(-1), *others])
+
+    def f(v: Tensor) -> Tensor:
+        lp = v[d] if free[0] else log_prior.detach()
+        ln = v[-1] if free[1] else log_noise.detach()
+        return neg_log_post(v[:d].reshape(log_lengthscale.shape), lp, ln)
+
+    H = torch.autograd.functional.hessian(f, flat)
+    evals, evecs = torch.linalg.eigh(0.5 * (H + H.T))
+    cov = ((evecs / evals.clamp_min(HESSIAN_FLOOR)) @ evecs.T)[:d, :d]
+    root = torch.linalg.cholesky(0.5 * (cov + cov.T))
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(samples, d, generator=g, dtype=flat.dtype).to(flat.device)
+    return flat[:d] + z @ root.T

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from labo.exceptions import HyperparameterError, NetworkError
+from labo.surrogates.averaged_posterior import lengthscale_draws
 from labo.surrogates.map_training import minimize_lbfgs
 from labo.surrogates.networks import (
     RandomFourierFeatures,
@@ -231,7 +232,8 @@ def fit_feature_evidence(
             GPs: an input pays about 9 nats for ``ℓ = 0.3``, nothing for staying long).
         lengthscale_samples: With ``evidence="kernel"``, also draw this many
             log-lengthscale vectors from their marginal under the Laplace approximation
-            of the hyperparameter posterior at the optimum (:func:`lengthscale_draws`).
+            of the hyperparameter posterior at the optimum
+            (:func:`~labo.surrogates.averaged_posterior.lengthscale_draws`).
 
     Returns:
         ``{"steps", "seconds", "lml_history", "hyper_log_posterior", "lengthscale_draws"}``;
@@ -331,42 +333,6 @@ def fit_feature_evidence(
         "hyper_log_posterior": hyper_log_posterior,
         "lengthscale_draws": draws,
     }
-
-
-# Floor of the Hessian's eigenvalues in lengthscale_draws: a flat or non-convex direction of
-# the MAP-II objective gets at most variance 100 (log units) instead of an improper one.
-HESSIAN_FLOOR = 1e-2
-
-
-def lengthscale_draws(
-    neg_log_post, log_lengthscale: Tensor, log_prior: Tensor, log_noise: Tensor, free, samples: int
-) -> Tensor:
-    """``(samples, d)`` log-lengthscales from their marginal under the Laplace
-    approximation of the hyperparameter posterior at the MAP-II optimum.
-
-    The Hessian ``H`` of ``neg_log_post(log_ls, log λ, u)`` (minus the MAP-II objective)
-    is taken jointly over the log-lengthscales and the free ones of ``log λ`` and the
-    noise parameter ``u`` (``free = (λ tuned, noise tuned)``), its eigenvalues floored at
-    :data:`HESSIAN_FLOOR`; the draws are ``N(log ℓ̂, (H⁻¹)_{ℓℓ})``, the marginal of the
-    lengthscales (``λ`` and the noise are then kept at the optimum). Seeded (seed 0):
-    the same fit gives the same draws.
-    """
-    d = log_lengthscale.numel()
-    others = [t.detach().reshape(1) for t, keep in zip((log_prior, log_noise), free, strict=True) if keep]
-    flat = torch.cat([log_lengthscale.detach().reshape(-1), *others])
-
-    def f(v: Tensor) -> Tensor:
-        lp = v[d] if free[0] else log_prior.detach()
-        ln = v[-1] if free[1] else log_noise.detach()
-        return neg_log_post(v[:d].reshape(log_lengthscale.shape), lp, ln)
-
-    H = torch.autograd.functional.hessian(f, flat)
-    evals, evecs = torch.linalg.eigh(0.5 * (H + H.T))
-    cov = ((evecs / evals.clamp_min(HESSIAN_FLOOR)) @ evecs.T)[:d, :d]
-    root = torch.linalg.cholesky(0.5 * (cov + cov.T))
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(samples, d, generator=g, dtype=flat.dtype).to(flat.device)
-    return flat[:d] + z @ root.T
 
 
 def _evidence_function(evidence: str, features: nn.Module, X: Tensor, Z: Tensor, noise_var: Tensor | None):
