@@ -68,6 +68,8 @@ pass them to the runner, the CLI does not offer them:
 - ``laplace-lsavg``: the default with its kernel posterior averaged over 16 lengthscale
   vectors drawn from their Laplace marginal (``FitOptions(lengthscale_samples=16)``,
   :class:`labo.surrogates.averaged_posterior.AveragedKernelPosterior`).
+- ``laplace-lsavg-2d``: ``laplace-lsavg`` from ``n ≥ 2d`` rows on, the default below
+  (``FitOptions(lengthscale_samples_rows_per_input=2.0)``).
 - ``laplace-saas``: the default with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
@@ -162,6 +164,9 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-kernel": Method(fit=FitOptions(posterior="kernel"), research=True),
         "laplace-matern52-kernel": Method(network=_rff(kernel="matern52"), research=True),
         "laplace-lsavg": Method(fit=FitOptions(lengthscale_samples=16), research=True),
+        "laplace-lsavg-2d": Method(
+            fit=FitOptions(lengthscale_samples=16, lengthscale_samples_rows_per_input=2.0), research=True
+        ),
         "laplace-saas": Method(fit=FitOptions(lengthscale_prior="saas"), research=True),
         "laplace-kernel-choice": Method(
             model="choice", family=(_rff(), _rff(kernel="matern52")), research=True

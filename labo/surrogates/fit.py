@@ -131,6 +131,9 @@ class FitOptions:
             ``0`` (the default): the MAP-II lengthscales alone. Needs
             ``posterior="kernel"``; costs ``S`` kernel posteriors per call, and function
             samples (Thompson sampling) are not offered with it.
+        lengthscale_samples_rows_per_input: Average only from ``n ≥`` this many rows per
+            input (``n ≥ 2d`` with 2): with fewer, the lengthscale marginal is so wide that
+            the members' average mean no longer follows the inputs the MAP has found.
         lengthscale_prior: The hyperprior on the lengthscales in the evidence fit of
             ``network="rff"``: ``"dim_scaled"`` (the default, BoTorch's GP prior of
             Hvarfner et al. 2024) or ``"saas"``, the sparse axis-aligned subspace prior of
@@ -168,6 +171,7 @@ class FitOptions:
     evidence_prior_precision: float | None = None
     posterior: str | None = None
     lengthscale_samples: int = 0
+    lengthscale_samples_rows_per_input: float = 0.0
     lengthscale_prior: str = "dim_scaled"
 
     def __post_init__(self) -> None:
@@ -196,6 +200,11 @@ class FitOptions:
         samples = self.lengthscale_samples
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
             raise HyperparameterError(f"lengthscale_samples must be a non-negative integer, got {samples!r}.")
+        per_input = self.lengthscale_samples_rows_per_input
+        if isinstance(per_input, bool) or not isinstance(per_input, int | float) or not per_input >= 0:
+            raise HyperparameterError(
+                f"lengthscale_samples_rows_per_input must be a number >= 0, got {per_input!r}."
+            )
         if samples and self.posterior != "kernel":
             raise HyperparameterError(
                 f"lengthscale_samples needs posterior='kernel', got posterior={self.posterior!r}."
@@ -271,7 +280,9 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             noise_var=known,
             evidence=opts.evidence,
             prior_precision=opts.evidence_prior_precision,
-            lengthscale_samples=opts.lengthscale_samples,
+            lengthscale_samples=opts.lengthscale_samples
+            if X.shape[0] >= opts.lengthscale_samples_rows_per_input * X.shape[-1]
+            else 0,
             lengthscale_prior=opts.lengthscale_prior,
         )
         train_steps, history = [info["steps"]], info["lml_history"]

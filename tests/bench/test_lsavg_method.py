@@ -27,3 +27,19 @@ def test_lsavg_is_the_default_fit_with_an_averaged_posterior_and_warm_starts():
     assert again.fit_info["warm_start"] and isinstance(again.kernel_posterior, AveragedKernelPosterior)
     post = again.posterior(torch.rand(4, 2, 3, dtype=D64))
     assert post.mean.shape == (4, 2, 1) and torch.isfinite(post.mvn.covariance_matrix).all()
+
+
+def test_lsavg_2d_averages_only_from_two_rows_per_input():
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(10, 6, generator=g, dtype=D64)
+    Y = torch.sin(3 * X).sum(-1, keepdim=True)
+    few = runner.fit_model("laplace-lsavg-2d", X, Y)  # 10 < 12 rows: the default's posterior
+    assert isinstance(few.kernel_posterior, KernelPosterior) and few.fit_info["lengthscale_samples"] == 0
+    default = runner.fit_model("laplace", X, Y)
+    Xs = torch.rand(3, 2, 6, dtype=D64)
+    torch.testing.assert_close(few.posterior(Xs).mean, default.posterior(Xs).mean)
+    X2 = torch.cat([X, torch.rand(2, 6, generator=g, dtype=D64)])
+    Y2 = torch.sin(3 * X2).sum(-1, keepdim=True)
+    enough = runner.fit_model("laplace-lsavg-2d", X2, Y2, previous=few)  # 12 rows: averaged
+    assert isinstance(enough.kernel_posterior, AveragedKernelPosterior)
+    assert enough.fit_info["lengthscale_samples"] == 16

@@ -196,3 +196,9 @@ def test_fit_predict_acquire_and_fantasize_with_lengthscale_samples():
 def test_bad_lengthscale_samples_are_refused(kwargs, match):
     with pytest.raises(HyperparameterError, match=match):
         FitOptions(**kwargs)
+
+
+def test_bad_rows_per_input_is_refused():
+    for bad in (-1.0, True, "2", float("nan")):
+        with pytest.raises(HyperparameterError, match="lengthscale_samples_rows_per_input"):
+            FitOptions(lengthscale_samples=4, lengthscale_samples_rows_per_input=bad)
