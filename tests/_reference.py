@@ -299,3 +299,19 @@ def kron_precision_from_blocks(blocks, S, d, scale, dtype=torch.float64) -> Tens
         d_eig = torch.diagonal(Q.T @ torch.diag(d[pos]) @ Q)
         H[pos.unsqueeze(-1), pos] = Q @ torch.diag(scale * lam + d_eig) @ Q.T
     return H
+
+
+def dense_map_ii_objective(X, Z, log_ls, log_lam, u, ls_prior, min_noise_std=1e-2) -> Tensor:
+    """Minus the MAP-II objective of ``network="rff"``'s kernel-evidence fit, written out:
+    the RBF kernel's evidence ``N(Z | 0, (k + 1) / λ + σ² I)``, ``σ = min_noise_std + e^u``,
+    ``LogNormal(-4, 1)`` on ``σ²``, ``N(log 2, 1)`` on ``log λ``, minus ``ls_prior(log_ls)``
+    (the lengthscale prior's negative log density, summed)."""
+    n = X.shape[0]
+    K = torch.exp(-0.5 * torch.cdist(X / log_ls.exp(), X / log_ls.exp()).pow(2)) + 1.0
+    sigma = min_noise_std + u.exp()
+    C = K / log_lam.exp() + sigma.pow(2) * torch.eye(n, dtype=X.dtype)
+    z = Z.reshape(-1)
+    value = -0.5 * z @ torch.linalg.solve(C, z) - 0.5 * torch.logdet(C) - 0.5 * n * math.log(2 * math.pi)
+    log_var = 2 * sigma.log()
+    value = value - 0.5 * (log_var + 4.0).pow(2) - log_var - 0.5 * (log_lam - math.log(2.0)).pow(2)
+    return -value + ls_prior(log_ls)

@@ -4,8 +4,6 @@ finite-difference Hessian of the MAP-II objective written out by hand."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from botorch.acquisition.logei import qLogNoisyExpectedImprovement
@@ -18,6 +16,7 @@ from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 from labo.surrogates.averaged_posterior import AveragedKernelPosterior
 from labo.surrogates.kernel_posterior import KernelPosterior
 from labo.surrogates.networks import dim_scaled_lengthscale_prior, rff_network
+from tests import _reference as ref
 
 D64 = torch.float64
 
@@ -117,18 +116,12 @@ def test_member_blocks_agree_with_one_block_and_with_fantasy_batches(monkeypatch
     torch.testing.assert_close(var, cov.reshape(7, 5, 6, 6).diagonal(dim1=-2, dim2=-1).reshape(7, 5, 3, 2))
 
 
-def _neg_log_post(X, Z, log_ls, log_lam, u, min_noise_std=1e-2):
+def _neg_log_post(X, Z, log_ls, log_lam, u):
     """Minus the MAP-II objective of the default's fit, written out densely."""
-    n, d = X.shape
-    K = torch.exp(-0.5 * torch.cdist(X / log_ls.exp(), X / log_ls.exp()).pow(2)) + 1.0
-    sigma = min_noise_std + u.exp()
-    C = K / log_lam.exp() + sigma.pow(2) * torch.eye(n, dtype=X.dtype)
-    z = Z.reshape(-1)
-    value = -0.5 * z @ torch.linalg.solve(C, z) - 0.5 * torch.logdet(C) - 0.5 * n * math.log(2 * math.pi)
-    log_var = 2 * sigma.log()
-    value = value - 0.5 * (log_var + 4.0).pow(2) - log_var - 0.5 * (log_lam - math.log(2.0)).pow(2)
-    loc, scale = dim_scaled_lengthscale_prior(d)
-    return -(value - (0.5 * ((log_ls - loc) / scale).pow(2) + log_ls).sum())
+    loc, scale = dim_scaled_lengthscale_prior(X.shape[-1])
+    return ref.dense_map_ii_objective(
+        X, Z, log_ls, log_lam, u, lambda ls: (0.5 * ((ls - loc) / scale).pow(2) + ls).sum()
+    )
 
 
 def test_draws_follow_the_laplace_marginal_of_a_finite_difference_hessian():

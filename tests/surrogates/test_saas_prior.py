@@ -3,8 +3,6 @@ float64 against the MAP-II objective written out densely (value and stationarity
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from botorch.models.transforms import Normalize, Standardize
@@ -13,6 +11,7 @@ from labo.exceptions import HyperparameterError
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 from labo.surrogates.feature_evidence import SAAS_TAU
 from labo.surrogates.networks import rff_network
+from tests import _reference as ref
 
 D64 = torch.float64
 
@@ -36,18 +35,11 @@ def _fit(X, Y, prior):
     return fit_laplace_model(model, FitOptions(lengthscale_prior=prior, evidence_iters=300))
 
 
-def _neg_log_post(X, Z, log_ls, log_lam, u, min_noise_std=1e-2):
+def _neg_log_post(X, Z, log_ls, log_lam, u):
     """Minus the MAP-II objective under the SAAS prior, written out densely."""
-    n = X.shape[0]
-    K = torch.exp(-0.5 * torch.cdist(X / log_ls.exp(), X / log_ls.exp()).pow(2)) + 1.0
-    sigma = min_noise_std + u.exp()
-    C = K / log_lam.exp() + sigma.pow(2) * torch.eye(n, dtype=X.dtype)
-    z = Z.reshape(-1)
-    value = -0.5 * z @ torch.linalg.solve(C, z) - 0.5 * torch.logdet(C) - 0.5 * n * math.log(2 * math.pi)
-    log_var = 2 * sigma.log()
-    value = value - 0.5 * (log_var + 4.0).pow(2) - log_var - 0.5 * (log_lam - math.log(2.0)).pow(2)
-    rho = (-2 * log_ls).exp()
-    return -(value - torch.log(1 + (rho / SAAS_TAU) ** 2).sum())
+    return ref.dense_map_ii_objective(
+        X, Z, log_ls, log_lam, u, lambda ls: torch.log(1 + ((-2 * ls).exp() / SAAS_TAU) ** 2).sum()
+    )
 
 
 def test_saas_fit_maximises_the_written_out_objective_and_keeps_irrelevant_inputs_long():
