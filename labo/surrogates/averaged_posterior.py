@@ -63,19 +63,23 @@ class AveragedKernelPosterior:
                     L=torch.stack([p.L for p in chunk], -4),
                 )
             )
-        self._set_blocks(blocks)
-
-    def _set_blocks(self, blocks: list[KernelPosterior]) -> None:
         self.blocks = blocks
-        first = blocks[0]
-        self.X, self.Z, self.noise_var = first.X.squeeze(-3), first.Z.squeeze(-3), first.noise_var.squeeze(-3)
-        self.prior_precision = first.prior_precision
 
     @classmethod
     def _from_blocks(cls, blocks: list[KernelPosterior]) -> AveragedKernelPosterior:
         out = cls.__new__(cls)
-        out._set_blocks(blocks)
+        out.blocks = blocks
         return out
+
+    @property
+    def X(self) -> Tensor:
+        """The training inputs the members share, ``(*b, n, d)``."""
+        return self.blocks[0].X.squeeze(-3)
+
+    @property
+    def Z(self) -> Tensor:
+        """The standardised targets the members share, ``(*b, n, m)``."""
+        return self.blocks[0].Z.squeeze(-3)
 
     @property
     def inv_lengthscales(self) -> Tensor:

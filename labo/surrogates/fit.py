@@ -271,6 +271,8 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     fixed_noise = model.train_Yvar is not None
     if model.evidence_fit:  # network="rff": exact evidence of the last layer on its features
         known = (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12) if fixed_noise else None
+        enough_rows = X.shape[0] >= opts.lengthscale_samples_rows_per_input * X.shape[-1]
+        samples = opts.lengthscale_samples if enough_rows else 0
         info = fit_feature_evidence(
             model,
             X,
@@ -280,9 +282,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             noise_var=known,
             evidence=opts.evidence,
             prior_precision=opts.evidence_prior_precision,
-            lengthscale_samples=opts.lengthscale_samples
-            if X.shape[0] >= opts.lengthscale_samples_rows_per_input * X.shape[-1]
-            else 0,
+            lengthscale_samples=samples,
             lengthscale_prior=opts.lengthscale_prior,
         )
         train_steps, history = [info["steps"]], info["lml_history"]
