@@ -68,8 +68,10 @@ pass them to the runner, the CLI does not offer them:
 - ``laplace-lsavg``: the default with its kernel posterior averaged over 16 lengthscale
   vectors drawn from their Laplace marginal (``FitOptions(lengthscale_samples=16)``,
   :class:`labo.surrogates.averaged_posterior.AveragedKernelPosterior`).
-- ``laplace-lsavg-2d``: ``laplace-lsavg`` from ``n ≥ 2d`` rows on, the default below
-  (``FitOptions(lengthscale_samples_rows_per_input=2.0)``).
+- ``laplace-lsavg-2d``: ``laplace-lsavg`` for ``2d ≤ n < 30d`` rows, the default outside
+  (``FitOptions(lengthscale_samples_rows_per_input=2.0,
+  lengthscale_samples_max_rows_per_input=30.0)``): below 2d the lengthscale marginal is
+  too wide to average usefully, from 30d the members nearly agree.
 - ``laplace-saas``: the default with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
@@ -165,7 +167,12 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-matern52-kernel": Method(network=_rff(kernel="matern52"), research=True),
         "laplace-lsavg": Method(fit=FitOptions(lengthscale_samples=16), research=True),
         "laplace-lsavg-2d": Method(
-            fit=FitOptions(lengthscale_samples=16, lengthscale_samples_rows_per_input=2.0), research=True
+            fit=FitOptions(
+                lengthscale_samples=16,
+                lengthscale_samples_rows_per_input=2.0,
+                lengthscale_samples_max_rows_per_input=30.0,
+            ),
+            research=True,
         ),
         "laplace-saas": Method(fit=FitOptions(lengthscale_prior="saas"), research=True),
         "laplace-kernel-choice": Method(

@@ -29,7 +29,7 @@ def test_lsavg_is_the_default_fit_with_an_averaged_posterior_and_warm_starts():
     assert post.mean.shape == (4, 2, 1) and torch.isfinite(post.mvn.covariance_matrix).all()
 
 
-def test_lsavg_2d_averages_only_from_two_rows_per_input():
+def test_lsavg_2d_averages_only_from_two_to_thirty_rows_per_input():
     g = torch.Generator().manual_seed(1)
     X = torch.rand(10, 6, generator=g, dtype=D64)
     Y = torch.sin(3 * X).sum(-1, keepdim=True)
@@ -43,3 +43,13 @@ def test_lsavg_2d_averages_only_from_two_rows_per_input():
     enough = runner.fit_model("laplace-lsavg-2d", X2, Y2, previous=few)  # 12 rows: averaged
     assert isinstance(enough.kernel_posterior, AveragedKernelPosterior)
     assert enough.fit_info["lengthscale_samples"] == 16
+    many_X = torch.rand(60, 2, generator=g, dtype=D64)  # 60 = 30 rows per input: the default again
+    many_Y = torch.sin(3 * many_X).sum(-1, keepdim=True)
+    many = runner.fit_model("laplace-lsavg-2d", many_X, many_Y)
+    assert isinstance(many.kernel_posterior, KernelPosterior) and many.fit_info["lengthscale_samples"] == 0
+    many_default = runner.fit_model("laplace", many_X, many_Y)
+    Xs = torch.rand(3, 2, 2, dtype=D64)
+    torch.testing.assert_close(many.posterior(Xs).mean, many_default.posterior(Xs).mean)
+    torch.testing.assert_close(many.posterior(Xs).variance, many_default.posterior(Xs).variance)
+    below = runner.fit_model("laplace-lsavg-2d", many_X[:59], many_Y[:59])
+    assert isinstance(below.kernel_posterior, AveragedKernelPosterior)

@@ -195,3 +195,14 @@ def test_bad_rows_per_input_is_refused():
     for bad in (-1.0, True, "2", float("nan")):
         with pytest.raises(HyperparameterError, match="lengthscale_samples_rows_per_input"):
             FitOptions(lengthscale_samples=4, lengthscale_samples_rows_per_input=bad)
+
+
+def test_bad_max_rows_per_input_is_refused():
+    for bad in (2.0, 1.0, True, "30", float("nan")):
+        with pytest.raises(HyperparameterError, match="lengthscale_samples_max_rows_per_input"):
+            FitOptions(
+                lengthscale_samples=4,
+                lengthscale_samples_rows_per_input=2.0,
+                lengthscale_samples_max_rows_per_input=bad,
+            )
+    FitOptions(lengthscale_samples=4, lengthscale_samples_max_rows_per_input=30.0)
