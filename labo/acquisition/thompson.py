@@ -23,7 +23,7 @@ from torch import Tensor
 
 from labo.exceptions import HyperparameterError, InputShapeError, NotFittedError
 from labo.laplace.predictive.function_samples import FunctionSamples, sample_functions
-from labo.surrogates.averaged_posterior import AveragedKernelPosterior
+from labo.surrogates.averaged_posterior import AveragedKernelPosterior, MixtureFunctionSamples
 from labo.surrogates.kernel_posterior import KernelFunctionSamples
 
 
@@ -93,16 +93,11 @@ def model_function_samples(
                 f"{tuple(model.batch_shape)}) are not supported; condition on unbatched data."
             )
     kernel = getattr(model, "kernel_posterior", None)
-    if isinstance(kernel, AveragedKernelPosterior):
-        raise HyperparameterError(
-            "Function samples of a LaplaceModel fitted with FitOptions(lengthscale_samples=S) are "
-            "not supported (its posterior is a moment-matched average); refit with lengthscale_samples=0."
-        )
     if kernel is not None:  # FitOptions(posterior="kernel"): pathwise samples of the kernel's GP
         post = kernel if model.conditioning is None else model.conditioned_laplace()
-        return ModelFunctionSamples(
-            model, KernelFunctionSamples(post, model.network[0], num_samples, generator)
-        )
+        # lengthscale_samples=S: each function is a pathwise sample of one member
+        kind = MixtureFunctionSamples if isinstance(post, AveragedKernelPosterior) else KernelFunctionSamples
+        return ModelFunctionSamples(model, kind(post, model.network[0], num_samples, generator))
     if getattr(model, "conditioning", None) is not None:
         # exact samples of the conditioned linearised posterior (e.g. with pending points)
         return ModelFunctionSamples(

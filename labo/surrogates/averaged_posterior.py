@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from labo.exceptions import InputShapeError
-from labo.surrogates.kernel_posterior import KernelPosterior, kernel_posterior
+from labo.surrogates.kernel_posterior import KernelFunctionSamples, KernelPosterior, kernel_posterior
 
 # The members are stacked into blocks of at most about this many training-covariance
 # entries (all 16 members in one block up to n ≈ 700).
@@ -98,6 +98,32 @@ class AveragedKernelPosterior:
     def num_outputs(self) -> int:
         return self.blocks[0].num_outputs
 
+    def members(self) -> list[KernelPosterior]:
+        """The member posteriors, one :class:`KernelPosterior` each (unbatched posteriors only)."""
+        if self.batch_shape != torch.Size([]):
+            raise InputShapeError(
+                f"members() needs an unbatched averaged posterior, got batch {tuple(self.batch_shape)}."
+            )
+
+        def pick(t: Tensor, j: int) -> Tensor:  # member j of a block tensor (..., k or 1, n, c)
+            return t[..., 0 if t.shape[-3] == 1 else j, :, :]
+
+        out = []
+        for block in self.blocks:
+            for j in range(block.inv_lengthscale.shape[0]):
+                out.append(
+                    KernelPosterior(
+                        block.kernel_name,
+                        block.inv_lengthscale[j, 0],
+                        pick(block.X, j),
+                        pick(block.Z, j),
+                        block.prior_precision,
+                        pick(block.noise_var, j),
+                        L=block.L.expand(block.inv_lengthscale.shape[0], *block.L.shape[-3:])[j],
+                    )
+                )
+        return out
+
     def predictive(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``(*b, q, m)`` and joint covariance ``(*b, q, m, q, m)`` (moment-matched)."""
         outs = [block.predictive(X.unsqueeze(-3)) for block in self.blocks]
@@ -122,6 +148,51 @@ class AveragedKernelPosterior:
             for block in self.blocks
         ]
         return AveragedKernelPosterior._from_blocks(blocks)
+
+
+class MixtureFunctionSamples:
+    """Posterior functions of an :class:`AveragedKernelPosterior`, drawn from the mixture
+    itself: each function picks a member uniformly at random and is one of that member's
+    pathwise samples (:class:`~labo.surrogates.kernel_posterior.KernelFunctionSamples`).
+    The moment-matched Gaussian is the predictive; the functions keep the mixture's shape
+    (each one has a single set of lengthscales), which is what Thompson sampling needs.
+
+    Args:
+        posterior: An unbatched :class:`AveragedKernelPosterior`.
+        features: The model's random Fourier features (their lengthscales are replaced by
+            each member's).
+        num_samples: ``s``.
+        generator: Optional ``torch.Generator`` for reproducible draws.
+    """
+
+    def __init__(self, posterior: AveragedKernelPosterior, features, num_samples: int, generator=None):
+        members = posterior.members()
+        device = posterior.X.device if generator is None else generator.device
+        picks = torch.randint(len(members), (num_samples,), generator=generator, device=device)
+        counts = torch.bincount(picks.cpu(), minlength=len(members)).tolist()
+        self.groups = [
+            KernelFunctionSamples(member, features, count, generator)
+            for member, count in zip(members, counts, strict=True)
+            if count
+        ]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(group.num_samples for group in self.groups)
+
+    def __call__(self, X: Tensor) -> Tensor:
+        """Every function at ``X (..., q, d)``: ``(s, ..., q, m)``."""
+        return torch.cat([group(X) for group in self.groups])
+
+    def paired(self, X: Tensor) -> Tensor:
+        """Function ``i`` at ``X[i]``, ``X (s, ..., q, d)``: ``(s, ..., q, m)``."""
+        if X.dim() < 3 or X.shape[0] != self.num_samples:
+            raise InputShapeError(
+                f"Expected X with shape ({self.num_samples}, ..., n, d) for paired evaluation, "
+                f"got {tuple(X.shape)}."
+            )
+        parts = X.split([group.num_samples for group in self.groups])
+        return torch.cat([group.paired(part) for group, part in zip(self.groups, parts, strict=True)])
 
 
 def averaged_kernel_posterior(

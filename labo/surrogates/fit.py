@@ -129,8 +129,9 @@ class FitOptions:
             (:class:`~labo.surrogates.averaged_posterior.AveragedKernelPosterior`), so the
             variance also reflects how little the data pin the lengthscales down;
             ``0`` (the default): the MAP-II lengthscales alone. Needs
-            ``posterior="kernel"``; costs ``S`` kernel posteriors per call, and function
-            samples (Thompson sampling) are not offered with it.
+            ``posterior="kernel"``; costs ``S`` kernel posteriors per call. Function
+            samples (Thompson sampling) pick a member each
+            (:class:`~labo.surrogates.averaged_posterior.MixtureFunctionSamples`).
         lengthscale_samples_rows_per_input: Average only from ``n ≥`` this many rows per
             input (``n ≥ 2d`` with 2): with fewer, the lengthscale marginal is so wide that
             the members' average mean no longer follows the inputs the MAP has found.

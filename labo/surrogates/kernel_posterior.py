@@ -249,7 +249,7 @@ class KernelFunctionSamples:
     Args:
         posterior: An unbatched :class:`KernelPosterior`.
         features: The model's :class:`~labo.surrogates.networks.RandomFourierFeatures`
-            (used with detached parameters).
+            (used with detached parameters, and the posterior's lengthscales).
         num_samples: ``s``.
         generator: Optional ``torch.Generator`` for reproducible draws.
     """
@@ -270,6 +270,8 @@ class KernelFunctionSamples:
         self.posterior, self.features = posterior, features
         self._params = {name: p.detach() for name, p in features.named_parameters()}
         self._params.update(dict(features.named_buffers()))
+        # the prior paths use the posterior's lengthscales (a lengthscale-average member's)
+        self._params["log_lengthscale"] = -posterior.inv_lengthscale.log()
         scale = posterior.prior_precision.rsqrt()
         self.w, self.b = randn(num_samples, D, m) * scale, randn(num_samples, m) * scale
         eps = randn(num_samples, n, m) * posterior.noise_var.expand(n, m).sqrt()
