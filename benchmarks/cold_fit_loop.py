@@ -7,8 +7,10 @@ start). Per method and seed: seconds for the whole loop (fit + acquisition), the
 improvement of the best value over the initial design's, and the fraction of proposed
 coordinates on a bound (the symptom a new user saw with the former MLP default:
 83-87 %, and no improvement in ten iterations). Methods: ``laplace`` (the default),
-``gp``, ``laplace-mlp`` (``network="mlp"``) and ``laplace-rff`` (the default network on
-its features' own evidence, ``FitOptions(evidence="features")``).
+``gp``, ``laplace-mlp`` (``network="mlp"``), ``laplace-rff`` (the default network on
+its features' own evidence, ``FitOptions(evidence="features")``) and ``laplace-kernel``
+(the default's kernel posterior at the MAP-II lengthscales alone,
+``FitOptions(lengthscale_samples=0)``).
 
     PYTHONPATH=. .venv/bin/python benchmarks/cold_fit_loop.py --dims 2,6 --seeds 2
 """
@@ -48,6 +50,8 @@ def fit(method: str, X: torch.Tensor, Y: torch.Tensor):
         return model
     if method == "laplace-rff":  # the default network on its features' own evidence
         return fit_laplace_model(LaplaceModel(X, Y, **kw), FitOptions(evidence="features"))
+    if method == "laplace-kernel":  # without the lengthscale average
+        return fit_laplace_model(LaplaceModel(X, Y, **kw), FitOptions(lengthscale_samples=0))
     network = {"laplace": None, "laplace-mlp": "mlp"}[method]
     return fit_laplace_model(LaplaceModel(X, Y, network=network, **kw))
 

@@ -3,8 +3,9 @@
 Part 1. The default ``LaplaceModel``'s posterior is the exact GP of the kernel its
 random Fourier features approximate (their infinite-width limit): mean
 ``k(x, X) α``, covariance ``k(x, x') − k(x, X) A⁻¹ k(X, x')``, both differentiable in
-``x``. (With ``FitOptions(posterior="features")``, or another network, it is the
-linearised network: mean ``f(x; θ̂)``, covariance ``J(x) H⁻¹ J(x')ᵀ``.) Autograd
+``x``, averaged over 16 lengthscale vectors drawn from their Laplace marginal once there
+are 2d rows (the mean is the members' mean). (With ``FitOptions(posterior="features")``,
+or another network, it is the linearised network: mean ``f(x; θ̂)``, covariance ``J(x) H⁻¹ J(x')ᵀ``.) Autograd
 gradients w.r.t. ``X`` of the posterior mean and variance and of three acquisition
 functions (analytic LogEI, UCB, and MC qLogNEI with q=2 and fixed quasi-MC base
 samples) are compared with central finite differences in float64. The gradient of
@@ -13,13 +14,14 @@ mean, ``−Σ_i α_i k(x, x_i) (x − x_i) / ℓ²`` (the same function, so they
 to rounding).
 
 Part 2. Deterministic posterior functions (``labo.acquisition.model_function_samples``;
-for the default, Matheron's rule: a prior function on the random features plus the
-exact kernel's update, ``f_s(x) = g_s(x) + k(x, X) A⁻¹ (Z − g_s(X) − ε_s)``),
-differentiable in ``x``. Their gradient is checked against finite differences, each sample is maximised by
-multi-start L-BFGS-B (``optimize_function_samples``) and compared with the best
-point of a dense Sobol set, and a short Thompson-sampling loop
-(``thompson_candidates``) is run on the objective: continuous Thompson sampling
-that a GP gets only through random-feature approximations.
+for the default, Matheron's rule for one member of the lengthscale average each: a prior
+function on the random features plus the exact kernel's update,
+``f_s(x) = g_s(x) + k(x, X) A⁻¹ (Z − g_s(X) − ε_s)``), differentiable in ``x``. Their
+gradient is checked against finite differences, each sample is maximised by multi-start
+L-BFGS-B (``optimize_function_samples``) and compared with the best point of a dense
+Sobol set, and a short Thompson-sampling loop (``thompson_candidates``) is run on the
+objective: continuous Thompson sampling that a GP gets only through random-feature
+approximations.
 
 Run: ``python examples/input_gradients.py`` (``--smoke`` for a quick check).
 """
@@ -36,6 +38,7 @@ from botorch.utils.sampling import draw_sobol_samples
 
 from labo.acquisition import model_function_samples, optimize_function_samples, thompson_candidates
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
+from labo.surrogates.averaged_posterior import AveragedKernelPosterior
 
 D = 4
 BOUNDS = torch.stack([torch.zeros(D), torch.ones(D)]).double()
@@ -101,12 +104,17 @@ def gradient_check(model: LaplaceModel, X_train: torch.Tensor, Y_train: torch.Te
             f"{relative_error(auto, fd):15.2e}"
         )
     # The posterior mean is k(x, X) α (z-space, normalised inputs u): its gradient in closed form.
+    # The default averages it over lengthscale draws (from 2d rows on): the members' mean.
     kp = model.kernel_posterior
+    members = kp.members() if isinstance(kp, AveragedKernelPosterior) else [kp]
     with torch.no_grad():
         u = model.transform_inputs(X[:, 0])  # 3 x d
-        diff = (u.unsqueeze(1) - kp.X) * kp.inv_lengthscale  # 3 x n x d, scaled
-        k = torch.exp(-0.5 * diff.pow(2).sum(-1)) / kp.prior_precision  # 3 x n (rbf; the "+ 1" is constant)
-        grad_u = -(kp.alpha[0].unsqueeze(-1) * k.unsqueeze(-1) * diff * kp.inv_lengthscale).sum(1)
+        grad_u = 0.0
+        for p in members:
+            diff = (u.unsqueeze(1) - p.X) * p.inv_lengthscale  # 3 x n x d, scaled
+            k = torch.exp(-0.5 * diff.pow(2).sum(-1)) / p.prior_precision  # 3 x n (rbf; "+ 1" is constant)
+            grad_u = grad_u - (p.alpha[0].unsqueeze(-1) * k.unsqueeze(-1) * diff * p.inv_lengthscale).sum(1)
+        grad_u = grad_u / len(members)
         # back to Y's scale and X's coordinates (Normalize: u = (x − offset) / coefficient)
         closed = (
             grad_u * model.y_scale * model.outcome_transform.stdvs[0, 0] / model.input_transform.coefficient

@@ -4,8 +4,9 @@ Product methods (:data:`METHODS`, what ``labo run`` / ``labo bench`` offer) are 
 surrogates labo ships:
 
 - ``laplace``: :class:`~labo.surrogates.LaplaceModel` with its default configuration
-  (``network="rff"`` on the kernel's evidence, with the exact posterior of that kernel),
-  warm-started from the previous iteration's model (``fit_laplace_model``).
+  (``network="rff"`` on the kernel's evidence, with the exact posterior of that kernel
+  averaged over 16 lengthscale vectors for ``2d ≤ n < 30d`` rows), warm-started from
+  the previous iteration's model (``fit_laplace_model``).
 - ``laplace-mlp``: the MLP d-64-64-m with every weight Bayesian (``network="mlp"``), the
   default before ``"rff"``.
 - ``laplace-rbf``: ``LaplaceModel(network="rbf")``, Gaussian RBF features around
@@ -55,24 +56,30 @@ pass them to the runner, the CLI does not offer them:
   the exact GP of the kernel its features approximate instead of the features' posterior
   (:func:`labo.bench.exact_kernel.exact_kernel_gp`): the infinite-width limit of the default,
   to measure what the finite feature set costs in BO before the core gets such a posterior.
-- ``laplace-kernel``: the same posterior from the core, ``FitOptions(posterior="kernel")``
+- ``laplace-kernel``: the same posterior from the core at the MAP-II lengthscales alone,
+  ``FitOptions(posterior="kernel", lengthscale_samples=0)``
   (:mod:`labo.surrogates.kernel_posterior`): a ``LaplaceModel`` whose posterior is the
   exact GP of its features' kernel (any number of outputs, fantasies, known noise); the
-  default since 2026-12-07, measured under this name before.
-- ``laplace-matern52-kernel``: the default with the Matérn-5/2 kernel (features, evidence
-  and the exact kernel posterior) instead of the RBF.
+  default from 2026-12-07 until the lengthscale average, measured under this name. The
+  variants measured before the average (this one, ``laplace-exact-kernel``,
+  ``laplace-matern52-kernel``, ``laplace-kernel-choice``, ``laplace-saas``) keep the MAP-II
+  lengthscales alone, so that their stored studies stay reproducible.
+- ``laplace-matern52-kernel``: ``laplace-kernel`` with the Matérn-5/2 kernel (features,
+  evidence and the exact kernel posterior) instead of the RBF.
 - ``laplace-kernel-choice``: evidence-based model choice between the two: every iteration
   fits the default (RBF) and ``laplace-matern52-kernel``, each warm-started from its own
   previous fit, and proposes with the one whose maximised log evidence plus log
   hyperprior density (``fit_info["hyper_log_posterior"]``) is larger.
-- ``laplace-lsavg``: the default with its kernel posterior averaged over 16 lengthscale
-  vectors drawn from their Laplace marginal (``FitOptions(lengthscale_samples=16)``,
+- ``laplace-lsavg``: ``laplace-kernel`` with its kernel posterior averaged over 16
+  lengthscale vectors drawn from their Laplace marginal at every number of rows
+  (``FitOptions(lengthscale_samples=16)`` without the row limits,
   :class:`labo.surrogates.averaged_posterior.AveragedKernelPosterior`).
-- ``laplace-lsavg-2d``: ``laplace-lsavg`` for ``2d ≤ n < 30d`` rows, the default outside
-  (``FitOptions(lengthscale_samples_rows_per_input=2.0,
+- ``laplace-lsavg-2d``: ``laplace-lsavg`` for ``2d ≤ n < 30d`` rows, ``laplace-kernel``
+  outside (``FitOptions(lengthscale_samples=16, lengthscale_samples_rows_per_input=2.0,
   lengthscale_samples_max_rows_per_input=30.0)``): below 2d the lengthscale marginal is
-  too wide to average usefully, from 30d the members nearly agree.
-- ``laplace-saas``: the default with the SAAS prior on its lengthscales
+  too wide to average usefully, from 30d the members nearly agree. The default's
+  configuration, measured under this name.
+- ``laplace-saas``: ``laplace-kernel`` with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
   (``FitOptions(evidence="features", evidence_prior_precision=1.0)``).
@@ -134,6 +141,9 @@ _MLP = {"network": "mlp"}
 _FEATURES = FitOptions(evidence="features")
 # ... and those measured on the kernel's evidence with the features' posterior.
 _FEATURE_POST = FitOptions(posterior="features")
+# The exact kernel posterior at the MAP-II lengthscales alone: the default until the
+# lengthscale average (research variants measured before it keep it).
+_MAP_LS = FitOptions(posterior="kernel", lengthscale_samples=0)
 TABLE: MappingProxyType[str, Method] = MappingProxyType(
     {
         "laplace": Method(),
@@ -162,10 +172,17 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
             network=_rff(kind="sincos", orthogonal=True), fit=_FEATURE_POST, research=True
         ),
         "laplace-rff4096-kernel": Method(network=_rff(n_features=4096), fit=_FEATURE_POST, research=True),
-        "laplace-exact-kernel": Method(model="exact-kernel", research=True),
-        "laplace-kernel": Method(fit=FitOptions(posterior="kernel"), research=True),
-        "laplace-matern52-kernel": Method(network=_rff(kernel="matern52"), research=True),
-        "laplace-lsavg": Method(fit=FitOptions(lengthscale_samples=16), research=True),
+        "laplace-exact-kernel": Method(model="exact-kernel", fit=_MAP_LS, research=True),
+        "laplace-kernel": Method(fit=_MAP_LS, research=True),
+        "laplace-matern52-kernel": Method(network=_rff(kernel="matern52"), fit=_MAP_LS, research=True),
+        "laplace-lsavg": Method(
+            fit=FitOptions(
+                lengthscale_samples=16,
+                lengthscale_samples_rows_per_input=0.0,
+                lengthscale_samples_max_rows_per_input=None,
+            ),
+            research=True,
+        ),
         "laplace-lsavg-2d": Method(
             fit=FitOptions(
                 lengthscale_samples=16,
@@ -174,9 +191,11 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
             ),
             research=True,
         ),
-        "laplace-saas": Method(fit=FitOptions(lengthscale_prior="saas"), research=True),
+        "laplace-saas": Method(
+            fit=FitOptions(lengthscale_prior="saas", lengthscale_samples=0), research=True
+        ),
         "laplace-kernel-choice": Method(
-            model="choice", family=(_rff(), _rff(kernel="matern52")), research=True
+            model="choice", family=(_rff(), _rff(kernel="matern52")), fit=_MAP_LS, research=True
         ),
         "laplace-rff-matern52": Method(network=_rff(kernel="matern52"), fit=_FEATURE_POST, research=True),
         "laplace-rff-matern32": Method(network=_rff(kernel="matern32"), fit=_FEATURE_POST, research=True),

@@ -195,6 +195,12 @@ class MixtureFunctionSamples:
         return torch.cat([group.paired(part) for group, part in zip(self.groups, parts, strict=True)])
 
 
+def averages_at(n: int, d: int, rows_per_input: float, max_rows_per_input: float | None) -> bool:
+    """Whether the lengthscale average applies to ``n`` rows of ``d`` inputs
+    (``FitOptions.lengthscale_samples_rows_per_input`` / ``..._max_rows_per_input``)."""
+    return n >= rows_per_input * d and (max_rows_per_input is None or n < max_rows_per_input * d)
+
+
 def averaged_kernel_posterior(
     model, X: Tensor, Z: Tensor, log_lengthscales: Tensor
 ) -> AveragedKernelPosterior:

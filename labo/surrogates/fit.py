@@ -23,8 +23,8 @@ of a 2-D quadratic), so Adam stays the MAP default (docs/research-log.md).
 
 The default network, ``network="rff"``, skips all of this: its last layer on fixed
 features has an exact evidence, tuned with the features' lengthscales by
-:func:`labo.surrogates.feature_evidence.fit_feature_evidence` (only
-``evidence_iters``, ``evidence`` and ``min_noise_std`` of :class:`FitOptions` apply to it).
+:func:`labo.surrogates.feature_evidence.fit_feature_evidence` (``min_noise_std`` and the
+options from ``evidence_iters`` on apply to it).
 
 Noise floor: on noiseless objectives a model that interpolates its data drives
 the marginal-likelihood noise to zero, the posterior collapses and BO proposes
@@ -48,7 +48,7 @@ from torch import Tensor
 
 from labo.exceptions import HyperparameterError
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
-from labo.surrogates.averaged_posterior import averaged_kernel_posterior
+from labo.surrogates.averaged_posterior import averaged_kernel_posterior, averages_at
 from labo.surrogates.feature_evidence import EVIDENCES, LENGTHSCALE_PRIORS, fit_feature_evidence
 from labo.surrogates.kernel_posterior import KERNEL_POSTERIOR_ROWS, kernel_posterior
 from labo.surrogates.map_training import train_map
@@ -127,18 +127,18 @@ class FitOptions:
             lengthscale vectors drawn from their Laplace marginal at the evidence's optimum,
             moment-matched into one Gaussian
             (:class:`~labo.surrogates.averaged_posterior.AveragedKernelPosterior`), so the
-            variance also reflects how little the data pin the lengthscales down;
-            ``0`` (the default): the MAP-II lengthscales alone. Needs
-            ``posterior="kernel"``; costs ``S`` kernel posteriors per call. Function
-            samples (Thompson sampling) pick a member each
-            (:class:`~labo.surrogates.averaged_posterior.MixtureFunctionSamples`).
+            variance also reflects how little the data pin the lengthscales down; ``0``:
+            the MAP-II lengthscales alone; ``None`` (the default): ``S = 16`` with
+            ``posterior="kernel"``, else ``0``. Needs ``posterior="kernel"``; costs ``S``
+            kernel posteriors per call. Function samples (Thompson sampling) pick a member
+            each (:class:`~labo.surrogates.averaged_posterior.MixtureFunctionSamples`).
         lengthscale_samples_rows_per_input: Average only from ``n ≥`` this many rows per
-            input (``n ≥ 2d`` with 2): with fewer, the lengthscale marginal is so wide that
-            the members' average mean no longer follows the inputs the MAP has found.
+            input (default 2: ``n ≥ 2d``): with fewer, the lengthscale marginal is so wide
+            that the members' average mean no longer follows the inputs the MAP has found.
         lengthscale_samples_max_rows_per_input: Average only below ``n <`` this many rows
-            per input (``None``: no upper limit). With many rows per input the data pin the
-            lengthscales down, the members nearly agree, and ``S`` kernel posteriors of
-            ``n`` rows cost ``S`` times the MAP-II one for almost no change.
+            per input (default 30; ``None``: no upper limit). With many rows per input the
+            data pin the lengthscales down, the members nearly agree, and ``S`` kernel
+            posteriors of ``n`` rows cost ``S`` times the MAP-II one for almost no change.
         lengthscale_prior: The hyperprior on the lengthscales in the evidence fit of
             ``network="rff"``: ``"dim_scaled"`` (the default, BoTorch's GP prior of
             Hvarfner et al. 2024) or ``"saas"``, the sparse axis-aligned subspace prior of
@@ -175,9 +175,9 @@ class FitOptions:
     evidence: str = "kernel"
     evidence_prior_precision: float | None = None
     posterior: str | None = None
-    lengthscale_samples: int = 0
-    lengthscale_samples_rows_per_input: float = 0.0
-    lengthscale_samples_max_rows_per_input: float | None = None
+    lengthscale_samples: int | None = None
+    lengthscale_samples_rows_per_input: float = 2.0
+    lengthscale_samples_max_rows_per_input: float | None = 30.0
     lengthscale_prior: str = "dim_scaled"
 
     def __post_init__(self) -> None:
@@ -203,6 +203,8 @@ class FitOptions:
             self.posterior = "kernel" if self.evidence == "kernel" else "features"
         if self.posterior not in POSTERIORS:
             raise HyperparameterError(f"posterior must be one of {POSTERIORS}, got {self.posterior!r}.")
+        if self.lengthscale_samples is None:
+            self.lengthscale_samples = DEFAULT_LENGTHSCALE_SAMPLES if self.posterior == "kernel" else 0
         samples = self.lengthscale_samples
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
             raise HyperparameterError(f"lengthscale_samples must be a non-negative integer, got {samples!r}.")
@@ -239,6 +241,8 @@ class FitOptions:
         return _DEFAULT_STEPS[self.optimizer][int(warm)] if value is None else value
 
 
+# Members of the default lengthscale average (FitOptions.lengthscale_samples=None).
+DEFAULT_LENGTHSCALE_SAMPLES = 16
 _DEFAULT_STEPS = {"lbfgs": (1000, 200), "adam": (2000, 400)}
 PRIORS = ("scalar", "ard", "fanin", "function")
 POSTERIORS = ("features", "kernel")
@@ -285,7 +289,9 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     fixed_noise = model.train_Yvar is not None
     if model.evidence_fit:  # network="rff": exact evidence of the last layer on its features
         known = (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12) if fixed_noise else None
-        samples = opts.lengthscale_samples if _averages_at(opts, *X.shape[-2:]) else 0
+        kernel_post = opts.posterior == "kernel" and X.shape[0] <= KERNEL_POSTERIOR_ROWS
+        rows = (opts.lengthscale_samples_rows_per_input, opts.lengthscale_samples_max_rows_per_input)
+        samples = opts.lengthscale_samples if kernel_post and averages_at(*X.shape[-2:], *rows) else 0
         info = fit_feature_evidence(
             model,
             X,
@@ -300,7 +306,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
         )
         train_steps, history = [info["steps"]], info["lml_history"]
         hyper_log_posterior = info["hyper_log_posterior"]
-        if opts.posterior == "kernel" and X.shape[0] <= KERNEL_POSTERIOR_ROWS:
+        if kernel_post:
             with torch.no_grad():
                 draws = info["lengthscale_draws"]
                 model.kernel_posterior = (
@@ -330,12 +336,6 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
         "noise_std": la.noise_std.detach().clone(),
     }
     return model
-
-
-def _averages_at(opts: FitOptions, n: int, d: int) -> bool:
-    """Whether the lengthscale average applies to ``n`` rows of ``d`` inputs."""
-    most = opts.lengthscale_samples_max_rows_per_input
-    return n >= opts.lengthscale_samples_rows_per_input * d and (most is None or n < most * d)
 
 
 def _map_rounds(model: LaplaceModel, X: Tensor, Z: Tensor, opts: FitOptions, warm: bool):

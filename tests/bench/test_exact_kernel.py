@@ -11,7 +11,7 @@ from botorch.models.transforms import Standardize
 from labo.bench import runner
 from labo.bench.exact_kernel import exact_kernel_gp
 from labo.exceptions import BenchmarkError
-from labo.surrogates import LaplaceModel, fit_laplace_model
+from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 from labo.surrogates.networks import rff_network, stationary_kernel
 
 D64 = torch.float64
@@ -50,7 +50,8 @@ def _dense_posterior(model: LaplaceModel, X, Y, Xs):
 def test_exact_kernel_gp_is_the_dense_gp_at_the_models_hyperparameters(kernel):
     X, Y = _data()
     net = rff_network(2, 1, n_features=64, dtype=D64, kernel=kernel)
-    model = fit_laplace_model(LaplaceModel(X, Y, network=net, outcome_transform=Standardize(1)))
+    model = LaplaceModel(X, Y, network=net, outcome_transform=Standardize(1))
+    model = fit_laplace_model(model, FitOptions(posterior="features"))  # the features' own posterior
     gp = exact_kernel_gp(model, X, Y)
     Xs = torch.rand(5, 2, dtype=D64)
     with torch.no_grad():
@@ -65,7 +66,8 @@ def test_exact_kernel_gp_is_the_dense_gp_at_the_models_hyperparameters(kernel):
 def test_exact_kernel_is_close_to_many_features():
     X, Y = _data(n=12, seed=1)
     net = rff_network(2, 1, n_features=20000, dtype=D64, kind="sincos")
-    model = fit_laplace_model(LaplaceModel(X, Y, network=net, outcome_transform=Standardize(1)))
+    model = LaplaceModel(X, Y, network=net, outcome_transform=Standardize(1))
+    model = fit_laplace_model(model, FitOptions(posterior="features"))  # the features' own posterior
     gp = exact_kernel_gp(model, X, Y)
     Xs = torch.rand(6, 2, dtype=D64)
     with torch.no_grad():

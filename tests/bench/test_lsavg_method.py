@@ -1,10 +1,12 @@
-"""Research method ``laplace-lsavg``: the default with ``FitOptions(lengthscale_samples=16)``."""
+"""Research methods ``laplace-lsavg`` (the lengthscale average at every number of rows) and
+``laplace-lsavg-2d`` (for ``2d ≤ n < 30d`` rows: the default's configuration)."""
 
 from __future__ import annotations
 
 import torch
 
 from labo.bench import runner
+from labo.surrogates import FitOptions
 from labo.surrogates.averaged_posterior import AveragedKernelPosterior
 from labo.surrogates.kernel_posterior import KernelPosterior
 
@@ -16,7 +18,7 @@ def test_lsavg_is_the_default_fit_with_an_averaged_posterior_and_warm_starts():
     X = torch.rand(15, 3, generator=g, dtype=D64)
     Y = torch.sin(3 * X).sum(-1, keepdim=True)
     model = runner.fit_model("laplace-lsavg", X, Y)
-    default = runner.fit_model("laplace", X, Y)
+    default = runner.fit_model("laplace-kernel", X, Y)  # the MAP-II lengthscales alone
     assert isinstance(model.kernel_posterior, AveragedKernelPosterior)
     assert model.kernel_posterior.num_members == 16 and model.fit_info["lengthscale_samples"] == 16
     assert isinstance(default.kernel_posterior, KernelPosterior)
@@ -33,9 +35,9 @@ def test_lsavg_2d_averages_only_from_two_to_thirty_rows_per_input():
     g = torch.Generator().manual_seed(1)
     X = torch.rand(10, 6, generator=g, dtype=D64)
     Y = torch.sin(3 * X).sum(-1, keepdim=True)
-    few = runner.fit_model("laplace-lsavg-2d", X, Y)  # 10 < 12 rows: the default's posterior
+    few = runner.fit_model("laplace-lsavg-2d", X, Y)  # 10 < 12 rows: the MAP-II lengthscales
     assert isinstance(few.kernel_posterior, KernelPosterior) and few.fit_info["lengthscale_samples"] == 0
-    default = runner.fit_model("laplace", X, Y)
+    default = runner.fit_model("laplace-kernel", X, Y)
     Xs = torch.rand(3, 2, 6, dtype=D64)
     torch.testing.assert_close(few.posterior(Xs).mean, default.posterior(Xs).mean)
     X2 = torch.cat([X, torch.rand(2, 6, generator=g, dtype=D64)])
@@ -47,9 +49,24 @@ def test_lsavg_2d_averages_only_from_two_to_thirty_rows_per_input():
     many_Y = torch.sin(3 * many_X).sum(-1, keepdim=True)
     many = runner.fit_model("laplace-lsavg-2d", many_X, many_Y)
     assert isinstance(many.kernel_posterior, KernelPosterior) and many.fit_info["lengthscale_samples"] == 0
-    many_default = runner.fit_model("laplace", many_X, many_Y)
+    many_default = runner.fit_model("laplace-kernel", many_X, many_Y)
     Xs = torch.rand(3, 2, 2, dtype=D64)
     torch.testing.assert_close(many.posterior(Xs).mean, many_default.posterior(Xs).mean)
     torch.testing.assert_close(many.posterior(Xs).variance, many_default.posterior(Xs).variance)
     below = runner.fit_model("laplace-lsavg-2d", many_X[:59], many_Y[:59])
     assert isinstance(below.kernel_posterior, AveragedKernelPosterior)
+
+
+def test_the_default_is_lsavg_2d():
+    """``laplace`` (``LaplaceModel`` with no options) is ``laplace-lsavg-2d``: the same
+    options, and the same posterior on the same data."""
+    lsavg_2d = runner.TABLE["laplace-lsavg-2d"].fit
+    assert FitOptions() == lsavg_2d and runner.TABLE["laplace"].fit is None
+    g = torch.Generator().manual_seed(3)
+    X = torch.rand(9, 3, generator=g, dtype=D64)
+    Y = torch.sin(3 * X).sum(-1, keepdim=True)
+    default, named = runner.fit_model("laplace", X, Y), runner.fit_model("laplace-lsavg-2d", X, Y)
+    assert isinstance(default.kernel_posterior, AveragedKernelPosterior)
+    Xs = torch.rand(4, 2, 3, dtype=D64)
+    torch.testing.assert_close(default.posterior(Xs).mean, named.posterior(Xs).mean, rtol=0, atol=0)
+    torch.testing.assert_close(default.posterior(Xs).variance, named.posterior(Xs).variance, rtol=0, atol=0)

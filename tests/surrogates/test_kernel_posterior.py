@@ -19,7 +19,7 @@ from labo.surrogates.kernel_posterior import KernelFunctionSamples, KernelPoster
 from labo.surrogates.networks import rff_network, stationary_kernel
 
 D64 = torch.float64
-KERNEL = FitOptions(posterior="kernel")
+KERNEL = FitOptions(posterior="kernel", lengthscale_samples=0)  # the MAP-II lengthscales alone
 
 
 def _data(n=18, d=3, m=1, seed=0):

@@ -206,3 +206,18 @@ def test_bad_max_rows_per_input_is_refused():
                 lengthscale_samples_max_rows_per_input=bad,
             )
     FitOptions(lengthscale_samples=4, lengthscale_samples_max_rows_per_input=30.0)
+
+
+def test_the_default_averages_sixteen_members_with_the_kernel_posterior_only():
+    default = FitOptions()
+    assert default.lengthscale_samples == 16 and default.posterior == "kernel"
+    assert default.lengthscale_samples_rows_per_input == 2.0
+    assert default.lengthscale_samples_max_rows_per_input == 30.0
+    assert FitOptions(posterior="features").lengthscale_samples == 0
+    assert FitOptions(evidence="features").lengthscale_samples == 0
+    X, Y = _data(n=5, d=3)  # 5 < 2d rows: the MAP-II lengthscales alone
+    model = fit_laplace_model(LaplaceModel(X, Y, network=rff_network(3, 1, n_features=64, dtype=D64)))
+    assert isinstance(model.kernel_posterior, KernelPosterior) and model.fit_info["lengthscale_samples"] == 0
+    X, Y = _data(n=8, d=3)
+    model = fit_laplace_model(LaplaceModel(X, Y, network=rff_network(3, 1, n_features=64, dtype=D64)))
+    assert model.kernel_posterior.num_members == 16 and model.fit_info["lengthscale_samples"] == 16
