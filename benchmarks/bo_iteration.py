@@ -6,9 +6,10 @@ until session 11), ``LaplaceModel-ll`` (the MLP's last-layer weights, default st
 (``network="rbf"``), ``LaplaceModel-rbf-all`` (the RBF network with every weight
 Bayesian: under Kron its centres and lengthscale form one full GGN block, with the
 closed form of ``labo.laplace.linearization.rbf``) and
-``SingleTaskGP``; ``LaplaceModel-features`` (the default's fit with its 1024 features'
-own posterior) and ``LaplaceModel-exactgp`` (the default's fit, then the exact GP of its
-kernel at its hyperparameters in GPyTorch: ``labo.bench.exact_kernel``) separate what the
+``SingleTaskGP``; ``LaplaceModel-mapls`` (the default's kernel posterior at the MAP-II
+lengthscales alone, without the lengthscale average), ``LaplaceModel-features`` (the
+default's fit with its 1024 features' own posterior) and ``LaplaceModel-exactgp`` (the
+default's fit, then the exact GP of its kernel at its hyperparameters in GPyTorch: ``labo.bench.exact_kernel``) separate what the
 posterior's implementation and what the hyperparameters do to the acquisition.
 One iteration = refit the surrogate on the current data + optimise
 qLogNoisyExpectedImprovement (q=4, num_restarts=10, raw_samples=512). For
@@ -99,11 +100,16 @@ def run_one(method: str, n: int, d: int, device: str = "cpu", seed: int = 0, bat
         from labo.laplace import AllWeights, LastLayer
         from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 
-        # LaplaceModel-features: the default network with its 1024 features' own posterior
-        options = FitOptions(posterior="features") if method == "LaplaceModel-features" else None
+        # LaplaceModel-features: the default network with its 1024 features' own posterior;
+        # LaplaceModel-mapls: the default's kernel posterior at the MAP-II lengthscales alone
+        options = {
+            "LaplaceModel-features": FitOptions(posterior="features"),
+            "LaplaceModel-mapls": FitOptions(lengthscale_samples=0),
+        }.get(method)
         variant = {
             "LaplaceModel": {},
             "LaplaceModel-features": {},
+            "LaplaceModel-mapls": {},
             "LaplaceModel-exactgp": {},
             "LaplaceModel-mlp": {"network": "mlp"},
             "LaplaceModel-ll": {"network": "mlp", "weights": LastLayer()},
@@ -199,7 +205,8 @@ def main():
     parser.add_argument(
         "--methods",
         default="LaplaceModel,SingleTaskGP",
-        help="also LaplaceModel-features (the default network with its features' posterior), "
+        help="also LaplaceModel-mapls (no lengthscale average), LaplaceModel-features (the default "
+        "network with its features' posterior), "
         "LaplaceModel-mlp, LaplaceModel-ll (the MLP's last layer), LaplaceModel-rbf (RBF network), "
         "LaplaceModel-rbf-all (RBF network, every weight Bayesian)",
     )
