@@ -9,8 +9,9 @@ closed form of ``labo.laplace.linearization.rbf``) and
 ``SingleTaskGP``; ``LaplaceModel-mapls`` (the default's kernel posterior at the MAP-II
 lengthscales alone, without the lengthscale average), ``LaplaceModel-features`` (the
 default's fit with its 1024 features' own posterior) and ``LaplaceModel-exactgp`` (the
-default's fit, then the exact GP of its kernel at its hyperparameters in GPyTorch: ``labo.bench.exact_kernel``) separate what the
-posterior's implementation and what the hyperparameters do to the acquisition.
+default's fit, then the exact GP of its kernel at its hyperparameters in GPyTorch:
+``labo.bench.exact_kernel``) separate what the posterior's implementation and what the
+hyperparameters do to the acquisition.
 One iteration = refit the surrogate on the current data + optimise
 qLogNoisyExpectedImprovement (q=4, num_restarts=10, raw_samples=512). For
 LaplaceModel the refit is warm-started from the model of the previous iteration
