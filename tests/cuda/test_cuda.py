@@ -154,8 +154,9 @@ def test_factor_root_sampling_and_pruning_on_cuda():
 
 @pytest.mark.parametrize("gen_device", ["cpu", "cuda"])
 def test_default_kernel_posterior_model_on_cuda(gen_device):
-    """The default (rff, exact kernel posterior): posterior, qLogNEI, fantasies and Thompson
-    sampling on the GPU, with a CPU or a CUDA generator."""
+    """The default (rff, exact kernel posterior averaged over lengthscale draws at 2d ≤ n <
+    30d): posterior, qLogNEI, fantasies and Thompson sampling on the GPU, with a CPU or a
+    CUDA generator."""
     from botorch.sampling import SobolQMCNormalSampler
 
     from labo.acquisition import thompson_candidates
@@ -166,7 +167,8 @@ def test_default_kernel_posterior_model_on_cuda(gen_device):
     model = fit_laplace_model(
         LaplaceModel(X, Y, input_transform=Normalize(4), outcome_transform=Standardize(1))
     )
-    assert model.fit_info["posterior"] == "kernel" and model.kernel_posterior.L.device.type == "cuda"
+    assert model.fit_info["posterior"] == "kernel" and model.fit_info["lengthscale_samples"] == 16
+    assert all(block.L.device.type == "cuda" for block in model.kernel_posterior.blocks)
     post = model.posterior(torch.rand(3, 20, 4, dtype=torch.float64, device=CUDA))
     assert post.mean.device.type == "cuda" and torch.isfinite(post.variance).all()
     acq = qLogNoisyExpectedImprovement(model, X_baseline=X)
