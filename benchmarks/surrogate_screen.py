@@ -161,6 +161,7 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
             lengthscale_samples=16,
             lengthscale_samples_rows_per_input=0.0,
             lengthscale_samples_max_rows_per_input=None,
+            lengthscale_samples_max_rows=None,
         )
     if "mapls" in parts:  # the MAP-II lengthscales alone (the default until the average)
         opts["lengthscale_samples"] = 0

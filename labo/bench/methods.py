@@ -5,7 +5,7 @@ surrogates labo ships:
 
 - ``laplace``: :class:`~labo.surrogates.LaplaceModel` with its default configuration
   (``network="rff"`` on the kernel's evidence, with the exact posterior of that kernel
-  averaged over 16 lengthscale vectors for ``2d ≤ n < 30d`` rows), warm-started from
+  averaged over 16 lengthscale vectors for ``2d ≤ n < 30d``, ``n ≤ 200`` rows), warm-started from
   the previous iteration's model (``fit_laplace_model``).
 - ``laplace-mlp``: the MLP d-64-64-m with every weight Bayesian (``network="mlp"``), the
   default before ``"rff"``.
@@ -72,13 +72,15 @@ pass them to the runner, the CLI does not offer them:
   hyperprior density (``fit_info["hyper_log_posterior"]``) is larger.
 - ``laplace-lsavg``: ``laplace-kernel`` with its kernel posterior averaged over 16
   lengthscale vectors drawn from their Laplace marginal at every number of rows
-  (``FitOptions(lengthscale_samples=16)`` without the row limits,
+  (``FitOptions(lengthscale_samples=16)`` without the three row limits,
   :class:`labo.surrogates.averaged_posterior.AveragedKernelPosterior`).
-- ``laplace-lsavg-2d``: ``laplace-lsavg`` for ``2d ≤ n < 30d`` rows, ``laplace-kernel``
-  outside (``FitOptions(lengthscale_samples=16, lengthscale_samples_rows_per_input=2.0,
-  lengthscale_samples_max_rows_per_input=30.0)``): below 2d the lengthscale marginal is
-  too wide to average usefully, from 30d the members nearly agree. The default's
-  configuration, measured under this name.
+- ``laplace-lsavg-2d``: ``laplace-lsavg`` for ``2d ≤ n < 30d`` rows up to 200 rows,
+  ``laplace-kernel`` outside (``FitOptions(lengthscale_samples=16,
+  lengthscale_samples_rows_per_input=2.0, lengthscale_samples_max_rows_per_input=30.0)``
+  and ``lengthscale_samples_max_rows=200``): below 2d the lengthscale marginal is too wide
+  to average usefully, from 30d the members nearly agree, beyond 200 rows 16 members cost
+  up to 16 times one. The default's configuration, measured under this name (no measured
+  run of it fitted more than 200 rows).
 - ``laplace-saas``: ``laplace-kernel`` with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
@@ -180,6 +182,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
                 lengthscale_samples=16,
                 lengthscale_samples_rows_per_input=0.0,
                 lengthscale_samples_max_rows_per_input=None,
+                lengthscale_samples_max_rows=None,
             ),
             research=True,
         ),

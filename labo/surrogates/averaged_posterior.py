@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from labo.exceptions import InputShapeError
+from labo.exceptions import HyperparameterError, InputShapeError
 from labo.surrogates.kernel_posterior import KernelFunctionSamples, KernelPosterior, kernel_posterior
 
 # The members are stacked into blocks of at most about this many training-covariance
@@ -195,10 +195,43 @@ class MixtureFunctionSamples:
         return torch.cat([group.paired(part) for group, part in zip(self.groups, parts, strict=True)])
 
 
-def averages_at(n: int, d: int, rows_per_input: float, max_rows_per_input: float | None) -> bool:
-    """Whether the lengthscale average applies to ``n`` rows of ``d`` inputs
-    (``FitOptions.lengthscale_samples_rows_per_input`` / ``..._max_rows_per_input``)."""
-    return n >= rows_per_input * d and (max_rows_per_input is None or n < max_rows_per_input * d)
+def averages_at(options, n: int, d: int) -> bool:
+    """Whether the lengthscale average of ``FitOptions`` ``options`` applies to ``n`` rows of
+    ``d`` inputs: ``rows_per_input · d ≤ n < max_rows_per_input · d`` and ``n ≤ max_rows``."""
+    most_per_input = options.lengthscale_samples_max_rows_per_input
+    most = options.lengthscale_samples_max_rows
+    return (
+        n >= options.lengthscale_samples_rows_per_input * d
+        and (most_per_input is None or n < most_per_input * d)
+        and (most is None or n <= most)
+    )
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+def check_average_options(options) -> None:
+    """Typed refusals of bad lengthscale-average settings of ``FitOptions``."""
+    samples = options.lengthscale_samples
+    if not (isinstance(samples, int) and _is_number(samples) and samples >= 0):
+        raise HyperparameterError(f"lengthscale_samples must be a non-negative integer, got {samples!r}.")
+    per_input = options.lengthscale_samples_rows_per_input
+    if not (_is_number(per_input) and per_input >= 0):
+        raise HyperparameterError(
+            f"lengthscale_samples_rows_per_input must be a number >= 0, got {per_input!r}."
+        )
+    most = options.lengthscale_samples_max_rows_per_input
+    if most is not None and not (_is_number(most) and most > per_input):
+        raise HyperparameterError(
+            "lengthscale_samples_max_rows_per_input must be None or a number above "
+            f"lengthscale_samples_rows_per_input ({per_input!r}), got {most!r}."
+        )
+    rows = options.lengthscale_samples_max_rows
+    if rows is not None and not (isinstance(rows, int) and _is_number(rows) and rows >= 1):
+        raise HyperparameterError(
+            f"lengthscale_samples_max_rows must be None or an integer >= 1, got {rows!r}."
+        )
 
 
 def averaged_kernel_posterior(

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from labo.exceptions import HyperparameterError
 from labo.laplace import input_relevance_groups, optimize_hyperparameters
-from labo.surrogates.averaged_posterior import averaged_kernel_posterior, averages_at
+from labo.surrogates.averaged_posterior import averaged_kernel_posterior, averages_at, check_average_options
 from labo.surrogates.feature_evidence import EVIDENCES, LENGTHSCALE_PRIORS, fit_feature_evidence
 from labo.surrogates.kernel_posterior import KERNEL_POSTERIOR_ROWS, kernel_posterior
 from labo.surrogates.map_training import train_map
@@ -139,6 +139,9 @@ class FitOptions:
             per input (default 30; ``None``: no upper limit). With many rows per input the
             data pin the lengthscales down, the members nearly agree, and ``S`` kernel
             posteriors of ``n`` rows cost ``S`` times the MAP-II one for almost no change.
+        lengthscale_samples_max_rows: Average only while ``n ≤`` this many rows (default
+            200; ``None``: no limit): each acquisition call costs up to ``S`` times the
+            MAP-II posterior's once the ``n x n`` solves dominate (from a few hundred rows).
         lengthscale_prior: The hyperprior on the lengthscales in the evidence fit of
             ``network="rff"``: ``"dim_scaled"`` (the default, BoTorch's GP prior of
             Hvarfner et al. 2024) or ``"saas"``, the sparse axis-aligned subspace prior of
@@ -178,6 +181,7 @@ class FitOptions:
     lengthscale_samples: int | None = None
     lengthscale_samples_rows_per_input: float = 2.0
     lengthscale_samples_max_rows_per_input: float | None = 30.0
+    lengthscale_samples_max_rows: int | None = 200
     lengthscale_prior: str = "dim_scaled"
 
     def __post_init__(self) -> None:
@@ -206,21 +210,7 @@ class FitOptions:
         if self.lengthscale_samples is None:
             self.lengthscale_samples = DEFAULT_LENGTHSCALE_SAMPLES if self.posterior == "kernel" else 0
         samples = self.lengthscale_samples
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
-            raise HyperparameterError(f"lengthscale_samples must be a non-negative integer, got {samples!r}.")
-        per_input = self.lengthscale_samples_rows_per_input
-        if isinstance(per_input, bool) or not isinstance(per_input, int | float) or not per_input >= 0:
-            raise HyperparameterError(
-                f"lengthscale_samples_rows_per_input must be a number >= 0, got {per_input!r}."
-            )
-        most = self.lengthscale_samples_max_rows_per_input
-        if most is not None and (
-            isinstance(most, bool) or not isinstance(most, int | float) or not most > per_input
-        ):
-            raise HyperparameterError(
-                "lengthscale_samples_max_rows_per_input must be None or a number above "
-                f"lengthscale_samples_rows_per_input ({per_input!r}), got {most!r}."
-            )
+        check_average_options(self)
         if samples and self.posterior != "kernel":
             raise HyperparameterError(
                 f"lengthscale_samples needs posterior='kernel', got posterior={self.posterior!r}."
@@ -290,8 +280,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
     if model.evidence_fit:  # network="rff": exact evidence of the last layer on its features
         known = (model.train_Yvar / model.y_scale.pow(2)).clamp_min(1e-12) if fixed_noise else None
         kernel_post = opts.posterior == "kernel" and X.shape[0] <= KERNEL_POSTERIOR_ROWS
-        rows = (opts.lengthscale_samples_rows_per_input, opts.lengthscale_samples_max_rows_per_input)
-        samples = opts.lengthscale_samples if kernel_post and averages_at(*X.shape[-2:], *rows) else 0
+        samples = opts.lengthscale_samples if kernel_post and averages_at(opts, *X.shape[-2:]) else 0
         info = fit_feature_evidence(
             model,
             X,

@@ -213,6 +213,7 @@ def test_the_default_averages_sixteen_members_with_the_kernel_posterior_only():
     assert default.lengthscale_samples == 16 and default.posterior == "kernel"
     assert default.lengthscale_samples_rows_per_input == 2.0
     assert default.lengthscale_samples_max_rows_per_input == 30.0
+    assert default.lengthscale_samples_max_rows == 200
     assert FitOptions(posterior="features").lengthscale_samples == 0
     assert FitOptions(evidence="features").lengthscale_samples == 0
     X, Y = _data(n=5, d=3)  # 5 < 2d rows: the MAP-II lengthscales alone
@@ -221,3 +222,18 @@ def test_the_default_averages_sixteen_members_with_the_kernel_posterior_only():
     X, Y = _data(n=8, d=3)
     model = fit_laplace_model(LaplaceModel(X, Y, network=rff_network(3, 1, n_features=64, dtype=D64)))
     assert model.kernel_posterior.num_members == 16 and model.fit_info["lengthscale_samples"] == 16
+
+
+def test_the_average_stops_beyond_max_rows():
+    X, Y = _data(n=11, d=3)
+    net = rff_network(3, 1, n_features=64, dtype=D64)
+    opts = FitOptions(lengthscale_samples=4, lengthscale_samples_max_rows=10)
+    beyond = fit_laplace_model(LaplaceModel(X, Y, network=net), opts)  # 11 > 10 rows
+    assert (
+        isinstance(beyond.kernel_posterior, KernelPosterior) and beyond.fit_info["lengthscale_samples"] == 0
+    )
+    within = fit_laplace_model(LaplaceModel(X[:10], Y[:10], network=net), opts)
+    assert within.kernel_posterior.num_members == 4
+    for bad in (0, 2.5, True, "200"):
+        with pytest.raises(HyperparameterError, match="lengthscale_samples_max_rows must"):
+            FitOptions(lengthscale_samples_max_rows=bad)
