@@ -81,6 +81,9 @@ pass them to the runner, the CLI does not offer them:
   to average usefully, from 30d the members nearly agree, beyond 200 rows 16 members cost
   up to 16 times one. The default's configuration, measured under this name (no measured
   run of it fitted more than 200 rows).
+- ``laplace-lsavg-2d20``: the default with the average also waiting for 20 rows
+  (``FitOptions(lengthscale_samples_min_rows=20)``): the MAP-II posterior for the first
+  iterations in low dimension, the default wherever ``2d ≥ 20``.
 - ``laplace-saas``: ``laplace-kernel`` with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
@@ -194,6 +197,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
             ),
             research=True,
         ),
+        "laplace-lsavg-2d20": Method(fit=FitOptions(lengthscale_samples_min_rows=20), research=True),
         "laplace-saas": Method(
             fit=FitOptions(lengthscale_prior="saas", lengthscale_samples=0), research=True
         ),

@@ -197,11 +197,13 @@ class MixtureFunctionSamples:
 
 def averages_at(options, n: int, d: int) -> bool:
     """Whether the lengthscale average of ``FitOptions`` ``options`` applies to ``n`` rows of
-    ``d`` inputs: ``rows_per_input · d ≤ n < max_rows_per_input · d`` and ``n ≤ max_rows``."""
+    ``d`` inputs: ``rows_per_input · d ≤ n < max_rows_per_input · d`` and
+    ``min_rows ≤ n ≤ max_rows``."""
     most_per_input = options.lengthscale_samples_max_rows_per_input
     most = options.lengthscale_samples_max_rows
     return (
         n >= options.lengthscale_samples_rows_per_input * d
+        and n >= options.lengthscale_samples_min_rows
         and (most_per_input is None or n < most_per_input * d)
         and (most is None or n <= most)
     )
@@ -221,6 +223,9 @@ def check_average_options(options) -> None:
         raise HyperparameterError(
             f"lengthscale_samples_rows_per_input must be a number >= 0, got {per_input!r}."
         )
+    least = options.lengthscale_samples_min_rows
+    if not (isinstance(least, int) and _is_number(least) and least >= 0):
+        raise HyperparameterError(f"lengthscale_samples_min_rows must be an integer >= 0, got {least!r}.")
     most = options.lengthscale_samples_max_rows_per_input
     if most is not None and not (_is_number(most) and most > per_input):
         raise HyperparameterError(

@@ -237,3 +237,17 @@ def test_the_average_stops_beyond_max_rows():
     for bad in (0, 2.5, True, "200"):
         with pytest.raises(HyperparameterError, match="lengthscale_samples_max_rows must"):
             FitOptions(lengthscale_samples_max_rows=bad)
+
+
+def test_the_average_waits_for_min_rows():
+    X, Y = _data(n=9, d=3)
+    net = rff_network(3, 1, n_features=64, dtype=D64)
+    opts = FitOptions(lengthscale_samples=4, lengthscale_samples_min_rows=10)
+    few = fit_laplace_model(LaplaceModel(X, Y, network=net), opts)  # 9 < 10 rows (though >= 2d)
+    assert isinstance(few.kernel_posterior, KernelPosterior) and few.fit_info["lengthscale_samples"] == 0
+    X, Y = _data(n=10, d=3)
+    enough = fit_laplace_model(LaplaceModel(X, Y, network=net), opts)
+    assert enough.kernel_posterior.num_members == 4
+    for bad in (-1, 2.5, True):
+        with pytest.raises(HyperparameterError, match="lengthscale_samples_min_rows must"):
+            FitOptions(lengthscale_samples_min_rows=bad)
