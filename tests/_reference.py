@@ -315,3 +315,19 @@ def dense_map_ii_objective(X, Z, log_ls, log_lam, u, ls_prior, min_noise_std=1e-
     log_var = 2 * sigma.log()
     value = value - 0.5 * (log_var + 4.0).pow(2) - log_var - 0.5 * (log_lam - math.log(2.0)).pow(2)
     return -value + ls_prior(log_ls)
+
+
+def kernel_posterior_members(m: int = 1, n: int = 10, d: int = 3) -> list:
+    """Three float64 RBF :class:`KernelPosterior` objects on the same data that differ only in
+    their lengthscales (0.7, 1.6, 3.0): the members of a lengthscale average, built explicitly."""
+    from labo.surrogates.kernel_posterior import KernelPosterior
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.rand(n, d, generator=g, dtype=torch.float64)
+    Z = torch.randn(n, m, generator=g, dtype=torch.float64)
+    noise = torch.full((n, 1), 0.05, dtype=torch.float64)
+    lam = torch.tensor(1.5, dtype=torch.float64)
+    scales = (0.7, 1.6, 3.0)
+    return [
+        KernelPosterior("rbf", torch.full((d,), s, dtype=torch.float64), X, Z, lam, noise) for s in scales
+    ]

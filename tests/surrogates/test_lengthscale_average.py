@@ -40,17 +40,9 @@ def _model(X, Y, samples):
     return fit_laplace_model(model, FitOptions(lengthscale_samples=samples))
 
 
-def _members(m=1, n=10, d=3):
-    g = torch.Generator().manual_seed(1)
-    X, Z = torch.rand(n, d, generator=g, dtype=D64), torch.randn(n, m, generator=g, dtype=D64)
-    noise = torch.full((n, 1), 0.05, dtype=D64)
-    lam = torch.tensor(1.5, dtype=D64)
-    return [KernelPosterior("rbf", torch.full((d,), s, dtype=D64), X, Z, lam, noise) for s in (0.7, 1.6, 3.0)]
-
-
 @pytest.mark.parametrize("m", [1, 2])
 def test_predictive_is_the_mixtures_first_two_moments(m):
-    members = _members(m)
+    members = ref.kernel_posterior_members(m)
     Xs = torch.rand(4, 3, 3, dtype=D64)
     mean, cov = AveragedKernelPosterior(members).predictive(Xs)
     outs = [p.predictive(Xs) for p in members]
@@ -70,12 +62,12 @@ def test_predictive_is_the_mixtures_first_two_moments(m):
 
 
 def test_identical_members_give_the_member_and_conditioning_goes_member_by_member():
-    member = _members()[0]
+    member = ref.kernel_posterior_members()[0]
     Xs = torch.rand(5, 2, 3, dtype=D64)
     torch.testing.assert_close(
         AveragedKernelPosterior([member, member]).predictive(Xs), member.predictive(Xs)
     )
-    members = _members()
+    members = ref.kernel_posterior_members()
     Xn, Zn = torch.rand(2, 3, dtype=D64), torch.randn(2, 1, dtype=D64)
     noise = torch.full((2, 1), 0.05, dtype=D64)
     conditioned = AveragedKernelPosterior(members).condition(Xn, Zn, noise)
@@ -87,7 +79,7 @@ def test_identical_members_give_the_member_and_conditioning_goes_member_by_membe
 
 
 def test_member_blocks_agree_with_one_block_and_with_fantasy_batches(monkeypatch):
-    members = _members(m=2)
+    members = ref.kernel_posterior_members(m=2)
     Xs = torch.rand(4, 3, 3, dtype=D64)
     together = AveragedKernelPosterior(members)
     assert len(together.blocks) == 1 and together.num_members == 3

@@ -13,8 +13,8 @@ from labo.exceptions import InputShapeError
 from labo.surrogates import FitOptions, LaplaceModel, fit_laplace_model
 from labo.surrogates import averaged_posterior as avg_mod
 from labo.surrogates.averaged_posterior import AveragedKernelPosterior, MixtureFunctionSamples
-from labo.surrogates.kernel_posterior import KernelPosterior
 from labo.surrogates.networks import rff_network
+from tests import _reference as ref
 
 D64 = torch.float64
 
@@ -37,19 +37,10 @@ def _model(n=12, d=2, samples=6):
     return fit_laplace_model(model, FitOptions(lengthscale_samples=samples))
 
 
-def _explicit_members(m=1, n=10, d=3):
-    g = torch.Generator().manual_seed(1)
-    X, Z = torch.rand(n, d, generator=g, dtype=D64), torch.randn(n, m, generator=g, dtype=D64)
-    noise = torch.full((n, 1), 0.05, dtype=D64)
-    lam = torch.tensor(1.5, dtype=D64)
-    scales = (0.7, 1.6, 3.0)
-    return [KernelPosterior("rbf", torch.full((d,), s, dtype=D64), X, Z, lam, noise) for s in scales]
-
-
 @pytest.mark.parametrize("entries", [avg_mod.MEMBER_BLOCK_ENTRIES, 100])  # one block; a block each
 def test_members_are_rebuilt_from_the_blocks_also_after_conditioning(monkeypatch, entries):
     monkeypatch.setattr(avg_mod, "MEMBER_BLOCK_ENTRIES", entries)
-    explicit = _explicit_members(m=2)
+    explicit = ref.kernel_posterior_members(m=2)
     avg = AveragedKernelPosterior(explicit)
     assert len(avg.blocks) == (1 if entries > 100 else 3)
     Xs = torch.rand(5, 3, dtype=D64)
