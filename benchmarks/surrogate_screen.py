@@ -91,6 +91,10 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         from diagnostics.trend_kernel import fit_trend_gp
 
         return fit_trend_gp(name, X, Y)
+    if name == "gp-add":  # SingleTaskGP + a first-order additive kernel (diagnostics)
+        from diagnostics.additive_kernel import fit_additive_gp
+
+        return fit_additive_gp(name, X, Y)
     if name == "default-mgp":  # the default's kernel posterior averaged over its lengthscales
         from diagnostics.hyper_laplace import fit_default_mgp
 

@@ -72,18 +72,20 @@ pass them to the runner, the CLI does not offer them:
   hyperprior density (``fit_info["hyper_log_posterior"]``) is larger.
 - ``laplace-lsavg``: ``laplace-kernel`` with its kernel posterior averaged over 16
   lengthscale vectors drawn from their Laplace marginal at every number of rows
-  (``FitOptions(lengthscale_samples=16)`` without the three row limits,
+  (``FitOptions(lengthscale_samples=16)`` without the four row limits,
   :class:`labo.surrogates.averaged_posterior.AveragedKernelPosterior`).
 - ``laplace-lsavg-2d``: ``laplace-lsavg`` for ``2d ≤ n < 30d`` rows up to 200 rows,
   ``laplace-kernel`` outside (``FitOptions(lengthscale_samples=16,
   lengthscale_samples_rows_per_input=2.0, lengthscale_samples_max_rows_per_input=30.0)``
   and ``lengthscale_samples_max_rows=200``): below 2d the lengthscale marginal is too wide
   to average usefully, from 30d the members nearly agree, beyond 200 rows 16 members cost
-  up to 16 times one. The default's configuration, measured under this name (no measured
-  run of it fitted more than 200 rows).
-- ``laplace-lsavg-2d20``: the default with the average also waiting for 20 rows
+  up to 16 times one (``lengthscale_samples_min_rows=0``). The default from 2026-12-07
+  until the 20-row floor, measured under this name (no measured run of it fitted more than
+  200 rows).
+- ``laplace-lsavg-2d20``: ``laplace-lsavg-2d`` with the average also waiting for 20 rows
   (``FitOptions(lengthscale_samples_min_rows=20)``): the MAP-II posterior for the first
-  iterations in low dimension, the default wherever ``2d ≥ 20``.
+  iterations in low dimension, ``laplace-lsavg-2d`` wherever ``2d ≥ 20``. The default's
+  configuration, measured under this name.
 - ``laplace-saas``: ``laplace-kernel`` with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
@@ -184,6 +186,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
             fit=FitOptions(
                 lengthscale_samples=16,
                 lengthscale_samples_rows_per_input=0.0,
+                lengthscale_samples_min_rows=0,
                 lengthscale_samples_max_rows_per_input=None,
                 lengthscale_samples_max_rows=None,
             ),
@@ -193,6 +196,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
             fit=FitOptions(
                 lengthscale_samples=16,
                 lengthscale_samples_rows_per_input=2.0,
+                lengthscale_samples_min_rows=0,
                 lengthscale_samples_max_rows_per_input=30.0,
             ),
             research=True,

@@ -136,7 +136,8 @@ class FitOptions:
             input (default 2: ``n ≥ 2d``): with fewer, the lengthscale marginal is so wide
             that the members' average mean no longer follows the inputs the MAP has found.
         lengthscale_samples_min_rows: Average only from ``n ≥`` this many rows as well
-            (default 0: the per-input rule alone).
+            (default 20): in low dimension ``2d`` rows come before the data say much, and the
+            wide members slow the first iterations; ``0``: the per-input rule alone.
         lengthscale_samples_max_rows_per_input: Average only below ``n <`` this many rows
             per input (default 30; ``None``: no upper limit). With many rows per input the
             data pin the lengthscales down, the members nearly agree, and ``S`` kernel
@@ -182,7 +183,7 @@ class FitOptions:
     posterior: str | None = None
     lengthscale_samples: int | None = None
     lengthscale_samples_rows_per_input: float = 2.0
-    lengthscale_samples_min_rows: int = 0
+    lengthscale_samples_min_rows: int = 20
     lengthscale_samples_max_rows_per_input: float | None = 30.0
     lengthscale_samples_max_rows: int | None = 200
     lengthscale_prior: str = "dim_scaled"

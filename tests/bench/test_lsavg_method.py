@@ -1,5 +1,6 @@
 """Research methods ``laplace-lsavg`` (the lengthscale average at every number of rows) and
-``laplace-lsavg-2d`` (for ``2d ≤ n < 30d`` rows: the default's configuration)."""
+``laplace-lsavg-2d`` (for ``2d ≤ n < 30d`` rows), and the default's configuration
+(``laplace-lsavg-2d20``: from 20 rows as well)."""
 
 from __future__ import annotations
 
@@ -57,16 +58,23 @@ def test_lsavg_2d_averages_only_from_two_to_thirty_rows_per_input():
     assert isinstance(below.kernel_posterior, AveragedKernelPosterior)
 
 
-def test_the_default_is_lsavg_2d():
-    """``laplace`` (``LaplaceModel`` with no options) is ``laplace-lsavg-2d``: the same
-    options, and the same posterior on the same data."""
-    lsavg_2d = runner.TABLE["laplace-lsavg-2d"].fit
-    assert FitOptions() == lsavg_2d and runner.TABLE["laplace"].fit is None
+def test_the_default_is_lsavg_2d20():
+    """``laplace`` (``LaplaceModel`` with no options) is ``laplace-lsavg-2d20``: the same
+    options, and the same posterior on the same data; below 20 rows it is the MAP-II
+    posterior, where ``laplace-lsavg-2d`` already averages."""
+    assert FitOptions() == runner.TABLE["laplace-lsavg-2d20"].fit and runner.TABLE["laplace"].fit is None
     g = torch.Generator().manual_seed(3)
-    X = torch.rand(9, 3, generator=g, dtype=D64)
+    X = torch.rand(21, 3, generator=g, dtype=D64)
     Y = torch.sin(3 * X).sum(-1, keepdim=True)
-    default, named = runner.fit_model("laplace", X, Y), runner.fit_model("laplace-lsavg-2d", X, Y)
-    assert isinstance(default.kernel_posterior, AveragedKernelPosterior)
     Xs = torch.rand(4, 2, 3, dtype=D64)
+    default, named = runner.fit_model("laplace", X, Y), runner.fit_model("laplace-lsavg-2d20", X, Y)
+    assert isinstance(default.kernel_posterior, AveragedKernelPosterior)
     torch.testing.assert_close(default.posterior(Xs).mean, named.posterior(Xs).mean, rtol=0, atol=0)
     torch.testing.assert_close(default.posterior(Xs).variance, named.posterior(Xs).variance, rtol=0, atol=0)
+    few = runner.fit_model("laplace", X[:19], Y[:19])  # 19 rows: the MAP-II lengthscales
+    assert isinstance(few.kernel_posterior, KernelPosterior) and few.fit_info["lengthscale_samples"] == 0
+    map_ls = runner.fit_model("laplace-kernel", X[:19], Y[:19])
+    torch.testing.assert_close(few.posterior(Xs).mean, map_ls.posterior(Xs).mean, rtol=0, atol=0)
+    torch.testing.assert_close(few.posterior(Xs).variance, map_ls.posterior(Xs).variance, rtol=0, atol=0)
+    early = runner.fit_model("laplace-lsavg-2d", X[:19], Y[:19])  # without the floor: averaged
+    assert isinstance(early.kernel_posterior, AveragedKernelPosterior)

@@ -37,7 +37,7 @@ def _model(X, Y, samples):
         input_transform=Normalize(d),
         outcome_transform=Standardize(m),
     )
-    return fit_laplace_model(model, FitOptions(lengthscale_samples=samples))
+    return fit_laplace_model(model, FitOptions(lengthscale_samples=samples, lengthscale_samples_min_rows=0))
 
 
 @pytest.mark.parametrize("m", [1, 2])
@@ -206,20 +206,24 @@ def test_the_default_averages_sixteen_members_with_the_kernel_posterior_only():
     assert default.lengthscale_samples_rows_per_input == 2.0
     assert default.lengthscale_samples_max_rows_per_input == 30.0
     assert default.lengthscale_samples_max_rows == 200
+    assert default.lengthscale_samples_min_rows == 20
     assert FitOptions(posterior="features").lengthscale_samples == 0
     assert FitOptions(evidence="features").lengthscale_samples == 0
-    X, Y = _data(n=5, d=3)  # 5 < 2d rows: the MAP-II lengthscales alone
+    X, Y = _data(n=19, d=3)  # 19 < 20 rows (though >= 2d): the MAP-II lengthscales alone
     model = fit_laplace_model(LaplaceModel(X, Y, network=rff_network(3, 1, n_features=64, dtype=D64)))
     assert isinstance(model.kernel_posterior, KernelPosterior) and model.fit_info["lengthscale_samples"] == 0
-    X, Y = _data(n=8, d=3)
+    X, Y = _data(n=20, d=3)
     model = fit_laplace_model(LaplaceModel(X, Y, network=rff_network(3, 1, n_features=64, dtype=D64)))
     assert model.kernel_posterior.num_members == 16 and model.fit_info["lengthscale_samples"] == 16
+    X, Y = _data(n=21, d=11)  # 21 < 2d rows: the MAP-II lengthscales alone
+    model = fit_laplace_model(LaplaceModel(X, Y, network=rff_network(11, 1, n_features=64, dtype=D64)))
+    assert isinstance(model.kernel_posterior, KernelPosterior) and model.fit_info["lengthscale_samples"] == 0
 
 
 def test_the_average_stops_beyond_max_rows():
     X, Y = _data(n=11, d=3)
     net = rff_network(3, 1, n_features=64, dtype=D64)
-    opts = FitOptions(lengthscale_samples=4, lengthscale_samples_max_rows=10)
+    opts = FitOptions(lengthscale_samples=4, lengthscale_samples_min_rows=0, lengthscale_samples_max_rows=10)
     beyond = fit_laplace_model(LaplaceModel(X, Y, network=net), opts)  # 11 > 10 rows
     assert (
         isinstance(beyond.kernel_posterior, KernelPosterior) and beyond.fit_info["lengthscale_samples"] == 0

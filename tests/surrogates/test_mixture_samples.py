@@ -34,7 +34,7 @@ def _model(n=12, d=2, samples=6):
         input_transform=Normalize(d),
         outcome_transform=Standardize(1),
     )
-    return fit_laplace_model(model, FitOptions(lengthscale_samples=samples))
+    return fit_laplace_model(model, FitOptions(lengthscale_samples=samples, lengthscale_samples_min_rows=0))
 
 
 @pytest.mark.parametrize("entries", [avg_mod.MEMBER_BLOCK_ENTRIES, 100])  # one block; a block each
