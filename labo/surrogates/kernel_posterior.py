@@ -150,7 +150,7 @@ class KernelPosterior:
         K = K.reshape(*lead, X.shape[-2], k, n)
         return K.movedim(-3, -1) if members else K.squeeze(-2).transpose(-1, -2)
 
-    def _terms(self, X: Tensor) -> tuple[Tensor, Tensor]:
+    def terms(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``(*b, m, q)`` and ``V = L⁻¹ k(X_train, X)``, ``(*b, m', n, q)``."""
         if X.shape[-1] != self.X.shape[-1]:
             raise InputShapeError(f"Expected inputs with {self.X.shape[-1]} columns, got {tuple(X.shape)}.")
@@ -161,7 +161,7 @@ class KernelPosterior:
     def predictive(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``(*b, q, m)`` and joint covariance ``(*b, q, m, q, m)`` at ``X (*bx, q, d)``;
         outputs are independent. Differentiable w.r.t. ``X``."""
-        mean, V = self._terms(X)
+        mean, V = self.terms(X)
         C = self.kernel(X, X).unsqueeze(-3) - V.transpose(-1, -2) @ V  # (*b, m', q, q)
         m = self.num_outputs
         batch = torch.broadcast_shapes(mean.shape[:-2], C.shape[:-3])
@@ -176,7 +176,7 @@ class KernelPosterior:
 
     def mean_and_variance(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and marginal variances, both ``(*b, q, m)``, at ``X (*bx, q, d)``."""
-        mean, V = self._terms(X)
+        mean, V = self.terms(X)
         prior = (
             stationary_kernel(self.kernel_name, torch.zeros_like(X[..., 0])) + 1.0
         ) / self.prior_precision

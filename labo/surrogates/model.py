@@ -39,7 +39,7 @@ from labo.surrogates.model_conditioning import (
     cached_condition,
     z_space_observations,
 )
-from labo.surrogates.model_posterior import dense_posterior, lazy_posterior
+from labo.surrogates.model_posterior import dense_posterior, kernel_rows_posterior, lazy_posterior
 from labo.surrogates.model_support import (
     build_network,
     check_training_data,
@@ -59,6 +59,7 @@ from labo.surrogates.model_support import (
 DEFAULT_NETWORK = "rff"
 # The default structure is Functional() up to this many training rows n·m, then Kron().
 FUNCTIONAL_MAX_ROWS = 250
+_TRANSFORMS = ("outcome_transform", "input_transform")
 
 
 # GPyTorchModel is a base although the posterior is no GPyTorch GP's: BoTorch's cached-root
@@ -326,19 +327,17 @@ class LaplaceModel(GPyTorchModel, FantasizeMixin, GP):
         return (la or self.laplace).predictive(X_tf)
 
     def _lazy_posterior(self, X_tf: Tensor, X: Tensor) -> GPyTorchPosterior | None:
-        """The one-output posterior with a factored covariance (many points), or None
-        (``labo.surrogates.model_posterior.lazy_posterior``)."""
-        plain = self._conditioning is None and self._outputs is None and self.kernel_posterior is None
-        if not plain or self.num_outputs != 1:
+        """One output's lazy posterior (``labo.surrogates.model_posterior``), or None."""
+        if self._conditioning is not None or self._outputs is not None or self.num_outputs != 1:
             return None
-        cache = self.__dict__.setdefault("_head_cache", HeadCache())
-        transforms = getattr(self, "outcome_transform", None), getattr(self, "input_transform", None)
-        return lazy_posterior(self.laplace, X_tf, X, self.y_mean, self.y_scale, *transforms, cache)
+        args = X_tf, X, self.y_mean, self.y_scale, *(getattr(self, a, None) for a in _TRANSFORMS)
+        if self.kernel_posterior is None:
+            return lazy_posterior(self.laplace, *args, self.__dict__.setdefault("_head_cache", HeadCache()))
+        return kernel_rows_posterior(self.kernel_posterior, *args)
 
     @property
     def _supports_cache_root(self) -> bool:
-        """BoTorch's cached-root acquisition path: one output only (several outputs share
-        one interleaved joint covariance, not the block-diagonal one it expects)."""
+        """BoTorch's cached-root path: one output only (several share one interleaved covariance)."""
         return self.num_outputs == 1
 
     def subset_output(self, idcs: list[int]) -> LaplaceModel:

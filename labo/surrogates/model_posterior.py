@@ -14,6 +14,7 @@ standardisation, transforms and Laplace posterior); ``LaplaceModel.posterior`` c
 from __future__ import annotations
 
 import torch
+from botorch.models.transforms.outcome import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from linear_operator.operators import DenseLinearOperator
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from labo.exceptions import InputShapeError
 from labo.laplace import LaplaceApproximation
+from labo.surrogates.kernel_rows import kernel_rows_prediction, supports_rows
 from labo.surrogates.lazy_covariance import HeadCache, one_output_posterior, shared_prefix_rows
 from labo.surrogates.model_support import output_index
 
@@ -126,3 +128,37 @@ def lazy_posterior(
     # input transform reaches them.
     detach = input_transform is None or not any(p.requires_grad for p in input_transform.parameters())
     return one_output_posterior(la, X_tf, y_mean, y_scale, outcome_transform, shared, detach, cache)
+
+
+def kernel_rows_posterior(
+    posterior,
+    X_tf: Tensor,
+    X: Tensor,
+    y_mean: Tensor,
+    y_scale: Tensor,
+    outcome_transform: nn.Module | None,
+    input_transform: nn.Module | None,
+) -> GPyTorchPosterior | None:
+    """The one-output posterior of a kernel posterior (or its lengthscale average) over
+    rows whose first ones are shared by every t-batch (BoTorch's baseline), with the
+    baseline's terms computed once and the candidates' covariance rows per call
+    (:mod:`labo.surrogates.kernel_rows`); or None (nothing shared, several outputs,
+    batched training data, a learnable input transform or an outcome transform other
+    than ``Standardize``: the caller takes the dense path)."""
+    if outcome_transform is not None and type(outcome_transform) is not Standardize:
+        return None
+    if not supports_rows(posterior) or y_scale.numel() != 1:
+        return None
+    if input_transform is not None and any(p.requires_grad for p in input_transform.parameters()):
+        return None
+    shared = shared_prefix_rows(X)
+    if shared == 0:
+        return None
+    mean_z, cov_z = kernel_rows_prediction(posterior, X_tf, shared)
+    mean, var_scale = y_mean + y_scale * mean_z, y_scale.pow(2)
+    if outcome_transform is not None:
+        mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
+        var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
+    var_scale = var_scale.reshape(())
+    covar = type(cov_z)(cov_z.head * var_scale, cov_z.rows * var_scale)
+    return GPyTorchPosterior(distribution=MultivariateNormal(mean, covar))

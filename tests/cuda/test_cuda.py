@@ -171,6 +171,15 @@ def test_default_kernel_posterior_model_on_cuda(gen_device):
     assert all(block.L.device.type == "cuda" for block in model.kernel_posterior.blocks)
     post = model.posterior(torch.rand(3, 20, 4, dtype=torch.float64, device=CUDA))
     assert post.mean.device.type == "cuda" and torch.isfinite(post.variance).all()
+    from labo.surrogates.kernel_rows import TailRowsCovariance
+
+    T = torch.rand(3, 2, 4, dtype=torch.float64, device=CUDA, generator=g).requires_grad_(True)
+    joint = model.posterior(torch.cat([X[:10].expand(3, 10, 4), T], -2))  # baseline rows + candidates
+    assert isinstance(joint.distribution.lazy_covariance_matrix, TailRowsCovariance)
+    dense = model.posterior(torch.cat([X[:10].expand(3, 10, 4), T], -2).detach().clone())
+    torch.testing.assert_close(
+        joint.distribution.covariance_matrix, dense.distribution.covariance_matrix, rtol=1e-9, atol=1e-11
+    )
     acq = qLogNoisyExpectedImprovement(model, X_baseline=X)
     bounds = torch.stack([torch.zeros(4), torch.ones(4)]).double().to(CUDA)
     cand, val = optimize_acqf(acq, bounds=bounds, q=2, num_restarts=2, raw_samples=32)
