@@ -45,7 +45,7 @@ def shared_prefix_rows(X: Tensor) -> int:
     Their factors can be computed once and broadcast. That is exact for the values; for
     gradients it is exact only when nothing differentiates with respect to those rows,
     so under autograd the rows are shared only where ``X`` is such a ``cat`` whose first
-    piece does not require grad (and whose second piece, a leaf, gives the split);
+    piece does not require grad (the second piece's shape gives the split);
     without autograd any prefix of rows equal in every t-batch is shared. With one
     t-batch, the first piece of such a ``cat`` (its rows are kept across calls by
     :class:`HeadCache`). Costs one comparison of the prefix (one host sync on a GPU).
@@ -80,9 +80,18 @@ def _no_grad_cat_prefix(X: Tensor) -> int:
     if dim is None or dim not in (X.dim() - 2, -2, 2**64 - 2):
         return 0
     (first, _), (second, _) = fn.next_functions
-    if first is not None or second is None or second.name() != "torch::autograd::AccumulateGrad":
+    if first is not None or second is None:
         return 0
-    return X.shape[-2] - second.variable.shape[-2]
+    if second.name() == "torch::autograd::AccumulateGrad":  # B is a leaf
+        return X.shape[-2] - second.variable.shape[-2]
+    # B is computed (BoTorch's fix_features builds it by slice assignment): the shape of B is
+    # that of the gradient its node receives, exposed only as `_input_metadata` (absent:
+    # 0, the dense path).
+    meta = getattr(second, "_input_metadata", None)
+    shape = getattr(meta[0], "shape", None) if meta else None
+    if shape is None or len(shape) != X.dim():
+        return 0
+    return X.shape[-2] - shape[-2]
 
 
 class SharedHeadCovariance(LinearOperator):

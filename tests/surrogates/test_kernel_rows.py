@@ -149,3 +149,24 @@ def test_qlognei_with_the_cached_root_matches_the_dense_path(samples):
     (grad2,) = torch.autograd.grad(value2.sum(), Xc2)
     torch.testing.assert_close(value, value2, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(grad, grad2, rtol=1e-7, atol=1e-9)
+
+
+def test_rows_path_through_fix_features_gradients():
+    """Candidates built by BoTorch's ``fix_features`` (as ``optimize_acqf`` passes them)
+    take the row path, with the dense path's gradient w.r.t. the free features."""
+    from botorch.optim.utils import fix_features
+
+    model, X = _model(4)
+    g = torch.Generator().manual_seed(7)
+    free = torch.rand(3, 2, 2, generator=g, dtype=D64).requires_grad_(True)
+    free2 = free.detach().clone().requires_grad_(True)
+    T, T2 = (fix_features(f, {1: 0.3}, replace_current_value=False) for f in (free, free2))
+    lazy, dense = _joint(model, X[:8], T), _dense(model, X[:8], T2)
+    assert isinstance(lazy.distribution.lazy_covariance_matrix, TailRowsCovariance)
+    rows = lazy.distribution.lazy_covariance_matrix[..., -2:, :].to_dense()
+    C = dense.distribution.covariance_matrix[..., -2:, :]
+    torch.testing.assert_close(rows, C, rtol=1e-10, atol=1e-12)
+    (g1,) = torch.autograd.grad(rows.sum() + lazy.mean.sum(), free)
+    (g2,) = torch.autograd.grad(C.sum() + dense.mean.sum(), free2)
+    torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-11)
+

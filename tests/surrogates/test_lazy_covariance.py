@@ -131,6 +131,22 @@ def test_shared_rows_only_where_gradients_cannot_tell():
     assert shared_prefix_rows(leaf[:1]) == 0
 
 
+def test_shared_rows_when_the_candidates_are_computed():
+    """BoTorch's optimisers pass candidates through ``fix_features``, which builds them by
+    slice assignment (a computed tensor, not a leaf): the candidates' shape gives the split."""
+    from botorch.optim.utils import fix_features
+
+    base = torch.rand(5, 3, dtype=torch.float64)
+    Xc = torch.rand(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    built = fix_features(Xc[..., :2], {2: 0.5}, replace_current_value=False)  # CopySlices
+    assert built.grad_fn is not None and built.shape == (4, 2, 3)
+    assert shared_prefix_rows(torch.cat([base.expand(4, 5, 3), built], -2)) == 5
+    assert shared_prefix_rows(torch.cat([base.expand(1, 5, 3), built[:1]], -2)) == 5  # one t-batch
+    assert shared_prefix_rows(torch.cat([base.expand(4, 5, 3), 2.0 * Xc], -2)) == 5
+    b = base.clone().requires_grad_(True)  # the baseline requires grad: never shared
+    assert shared_prefix_rows(torch.cat([b.expand(4, 5, 3), built], -2)) == 0
+
+
 def test_qlognei_value_and_gradient_with_shared_baseline(monkeypatch):
     """BoTorch's qLogNEI (cached root) gives the same values and x-gradients whether the
     baseline rows are shared across t-batches or recomputed in each."""
