@@ -169,4 +169,3 @@ def test_rows_path_through_fix_features_gradients():
     (g1,) = torch.autograd.grad(rows.sum() + lazy.mean.sum(), free)
     (g2,) = torch.autograd.grad(C.sum() + dense.mean.sum(), free2)
     torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-11)
-
