@@ -21,6 +21,8 @@ import torch
 from linear_operator.operators import DenseLinearOperator, LinearOperator
 from torch import Tensor
 
+from labo.surrogates.lazy_covariance import tail_row_range
+
 
 class TailRowsCovariance(LinearOperator):
     """The symmetric covariance ``[[A, Bᵀ], [B, C]]`` of ``N`` head rows shared by every
@@ -63,16 +65,9 @@ class TailRowsCovariance(LinearOperator):
         return TailRowsCovariance(self.head, self.rows.expand(*batch_shape, *self.rows.shape[-2:]))
 
     def _getitem(self, row_index, col_index, *batch_indices) -> LinearOperator:
-        N, R = self.head.shape[-1], self.shape[-1]
-        everything = slice(None, None, None)
-        if (
-            isinstance(row_index, slice)
-            and col_index == everything
-            and all(b == everything for b in batch_indices)
-        ):
-            start, stop, step = row_index.indices(R)
-            if step == 1 and N <= start < stop:
-                return DenseLinearOperator(self.rows[..., start - N : stop - N, :])
+        rows = tail_row_range(row_index, col_index, batch_indices, self.head.shape[-1], self.shape[-1])
+        if rows is not None:
+            return DenseLinearOperator(self.rows[..., rows[0] : rows[1], :])
         return self._dense_op()._getitem(row_index, col_index, *batch_indices)
 
 

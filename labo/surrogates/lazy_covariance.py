@@ -94,6 +94,21 @@ def _no_grad_cat_prefix(X: Tensor) -> int:
     return X.shape[-2] - shape[-2]
 
 
+def tail_row_range(row_index, col_index, batch_indices, N: int, R: int) -> tuple[int, int] | None:
+    """``(lo, hi)`` when a LinearOperator index ``[..., N + lo : N + hi, :]`` of an ``R x R``
+    covariance asks for whole rows below its ``N`` head rows only (what BoTorch's cached-root
+    path reads), else None."""
+    everything = slice(None, None, None)
+    if not (
+        isinstance(row_index, slice)
+        and col_index == everything
+        and all(b == everything for b in batch_indices)
+    ):
+        return None
+    start, stop, step = row_index.indices(R)
+    return (start - N, stop - N) if step == 1 and N <= start < stop else None
+
+
 class SharedHeadCovariance(LinearOperator):
     """The covariance of rows ``[head; tail]`` whose ``N`` head rows are the same in every t-batch.
 
@@ -154,16 +169,11 @@ class SharedHeadCovariance(LinearOperator):
         return self.joined()._expand_batch(batch_shape)
 
     def _getitem(self, row_index, col_index, *batch_indices) -> LinearOperator:
-        N, R = self._layers[0][0].shape[-2], self.shape[-1]
-        everything = slice(None, None, None)
-        if (
-            isinstance(row_index, slice)
-            and col_index == everything
-            and all(b == everything for b in batch_indices)
-        ):
-            start, stop, step = row_index.indices(R)
-            if step == 1 and N <= start < stop:
-                return DenseLinearOperator(self._tail_rows(start - N, stop - N))
+        rows = tail_row_range(
+            row_index, col_index, batch_indices, self._layers[0][0].shape[-2], self.shape[-1]
+        )
+        if rows is not None:
+            return DenseLinearOperator(self._tail_rows(*rows))
         return self.joined()._getitem(row_index, col_index, *batch_indices)
 
     def _tail_rows(self, lo: int, hi: int) -> Tensor:
