@@ -169,3 +169,29 @@ def test_rows_path_through_fix_features_gradients():
     (g1,) = torch.autograd.grad(rows.sum() + lazy.mean.sum(), free)
     (g2,) = torch.autograd.grad(C.sum() + dense.mean.sum(), free2)
     torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-11)
+
+
+def test_qlognei_with_pending_points_matches_the_dense_path():
+    """Pending points join the candidates (a computed cat), after the shared baseline."""
+    model, X = _model(5, n=16)
+    g = torch.Generator().manual_seed(8)
+    pending = torch.rand(2, 3, generator=g, dtype=D64)
+    acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=False, X_pending=pending)
+    Xc = torch.rand(4, 2, 3, generator=g, dtype=D64).requires_grad_(True)
+    seen, rows_path = [], model._lazy_posterior
+
+    def spy(X_tf, X_):
+        post = rows_path(X_tf, X_)
+        seen.append((X_.shape, type(post.distribution.lazy_covariance_matrix)))
+        return post
+
+    model._lazy_posterior = spy
+    value = acqf(Xc)
+    (grad,) = torch.autograd.grad(value.sum(), Xc)
+    assert seen == [(torch.Size([4, 20, 3]), TailRowsCovariance)]  # 16 baseline, 2 candidates, 2 pending
+    model._lazy_posterior = lambda X_tf, X_: None
+    Xc2 = Xc.detach().clone().requires_grad_(True)
+    value2 = acqf(Xc2)
+    (grad2,) = torch.autograd.grad(value2.sum(), Xc2)
+    torch.testing.assert_close(value, value2, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad, grad2, rtol=1e-7, atol=1e-9)
