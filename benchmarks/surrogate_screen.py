@@ -91,6 +91,10 @@ def fit_variant(name: str, X: torch.Tensor, Y: torch.Tensor):
         from diagnostics.trend_kernel import fit_trend_gp
 
         return fit_trend_gp(name, X, Y)
+    if name in ("default-warp", "default-warpls"):  # hyperparameters tuned on rank-warped targets
+        from diagnostics.warped_lengthscales import fit_warped_default
+
+        return fit_warped_default(name, X, Y)
     if name == "gp-add":  # SingleTaskGP + a first-order additive kernel (diagnostics)
         from diagnostics.additive_kernel import fit_additive_gp
 
