@@ -135,10 +135,11 @@ def test_baseline_terms_are_kept_across_calls_and_dropped_by_a_refit():
     torch.testing.assert_close(lazy.distribution.covariance_matrix, dense.distribution.covariance_matrix)
 
 
+@pytest.mark.parametrize("cache_root", [True, False])  # False: samples of the whole joint (rsample)
 @pytest.mark.parametrize("samples", [0, 5])
-def test_qlognei_with_the_cached_root_matches_the_dense_path(samples):
+def test_qlognei_with_the_cached_root_matches_the_dense_path(samples, cache_root):
     model, X = _model(samples, n=16)
-    acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=False, cache_root=True)
+    acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=False, cache_root=cache_root)
     g = torch.Generator().manual_seed(6)
     Xc = torch.rand(5, 2, 3, generator=g, dtype=D64).requires_grad_(True)
     value = acqf(Xc)
