@@ -232,6 +232,10 @@ def check_average_options(options) -> None:
             "lengthscale_samples_max_rows_per_input must be None or a number above "
             f"lengthscale_samples_rows_per_input ({per_input!r}), got {most!r}."
         )
+    if not isinstance(options.lengthscale_antithetic, bool):
+        raise HyperparameterError(
+            f"lengthscale_antithetic must be a bool, got {options.lengthscale_antithetic!r}."
+        )
     rows = options.lengthscale_samples_max_rows
     if rows is not None and not (isinstance(rows, int) and _is_number(rows) and rows >= 1):
         raise HyperparameterError(
@@ -257,7 +261,13 @@ HESSIAN_FLOOR = 1e-2
 
 
 def lengthscale_draws(
-    neg_log_post, log_lengthscale: Tensor, log_prior: Tensor, log_noise: Tensor, free, samples: int
+    neg_log_post,
+    log_lengthscale: Tensor,
+    log_prior: Tensor,
+    log_noise: Tensor,
+    free,
+    samples: int,
+    antithetic: bool = False,
 ) -> Tensor:
     """``(samples, d)`` log-lengthscales from their marginal under the Laplace
     approximation of the hyperparameter posterior at the MAP-II optimum.
@@ -267,7 +277,8 @@ def lengthscale_draws(
     noise parameter ``u`` (``free = (λ tuned, noise tuned)``), its eigenvalues floored at
     :data:`HESSIAN_FLOOR`; the draws are ``N(log ℓ̂, (H⁻¹)_{ℓℓ})``, the marginal of the
     lengthscales (``λ`` and the noise are then kept at the optimum). Seeded (seed 0):
-    the same fit gives the same draws.
+    the same fit gives the same draws. ``antithetic``: in pairs ``ℓ̂ ± δ``, so that
+    their mean is the optimum exactly.
     """
     d = log_lengthscale.numel()
     others = [t.detach().reshape(1) for t, keep in zip((log_prior, log_noise), free, strict=True) if keep]
@@ -283,5 +294,9 @@ def lengthscale_draws(
     cov = ((evecs / evals.clamp_min(HESSIAN_FLOOR)) @ evecs.T)[:d, :d]
     root = torch.linalg.cholesky(0.5 * (cov + cov.T))
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(samples, d, generator=g, dtype=flat.dtype).to(flat.device)
+    if antithetic:  # pairs ±z (an odd last draw is the MAP itself)
+        half = torch.randn(samples // 2, d, generator=g, dtype=flat.dtype)
+        z = torch.cat([half, -half, half.new_zeros(samples % 2, d)]).to(flat.device)
+    else:
+        z = torch.randn(samples, d, generator=g, dtype=flat.dtype).to(flat.device)
     return flat[:d] + z @ root.T

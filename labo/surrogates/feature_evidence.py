@@ -207,6 +207,7 @@ def fit_feature_evidence(
     prior_precision: float | None = None,
     lengthscale_samples: int = 0,
     lengthscale_prior: str = "dim_scaled",
+    antithetic: bool = False,
 ) -> dict:
     """Tune the feature parameters, ``λ`` and ``σ`` on the exact evidence (MAP-II), set the
     last layer to the posterior mean and fit the Laplace posterior. In place.
@@ -233,7 +234,8 @@ def fit_feature_evidence(
         lengthscale_samples: With ``evidence="kernel"``, also draw this many
             log-lengthscale vectors from their marginal under the Laplace approximation
             of the hyperparameter posterior at the optimum
-            (:func:`~labo.surrogates.averaged_posterior.lengthscale_draws`).
+            (:func:`~labo.surrogates.averaged_posterior.lengthscale_draws`; ``antithetic``:
+            in ``±`` pairs).
 
     Returns:
         ``{"steps", "seconds", "lml_history", "hyper_log_posterior", "lengthscale_draws"}``;
@@ -312,7 +314,7 @@ def fit_feature_evidence(
         (rff,) = [f for f, _, _ in ls_prior]
         free = (not pinned, noise_var is None)
         draws = lengthscale_draws(
-            neg_log_post, rff.log_lengthscale, log_prior, log_noise, free, lengthscale_samples
+            neg_log_post, rff.log_lengthscale, log_prior, log_noise, free, lengthscale_samples, antithetic
         )
     with torch.no_grad():
         prior, sigma = log_prior.exp(), noise_std(log_noise)

@@ -145,6 +145,9 @@ class FitOptions:
         lengthscale_samples_max_rows: Average only while ``n ≤`` this many rows (default
             200; ``None``: no limit): each acquisition call costs up to ``S`` times the
             MAP-II posterior's once the ``n x n`` solves dominate (from a few hundred rows).
+        lengthscale_antithetic: Draw the lengthscale vectors in antithetic pairs
+            (``ℓ̂ ± δ``, an even ``S``): the members' mean is centred on the MAP-II
+            lengthscales exactly (research option).
         lengthscale_prior: The hyperprior on the lengthscales in the evidence fit of
             ``network="rff"``: ``"dim_scaled"`` (the default, BoTorch's GP prior of
             Hvarfner et al. 2024) or ``"saas"``, the sparse axis-aligned subspace prior of
@@ -186,6 +189,7 @@ class FitOptions:
     lengthscale_samples_min_rows: int = 20
     lengthscale_samples_max_rows_per_input: float | None = 30.0
     lengthscale_samples_max_rows: int | None = 200
+    lengthscale_antithetic: bool = False
     lengthscale_prior: str = "dim_scaled"
 
     def __post_init__(self) -> None:
@@ -296,6 +300,7 @@ def fit_laplace_model(model: LaplaceModel, options: FitOptions | None = None) ->
             prior_precision=opts.evidence_prior_precision,
             lengthscale_samples=samples,
             lengthscale_prior=opts.lengthscale_prior,
+            antithetic=opts.lengthscale_antithetic,
         )
         train_steps, history = [info["steps"]], info["lml_history"]
         hyper_log_posterior = info["hyper_log_posterior"]

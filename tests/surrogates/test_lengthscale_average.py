@@ -247,3 +247,20 @@ def test_the_average_waits_for_min_rows():
     for bad in (-1, 2.5, True):
         with pytest.raises(HyperparameterError, match="lengthscale_samples_min_rows must"):
             FitOptions(lengthscale_samples_min_rows=bad)
+
+
+def test_antithetic_draws_come_in_pairs_around_the_map():
+    X, Y = _data(n=14, d=3)
+    net = rff_network(3, 1, n_features=64, dtype=D64)
+    opts = FitOptions(lengthscale_samples=6, lengthscale_samples_min_rows=0, lengthscale_antithetic=True)
+    model = fit_laplace_model(LaplaceModel(X, Y, network=net), opts)
+    log_ls = -model.kernel_posterior.inv_lengthscales.log().reshape(6, 3)
+    centre = model.network[0].log_lengthscale.detach().reshape(3)
+    torch.testing.assert_close(log_ls[:3] + log_ls[3:], 2 * centre.expand(3, 3), rtol=0, atol=1e-12)
+    assert (log_ls[:3] - centre).abs().min() > 0
+    odd = FitOptions(lengthscale_samples=5, lengthscale_samples_min_rows=0, lengthscale_antithetic=True)
+    five = fit_laplace_model(LaplaceModel(X, Y, network=rff_network(3, 1, n_features=64, dtype=D64)), odd)
+    five_ls = -five.kernel_posterior.inv_lengthscales.log().reshape(5, 3)
+    torch.testing.assert_close(five_ls[4], centre, rtol=0, atol=1e-12)  # the odd one out: the MAP
+    with pytest.raises(HyperparameterError, match="lengthscale_antithetic must"):
+        FitOptions(lengthscale_antithetic=1)
