@@ -43,6 +43,7 @@ def main() -> None:
         " (labo.bench.methods)",
     )
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--budget-scale", type=float, default=1.0)
     parser.add_argument("--num-restarts", type=int, default=10)
     parser.add_argument("--raw-samples", type=int, default=512)
@@ -77,7 +78,7 @@ def main() -> None:
             args.threads,
         )
         for name in problems
-        for seed in range(args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
         for method in methods  # methods side by side on the same seed (paired design)
     ]
     if args.jobs > 1:
