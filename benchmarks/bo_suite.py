@@ -43,7 +43,7 @@ def main() -> None:
         " (labo.bench.methods)",
     )
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, ..., + seeds - 1")
     parser.add_argument("--budget-scale", type=float, default=1.0)
     parser.add_argument("--num-restarts", type=int, default=10)
     parser.add_argument("--raw-samples", type=int, default=512)
