@@ -136,27 +136,26 @@ def tail_rows(posterior, head: tuple, H: Tensor, T: Tensor) -> tuple[Tensor, Ten
 
 
 class KernelHeadCache:
-    """The baseline's :func:`head_terms`, kept across posterior calls while the kernel
-    posterior (by identity: a refit or conditioning replaces it) and the baseline rows
-    (by value) are unchanged."""
+    """The baseline's :func:`head_terms`, kept on the kernel posterior they belong to (a
+    refit or conditioning builds a new one) while the baseline rows are unchanged (by value)."""
 
     def __init__(self):
         self._entry = None
 
     def get(self, posterior, H: Tensor) -> tuple:
         e = self._entry
-        if e is not None and e[0] is posterior and e[1].shape == H.shape and torch.equal(e[1], H):
-            return e[2]
+        if e is not None and e[0].shape == H.shape and torch.equal(e[0], H):
+            return e[1]
         with torch.no_grad():
             terms = head_terms(posterior, H)
-        self._entry = (posterior, H.detach().clone(), terms)
+        self._entry = (H.detach().clone(), terms)
         return terms
 
 
-def kernel_rows_prediction(posterior, X_tf: Tensor, shared: int):
-    """Mean ``(..., N + q)`` and :class:`TailRowsCovariance` (z-space) of the joint posterior
-    at ``X_tf (..., N + q, d)``, whose first ``shared = N`` rows are the same in every t-batch
-    and carry no gradient. The baseline's terms are kept on ``posterior`` (a
+def kernel_rows_prediction(posterior, X_tf: Tensor, shared: int, var_scale: Tensor | float = 1.0):
+    """Mean ``(..., N + q)`` (z-space) and :class:`TailRowsCovariance` (times ``var_scale``)
+    of the joint posterior at ``X_tf (..., N + q, d)``, whose first ``shared = N`` rows are
+    the same in every t-batch and carry no gradient. The baseline's terms are kept on ``posterior`` (a
     :class:`KernelHeadCache`), so a refit, which builds a new posterior, drops them."""
     lead = X_tf.shape[:-2]
     H = X_tf[(0,) * len(lead)][:shared].detach()
@@ -165,7 +164,7 @@ def kernel_rows_prediction(posterior, X_tf: Tensor, shared: int):
     batch = torch.broadcast_shapes(lead, mean_t.shape[:-1])
     mean_t = mean_t.expand(*batch, mean_t.shape[-1])
     mean = torch.cat([head[1].expand(*batch, shared), mean_t], -1)
-    return mean, TailRowsCovariance(head[3], rows.expand(*batch, *rows.shape[-2:]))
+    return mean, TailRowsCovariance(head[3] * var_scale, rows.expand(*batch, *rows.shape[-2:]) * var_scale)
 
 
 __all__ = ["KernelHeadCache", "TailRowsCovariance", "kernel_rows_prediction", "supports_rows"]

@@ -257,6 +257,18 @@ def _split_terms(
     return F, head[1], tail[1], head[2]
 
 
+def outcome_affine(y_mean: Tensor, y_scale: Tensor, outcome_transform) -> tuple[Tensor, Tensor] | None:
+    """``(shift, scale)`` with ``y = shift + scale · z`` for one output: the model's target
+    standardisation, then a BoTorch ``Standardize`` outcome transform undone; None for any
+    other outcome transform (the caller takes the dense path)."""
+    if outcome_transform is None:
+        return y_mean, y_scale
+    if type(outcome_transform) is not Standardize:
+        return None
+    means, stdvs = outcome_transform.means[..., 0], outcome_transform.stdvs[..., 0]
+    return means + stdvs * y_mean, stdvs * y_scale
+
+
 def one_output_posterior(
     la: LaplaceApproximation,
     X_tf: Tensor,
@@ -278,11 +290,11 @@ def one_output_posterior(
     kept in a :class:`SharedHeadCovariance`; with ``detach_head`` a ``cache`` keeps them
     across calls.
     """
-    if outcome_transform is not None and type(outcome_transform) is not Standardize:
+    affine = outcome_affine(y_mean, y_scale, outcome_transform)
+    if affine is None:
         return None
-    var_scale = y_scale.pow(2)
-    if outcome_transform is not None:
-        var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
+    shift, scale = affine
+    var_scale = scale.pow(2)
     if shared_rows > 0:
         res = _split_terms(la, X_tf, shared_rows, detach_head, cache)
         if res is None:
@@ -300,10 +312,7 @@ def one_output_posterior(
         covar = LayerFactorCovariance.symmetric(
             [(Pa, _one_output_rows(Pa, Pb), w * var_scale) for Pa, Pb, w in terms]
         )
-    mean = y_mean + y_scale * F[..., 0]
-    if outcome_transform is not None:
-        mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
-    return GPyTorchPosterior(distribution=FactorMultivariateNormal(mean, covar))
+    return GPyTorchPosterior(distribution=FactorMultivariateNormal(shift + scale * F[..., 0], covar))
 
 
 __all__ = [
@@ -312,5 +321,6 @@ __all__ = [
     "LayerFactorCovariance",
     "SharedHeadCovariance",
     "one_output_posterior",
+    "outcome_affine",
     "shared_prefix_rows",
 ]

@@ -14,7 +14,6 @@ standardisation, transforms and Laplace posterior); ``LaplaceModel.posterior`` c
 from __future__ import annotations
 
 import torch
-from botorch.models.transforms.outcome import Standardize
 from botorch.posteriors.gpytorch import GPyTorchPosterior
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from linear_operator.operators import DenseLinearOperator
@@ -23,7 +22,12 @@ from torch import Tensor, nn
 from labo.exceptions import InputShapeError
 from labo.laplace import LaplaceApproximation
 from labo.surrogates.kernel_rows import kernel_rows_prediction, supports_rows
-from labo.surrogates.lazy_covariance import HeadCache, one_output_posterior, shared_prefix_rows
+from labo.surrogates.lazy_covariance import (
+    HeadCache,
+    one_output_posterior,
+    outcome_affine,
+    shared_prefix_rows,
+)
 from labo.surrogates.model_support import output_index
 
 # Posteriors over at least this many points keep their covariance factored (lazy).
@@ -145,20 +149,14 @@ def kernel_rows_posterior(
     (:mod:`labo.surrogates.kernel_rows`); or None (nothing shared, several outputs,
     batched training data, a learnable input transform or an outcome transform other
     than ``Standardize``: the caller takes the dense path)."""
-    if outcome_transform is not None and type(outcome_transform) is not Standardize:
-        return None
-    if not supports_rows(posterior) or y_scale.numel() != 1:
+    affine = outcome_affine(y_mean, y_scale, outcome_transform)
+    if affine is None or not supports_rows(posterior) or y_scale.numel() != 1:
         return None
     if input_transform is not None and any(p.requires_grad for p in input_transform.parameters()):
         return None
     shared = shared_prefix_rows(X)
     if shared == 0:
         return None
-    mean_z, cov_z = kernel_rows_prediction(posterior, X_tf, shared)
-    mean, var_scale = y_mean + y_scale * mean_z, y_scale.pow(2)
-    if outcome_transform is not None:
-        mean = outcome_transform.means[..., 0] + outcome_transform.stdvs[..., 0] * mean
-        var_scale = var_scale * outcome_transform.stdvs[..., 0].pow(2)
-    var_scale = var_scale.reshape(())
-    covar = type(cov_z)(cov_z.head * var_scale, cov_z.rows * var_scale)
-    return GPyTorchPosterior(distribution=MultivariateNormal(mean, covar))
+    shift, scale = affine
+    mean_z, covar = kernel_rows_prediction(posterior, X_tf, shared, scale.pow(2).reshape(()))
+    return GPyTorchPosterior(distribution=MultivariateNormal(shift + scale * mean_z, covar))
