@@ -89,6 +89,10 @@ pass them to the runner, the CLI does not offer them:
 - ``laplace-lsavg-anti``: the default with its lengthscale draws in antithetic pairs
   (``FitOptions(lengthscale_antithetic=True)``): the members centred on the MAP-II
   lengthscales exactly (experiment: less Monte Carlo noise in the average).
+- ``laplace-yj`` / ``laplace-yjup`` / ``laplace-copula``: the default on warped targets
+  (:mod:`labo.bench.warping`: a fitted Yeo-Johnson transform, the same with its exponent
+  at least 1 so that only the bad values are compressed, or the normal scores of the
+  ranks); ``gp-yj`` / ``gp-yjup``: SingleTaskGP on the same warped targets.
 - ``laplace-saas``: ``laplace-kernel`` with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
@@ -131,6 +135,9 @@ class Method:
             iteration fits one ``LaplaceModel`` per member (each warm-started from its own
             previous fit) and keeps the one with the largest
             ``fit_info["hyper_log_posterior"]`` (evidence-based model choice, issue 23 §2f).
+        warp: A monotone warp of the targets before the fit (research): the surrogate
+            models the warped values and the acquisition runs on their scale
+            (:func:`labo.bench.warping.warp_targets`); ``None``: the raw targets.
     """
 
     model: str = "laplace"
@@ -139,6 +146,7 @@ class Method:
     research: bool = False
     network: Callable[..., Any] | None = None
     family: tuple[Callable[..., Any], ...] = ()
+    warp: str | None = None
 
 
 def _rff(**kwargs) -> Callable[..., Any]:
@@ -206,6 +214,11 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         ),
         "laplace-lsavg-2d20": Method(fit=FitOptions(lengthscale_samples_min_rows=20), research=True),
         "laplace-lsavg-anti": Method(fit=FitOptions(lengthscale_antithetic=True), research=True),
+        "laplace-yj": Method(warp="yeo-johnson", research=True),
+        "laplace-yjup": Method(warp="yeo-johnson-up", research=True),
+        "laplace-copula": Method(warp="copula", research=True),
+        "gp-yj": Method(model="gp", warp="yeo-johnson", research=True),
+        "gp-yjup": Method(model="gp", warp="yeo-johnson-up", research=True),
         "laplace-saas": Method(
             fit=FitOptions(lengthscale_prior="saas", lengthscale_samples=0), research=True
         ),

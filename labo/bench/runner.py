@@ -44,6 +44,7 @@ from labo.acquisition.failures import SuccessWeighted, failure_rule, fit_success
 from labo.bench.exact_kernel import exact_kernel_gp
 from labo.bench.methods import TABLE
 from labo.bench.store import Evaluation, StudyStore
+from labo.bench.warping import warp_targets
 from labo.exceptions import BenchmarkError
 from labo.surrogates import LaplaceModel, fit_laplace_model
 
@@ -228,6 +229,9 @@ def propose(
     if rule == "classifier":  # impute the worst value seen at the failed points (as SMAC does)
         X_fit = torch.cat([X, X_failed])
         Y_fit = torch.cat([Y, Y.min(0).values.expand(len(X_failed), -1)])
+    warp = TABLE[spec.method].warp
+    if warp is not None and spec.num_objectives == 1 and len(Y_fit) >= 2:
+        Y_fit = warp_targets(Y_fit, warp)  # the acquisition then runs on the warped scale
     model = fit_model(spec.method, X_fit, Y_fit, previous)
     if rule != "none":  # the classifier rule too: no creeping back to failed points
         X_pending = X_failed if X_pending is None else torch.cat([X_pending, X_failed])

@@ -1,0 +1,59 @@
+"""Monotone warps of a run's targets before the surrogate sees them (research variants).
+
+A heavy tail of bad values (Rosenbrock's corners are 10^6 times worse than its valley)
+lets a few points set a stationary model's amplitude and lengthscales, so the region
+that matters looks flat. A monotone warp fitted to the observed targets keeps their
+order, and so the acquisition's target (the incumbent and where to improve on it),
+while making them closer to Gaussian, as HEBO (Cowen-Rivers et al. 2022) does with a
+power transform. The surrogate then models the warped values and the acquisition runs
+on that scale; regret is always measured on the raw values.
+
+Kinds (targets in the maximisation convention, one column per output, each warped alone):
+
+- ``"yeo-johnson"``: standardise, then the Yeo-Johnson power transform with its
+  exponent fitted by maximum likelihood (``scipy.stats.yeojohnson_normmax``).
+- ``"yeo-johnson-up"``: the same with the exponent held at 1 or more, so the warp only
+  compresses the low (bad) values and never the good ones near the incumbent.
+- ``"copula"``: the normal scores of the ranks, ``Φ⁻¹((rank − 0.5) / n)`` with ties
+  averaged (a Gaussian copula, Salinas et al. 2020): only the order is kept.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor
+
+from labo.exceptions import BenchmarkError
+
+WARPS = ("yeo-johnson", "yeo-johnson-up", "copula")
+# The exponent's range: outside it the transform overflows or flattens a whole side.
+_LAMBDA_RANGE = (-2.0, 4.0)
+
+
+def warp_targets(Y: Tensor, kind: str) -> Tensor:
+    """``Y`` (``n x m``) warped column by column by ``kind`` (see the module docstring)."""
+    if kind not in WARPS:
+        raise BenchmarkError(f"warp must be one of {', '.join(WARPS)}, got {kind!r}.")
+    if Y.ndim != 2 or Y.shape[0] < 2:
+        raise BenchmarkError(f"warp_targets needs an n x m tensor with n >= 2, got shape {tuple(Y.shape)}.")
+    if not torch.isfinite(Y).all():
+        raise BenchmarkError("warp_targets got non-finite targets.")
+    values = Y.detach().cpu().numpy().astype(np.float64)
+    columns = [_warp_column(values[:, j], kind) for j in range(Y.shape[1])]
+    return torch.as_tensor(np.stack(columns, axis=1), dtype=Y.dtype, device=Y.device)
+
+
+def _warp_column(y: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "copula":
+        ranks = stats.rankdata(y)  # ties averaged
+        return stats.norm.ppf((ranks - 0.5) / len(y))
+    sd = y.std()
+    if sd <= 0:  # constant targets: nothing to warp
+        return y - y.mean()
+    z = (y - y.mean()) / sd
+    lam = float(stats.yeojohnson_normmax(z))
+    lo = 1.0 if kind == "yeo-johnson-up" else _LAMBDA_RANGE[0]
+    lam = min(max(lam, lo), _LAMBDA_RANGE[1])
+    return stats.yeojohnson(z, lmbda=lam)
