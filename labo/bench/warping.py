@@ -29,7 +29,7 @@ from labo.exceptions import BenchmarkError
 
 WARPS = ("yeo-johnson", "yeo-johnson-up", "copula")
 # The exponent's range: outside it the transform overflows or flattens a whole side.
-_LAMBDA_RANGE = (-2.0, 4.0)
+_LAMBDA_RANGE = (-3.0, 6.0)
 
 
 def warp_targets(Y: Tensor, kind: str) -> Tensor:
