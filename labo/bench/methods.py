@@ -92,7 +92,10 @@ pass them to the runner, the CLI does not offer them:
 - ``laplace-yj`` / ``laplace-yjup`` / ``laplace-copula``: the default on warped targets
   (:mod:`labo.bench.warping`: a fitted Yeo-Johnson transform, the same with its exponent
   at least 1 so that only the bad values are compressed, or the normal scores of the
-  ranks); ``gp-yj`` / ``gp-yjup``: SingleTaskGP on the same warped targets.
+  ranks); ``gp-yj`` / ``gp-yjup``: SingleTaskGP on the same warped targets. These
+  run the acquisition on the warped scale; ``laplace-yjraw`` fits the same Yeo-Johnson warp
+  as the model's outcome transform (:class:`labo.surrogates.warping.YeoJohnson`), so its
+  posterior, and qLogNEI's improvement, are in raw units.
 - ``laplace-saas``: ``laplace-kernel`` with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
@@ -138,6 +141,9 @@ class Method:
         warp: A monotone warp of the targets before the fit (research): the surrogate
             models the warped values and the acquisition runs on their scale
             (:func:`labo.bench.warping.warp_targets`); ``None``: the raw targets.
+        outcome: The surrogate's outcome transform: ``"standardize"`` (``Standardize(m)``)
+            or ``"yeo-johnson"`` (:class:`labo.surrogates.warping.YeoJohnson`: the model
+            fits warped targets, its posterior and so the acquisition are in raw units).
     """
 
     model: str = "laplace"
@@ -147,6 +153,7 @@ class Method:
     network: Callable[..., Any] | None = None
     family: tuple[Callable[..., Any], ...] = ()
     warp: str | None = None
+    outcome: str = "standardize"
 
 
 def _rff(**kwargs) -> Callable[..., Any]:
@@ -217,6 +224,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-yj": Method(warp="yeo-johnson", research=True),
         "laplace-yjup": Method(warp="yeo-johnson-up", research=True),
         "laplace-copula": Method(warp="copula", research=True),
+        "laplace-yjraw": Method(outcome="yeo-johnson", research=True),
         "gp-yj": Method(model="gp", warp="yeo-johnson", research=True),
         "gp-yjup": Method(model="gp", warp="yeo-johnson-up", research=True),
         "laplace-saas": Method(

@@ -47,6 +47,7 @@ from labo.bench.store import Evaluation, StudyStore
 from labo.bench.warping import warp_targets
 from labo.exceptions import BenchmarkError
 from labo.surrogates import LaplaceModel, fit_laplace_model
+from labo.surrogates.warping import YeoJohnson
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def fit_model(method: str, X: Tensor, Y: Tensor, previous=None):
     """Fit the surrogate of ``method`` on unit-cube inputs ``n x d`` and targets ``n x m``."""
     m, entry = Y.shape[-1], TABLE[method]
     if entry.model == "gp":
-        model = SingleTaskGP(X, Y, outcome_transform=Standardize(m))
+        model = SingleTaskGP(X, Y, outcome_transform=_outcome_transform(entry, m))
         fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
         return model
     if entry.model == "choice":  # one fit per family member, the best-supported one proposes
@@ -187,8 +188,12 @@ def _fit_laplace(entry, X: Tensor, Y: Tensor, previous, network: Callable | None
     options = dict(entry.options)
     if network is not None:
         options["network"] = network(X.shape[-1], m, X.dtype)
-    model = LaplaceModel(X, Y, outcome_transform=Standardize(m), warm_start=warm, **options)
+    model = LaplaceModel(X, Y, outcome_transform=_outcome_transform(entry, m), warm_start=warm, **options)
     return fit_laplace_model(model, entry.fit)
+
+
+def _outcome_transform(entry, m: int):
+    return YeoJohnson(m) if entry.outcome == "yeo-johnson" else Standardize(m)
 
 
 def propose(

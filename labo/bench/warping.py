@@ -11,7 +11,7 @@ on that scale; regret is always measured on the raw values.
 Kinds (targets in the maximisation convention, one column per output, each warped alone):
 
 - ``"yeo-johnson"``: standardise, then the Yeo-Johnson power transform with its
-  exponent fitted by maximum likelihood (``scipy.stats.yeojohnson_normmax``).
+  exponent fitted by maximum likelihood (:func:`labo.surrogates.warping.fit_power`).
 - ``"yeo-johnson-up"``: the same with the exponent held at 1 or more, so the warp only
   compresses the low (bad) values and never the good ones near the incumbent.
 - ``"copula"``: the normal scores of the ranks, ``Φ⁻¹((rank − 0.5) / n)`` with ties
@@ -26,10 +26,9 @@ from scipy import stats
 from torch import Tensor
 
 from labo.exceptions import BenchmarkError
+from labo.surrogates.warping import fit_power
 
 WARPS = ("yeo-johnson", "yeo-johnson-up", "copula")
-# The exponent's range: outside it the transform overflows or flattens a whole side.
-_LAMBDA_RANGE = (-3.0, 6.0)
 
 
 def warp_targets(Y: Tensor, kind: str) -> Tensor:
@@ -53,7 +52,4 @@ def _warp_column(y: np.ndarray, kind: str) -> np.ndarray:
     if sd <= 0:  # constant targets: nothing to warp
         return y - y.mean()
     z = (y - y.mean()) / sd
-    lam = float(stats.yeojohnson_normmax(z))
-    lo = 1.0 if kind == "yeo-johnson-up" else _LAMBDA_RANGE[0]
-    lam = min(max(lam, lo), _LAMBDA_RANGE[1])
-    return stats.yeojohnson(z, lmbda=lam)
+    return stats.yeojohnson(z, lmbda=fit_power(z, 1.0 if kind == "yeo-johnson-up" else None))
