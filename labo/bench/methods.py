@@ -95,7 +95,8 @@ pass them to the runner, the CLI does not offer them:
   ranks); ``gp-yj`` / ``gp-yjup``: SingleTaskGP on the same warped targets. These
   run the acquisition on the warped scale; ``laplace-yjraw`` fits the same Yeo-Johnson warp
   as the model's outcome transform (:class:`labo.surrogates.warping.YeoJohnson`), so its
-  posterior, and qLogNEI's improvement, are in raw units.
+  posterior, and qLogNEI's improvement, are in raw units; ``laplace-yjlin`` the same with
+  the posterior linearised at its mean (a Gaussian in raw units, the delta method).
 - ``laplace-saas``: ``laplace-kernel`` with the SAAS prior on its lengthscales
   (``FitOptions(lengthscale_prior="saas")``).
 - ``laplace-rff-pin1``: the features' evidence with the prior precision pinned at 1
@@ -143,7 +144,8 @@ class Method:
             (:func:`labo.bench.warping.warp_targets`); ``None``: the raw targets.
         outcome: The surrogate's outcome transform: ``"standardize"`` (``Standardize(m)``)
             or ``"yeo-johnson"`` (:class:`labo.surrogates.warping.YeoJohnson`: the model
-            fits warped targets, its posterior and so the acquisition are in raw units).
+            fits warped targets, its posterior and so the acquisition are in raw units),
+            or ``"yeo-johnson-lin"`` (the same, linearised: a Gaussian posterior).
     """
 
     model: str = "laplace"
@@ -225,6 +227,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-yjup": Method(warp="yeo-johnson-up", research=True),
         "laplace-copula": Method(warp="copula", research=True),
         "laplace-yjraw": Method(outcome="yeo-johnson", research=True),
+        "laplace-yjlin": Method(outcome="yeo-johnson-lin", research=True),
         "gp-yj": Method(model="gp", warp="yeo-johnson", research=True),
         "gp-yjup": Method(model="gp", warp="yeo-johnson-up", research=True),
         "laplace-saas": Method(

@@ -193,7 +193,9 @@ def _fit_laplace(entry, X: Tensor, Y: Tensor, previous, network: Callable | None
 
 
 def _outcome_transform(entry, m: int):
-    return YeoJohnson(m) if entry.outcome == "yeo-johnson" else Standardize(m)
+    if entry.outcome.startswith("yeo-johnson"):
+        return YeoJohnson(m, linearized=entry.outcome.endswith("-lin"))
+    return Standardize(m)
 
 
 def propose(

@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from botorch.models.transforms.outcome import OutcomeTransform
-from botorch.posteriors import Posterior, TransformedPosterior
+from botorch.posteriors import GPyTorchPosterior, Posterior, TransformedPosterior
+from linear_operator.operators import DiagLinearOperator
 from scipy import stats
 from torch import Tensor
 
@@ -72,6 +73,12 @@ def yeo_johnson_inverse(w: Tensor, lam: Tensor) -> Tensor:
     return torch.where(pos, up, down)
 
 
+def _slope(z: Tensor, lam: Tensor) -> Tensor:
+    """``d yeo_johnson(z) / dz = (|z| + 1)^(±(λ - 1))``; each branch on its own side of 0
+    (so that the unused branch's gradient is finite)."""
+    return torch.where(z >= 0, (z.clamp(min=0) + 1).pow(lam - 1), (1 - z.clamp(max=0)).pow(1 - lam))
+
+
 class YeoJohnson(OutcomeTransform):
     """Standardise each output, then apply the Yeo-Johnson transform fitted to it.
 
@@ -80,15 +87,20 @@ class YeoJohnson(OutcomeTransform):
         min_power: A lower limit of the fitted exponent (e.g. ``1.0``: only the low values
             are ever compressed, in the maximisation convention); ``None``: the full
             :data:`POWER_RANGE`.
+        linearized: ``untransform_posterior`` returns a ``GPyTorchPosterior`` (a Gaussian
+            in raw units) by the delta method: mean ``g⁻¹(μ)``, covariance ``D Σ D`` with
+            ``D = diag(g⁻¹'(μ))``, the posterior's linearisation at its mean (as the GLM
+            predictive linearises the network). ``False``: the exact
+            ``TransformedPosterior``.
     """
 
     _is_linear = False
 
-    def __init__(self, m: int, min_power: float | None = None) -> None:
+    def __init__(self, m: int, min_power: float | None = None, linearized: bool = False) -> None:
         super().__init__()
         if not isinstance(m, int) or m < 1:
             raise HyperparameterError(f"YeoJohnson needs m >= 1 outputs, got {m!r}.")
-        self._m, self._min_power = m, min_power
+        self._m, self._min_power, self._linearized = m, min_power, linearized
         self.register_buffer("means", torch.zeros(m, dtype=torch.float64))
         self.register_buffer("stdvs", torch.ones(m, dtype=torch.float64))
         self.register_buffer("powers", torch.ones(m, dtype=torch.float64))
@@ -96,7 +108,7 @@ class YeoJohnson(OutcomeTransform):
         self.register_buffer("z_high", torch.full((m,), 10.0, dtype=torch.float64))
 
     def subset_output(self, idcs: list[int]) -> YeoJohnson:
-        new = YeoJohnson(len(idcs), self._min_power)
+        new = YeoJohnson(len(idcs), self._min_power, self._linearized)
         for name in ("means", "stdvs", "powers", "z_low", "z_high"):
             setattr(new, name, getattr(self, name)[idcs].clone())
         if not self.training:
@@ -139,7 +151,7 @@ class YeoJohnson(OutcomeTransform):
         if Yvar is None:
             return W, None
         # first order: Var[g(z)] ≈ g'(z)² Var[z], g'(z) = (|z| + 1)^(±(λ - 1))
-        slope = torch.where(z >= 0, (z + 1).pow(powers - 1), (1 - z).pow(1 - powers))
+        slope = _slope(z, powers)
         return W, Yvar / stdvs.pow(2) * slope.pow(2)
 
     def _inverse(self, W: Tensor) -> Tensor:
@@ -147,6 +159,14 @@ class YeoJohnson(OutcomeTransform):
         z = yeo_johnson_inverse(W, powers)
         z = torch.maximum(torch.minimum(z, z_high), z_low)
         return z * stdvs + means
+
+    def _inverse_slope(self, W: Tensor) -> Tensor:
+        """``d g⁻¹(W) / dW`` in raw units (zero where the inverse is clamped)."""
+        means, stdvs, powers, z_low, z_high = self._params(W)
+        z = yeo_johnson_inverse(W, powers)
+        slope = _slope(z, powers)
+        inside = (z > z_low) & (z < z_high)
+        return torch.where(inside, stdvs / slope, torch.zeros_like(slope))
 
     def untransform(self, Y: Tensor, Yvar: Tensor | None = None, X: Tensor | None = None):
         if self.training:
@@ -156,12 +176,14 @@ class YeoJohnson(OutcomeTransform):
             return out, None
         means, stdvs, powers, _, _ = self._params(Y)
         z = (out - means) / stdvs
-        slope = torch.where(z >= 0, (z + 1).pow(powers - 1), (1 - z).pow(1 - powers))
+        slope = _slope(z, powers)
         return out, Yvar * stdvs.pow(2) / slope.pow(2)
 
-    def untransform_posterior(self, posterior: Posterior, X: Tensor | None = None) -> TransformedPosterior:
+    def untransform_posterior(self, posterior: Posterior, X: Tensor | None = None) -> Posterior:
         if self.training:
             raise NotFittedError("YeoJohnson.untransform_posterior needs a fitted transform (eval mode).")
+        if self._linearized and type(posterior) is GPyTorchPosterior:
+            return self._linearized_posterior(posterior)
         # the midpoint rule on the normal's quantiles: robust to the clamp's kinks, where
         # Gauss-Hermite converges slowly (1 % of the variance at 512 points, against 2e6 draws)
         nodes = stats.norm.ppf((np.arange(_QUANTILES) + 0.5) / _QUANTILES)
@@ -179,3 +201,19 @@ class YeoJohnson(OutcomeTransform):
             mean_transform=lambda mean, var: moments(mean, var)[0],
             variance_transform=lambda mean, var: moments(mean, var)[1],
         )
+
+    def _linearized_posterior(self, posterior: GPyTorchPosterior) -> GPyTorchPosterior:
+        mvn = posterior.distribution
+        mean = mvn.mean  # (..., n) for one output, (..., n, m) for several
+        mean_tf = self._inverse(mean if posterior._is_mt else mean.unsqueeze(-1))
+        scale = self._inverse_slope(mean if posterior._is_mt else mean.unsqueeze(-1))
+        if not posterior._is_mt:
+            mean_tf, scale = mean_tf.squeeze(-1), scale.squeeze(-1)
+        elif mvn._interleaved:
+            scale = scale.reshape(*scale.shape[:-2], -1)
+        else:
+            scale = scale.transpose(-1, -2).reshape(*scale.shape[:-2], -1)
+        lcv = mvn.lazy_covariance_matrix
+        diag = DiagLinearOperator(scale.expand(lcv.shape[:-1]))
+        kwargs = {"interleaved": mvn._interleaved} if posterior._is_mt else {}
+        return GPyTorchPosterior(mvn.__class__(mean_tf, diag @ lcv @ diag, **kwargs))

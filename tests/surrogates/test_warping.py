@@ -7,7 +7,7 @@ import pytest
 import torch
 from botorch.acquisition import qLogNoisyExpectedImprovement
 from botorch.posteriors import GPyTorchPosterior, TransformedPosterior
-from gpytorch.distributions import MultitaskMultivariateNormal
+from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from scipy import stats
 
 from labo.exceptions import HyperparameterError, InputShapeError, NonFiniteInputError, NotFittedError
@@ -145,3 +145,44 @@ def test_a_laplace_model_with_the_warp_proposes_with_qlognei():
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(Xq.grad).all()
     assert POWER_RANGE[0] <= model.outcome_transform.powers.item() <= POWER_RANGE[1]
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_the_linearized_posterior_is_the_delta_method(interleaved):
+    tf = YeoJohnson(2, linearized=True)
+    tf(_targets(5))
+    tf.eval()
+    g = torch.Generator().manual_seed(6)
+    mean = 0.5 * torch.randn(3, 2, generator=g, dtype=D64)
+    A = torch.randn(6, 6, generator=g, dtype=D64)
+    cov = A @ A.T / 6 + 1e-3 * torch.eye(6, dtype=D64)
+    mvn = MultitaskMultivariateNormal(mean, cov, interleaved=interleaved)
+    raw = tf.untransform_posterior(GPyTorchPosterior(mvn))
+    assert type(raw) is GPyTorchPosterior
+    assert torch.allclose(raw.mean, tf.untransform(mean)[0], atol=1e-12)
+    jac = torch.autograd.functional.jacobian(lambda v: tf.untransform(v)[0], mean)  # 3x2x3x2, diagonal
+    slopes = jac.reshape(6, 6).diagonal().reshape(3, 2)
+    order = slopes.reshape(-1) if interleaved else slopes.T.reshape(-1)
+    expected = order[:, None] * cov * order[None, :]
+    assert torch.allclose(raw.distribution.covariance_matrix, expected, atol=1e-10)
+    one = YeoJohnson(1, linearized=True)
+    one(_targets(5)[:, :1])
+    one.eval()
+    single = one.untransform_posterior(GPyTorchPosterior(MultivariateNormal(mean[:, 0], cov[:3, :3])))
+    d = torch.autograd.functional.jacobian(
+        lambda v: one.untransform(v.unsqueeze(-1))[0].squeeze(-1), mean[:, 0]
+    )
+    assert torch.allclose(single.distribution.covariance_matrix, d @ cov[:3, :3] @ d.T, atol=1e-10)
+
+
+def test_a_laplace_model_with_the_linearized_warp_keeps_a_gaussian_posterior():
+    g = torch.Generator().manual_seed(7)
+    X = torch.rand(12, 2, generator=g, dtype=D64)
+    Y = -torch.exp(3 * (X - 0.3).pow(2).sum(-1, keepdim=True))
+    model = fit_laplace_model(LaplaceModel(X, Y, outcome_transform=YeoJohnson(1, linearized=True)))
+    post = model.posterior(torch.rand(4, 3, 2, generator=g, dtype=D64))
+    assert type(post) is GPyTorchPosterior and post.mean.shape == (4, 3, 1)
+    acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True, cache_root=False)
+    Xq = torch.rand(3, 2, 2, generator=g, dtype=D64, requires_grad=True)
+    acqf(Xq).sum().backward()
+    assert torch.isfinite(Xq.grad).all()
