@@ -94,8 +94,6 @@ class YeoJohnson(OutcomeTransform):
             ``TransformedPosterior``.
     """
 
-    _is_linear = False
-
     def __init__(self, m: int, min_power: float | None = None, linearized: bool = False) -> None:
         super().__init__()
         if not isinstance(m, int) or m < 1:
@@ -106,6 +104,13 @@ class YeoJohnson(OutcomeTransform):
         self.register_buffer("powers", torch.ones(m, dtype=torch.float64))
         self.register_buffer("z_low", torch.full((m,), -10.0, dtype=torch.float64))
         self.register_buffer("z_high", torch.full((m,), 10.0, dtype=torch.float64))
+
+    @property
+    def _is_linear(self) -> bool:
+        """BoTorch's flag for "a Gaussian posterior stays a ``GPyTorchPosterior``": true of
+        the linearised transform, so qLogNEI keeps its cached baseline root (the baseline's
+        block of ``D Σ D`` does not depend on the candidates)."""
+        return self._linearized
 
     def subset_output(self, idcs: list[int]) -> YeoJohnson:
         new = YeoJohnson(len(idcs), self._min_power, self._linearized)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from botorch.acquisition import qLogNoisyExpectedImprovement
 from botorch.posteriors import GPyTorchPosterior, TransformedPosterior
+from botorch.sampling import SobolQMCNormalSampler
 from gpytorch.distributions import MultitaskMultivariateNormal, MultivariateNormal
 from scipy import stats
 
@@ -182,7 +183,19 @@ def test_a_laplace_model_with_the_linearized_warp_keeps_a_gaussian_posterior():
     model = fit_laplace_model(LaplaceModel(X, Y, outcome_transform=YeoJohnson(1, linearized=True)))
     post = model.posterior(torch.rand(4, 3, 2, generator=g, dtype=D64))
     assert type(post) is GPyTorchPosterior and post.mean.shape == (4, 3, 1)
-    acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, prune_baseline=True, cache_root=False)
+    assert model.outcome_transform._is_linear and not YeoJohnson(1)._is_linear
     Xq = torch.rand(3, 2, 2, generator=g, dtype=D64, requires_grad=True)
-    acqf(Xq).sum().backward()
-    assert torch.isfinite(Xq.grad).all()
+    values, grads = [], []
+    for cache_root in (False, True):  # the cached baseline root: the same values, to Monte Carlo error
+        sampler = SobolQMCNormalSampler(torch.Size([32768]), seed=0)
+        acqf = qLogNoisyExpectedImprovement(
+            model, X_baseline=X, sampler=sampler, prune_baseline=False, cache_root=cache_root
+        )
+        assert acqf._cache_root is cache_root
+        value = acqf(Xq)
+        (grad,) = torch.autograd.grad(value.sum(), Xq)
+        values.append(value.detach())
+        grads.append(grad)
+    assert torch.isfinite(grads[0]).all()
+    assert torch.allclose(values[0], values[1], rtol=0.02)
+    assert torch.allclose(grads[0], grads[1], rtol=0.1, atol=0.02 * grads[0].abs().max())
