@@ -11,7 +11,7 @@ on that scale; regret is always measured on the raw values.
 Kinds (targets in the maximisation convention, one column per output, each warped alone):
 
 - ``"yeo-johnson"``: standardise, then the Yeo-Johnson power transform with its
-  exponent fitted by maximum likelihood (:func:`labo.surrogates.warping.fit_power`).
+  exponent fitted by maximum likelihood (:class:`labo.surrogates.warping.YeoJohnson`).
 - ``"yeo-johnson-up"``: the same with the exponent held at 1 or more, so the warp only
   compresses the low (bad) values and never the good ones near the incumbent.
 - ``"copula"``: the normal scores of the ranks, ``Φ⁻¹((rank − 0.5) / n)`` with ties
@@ -26,7 +26,7 @@ from scipy import stats
 from torch import Tensor
 
 from labo.exceptions import BenchmarkError
-from labo.surrogates.warping import fit_power
+from labo.surrogates.warping import YeoJohnson
 
 WARPS = ("yeo-johnson", "yeo-johnson-up", "copula")
 
@@ -48,8 +48,7 @@ def _warp_column(y: np.ndarray, kind: str) -> np.ndarray:
     if kind == "copula":
         ranks = stats.rankdata(y)  # ties averaged
         return stats.norm.ppf((ranks - 0.5) / len(y))
-    sd = y.std()
-    if sd <= 0:  # constant targets: nothing to warp
+    if y.std() <= 0:  # constant targets: nothing to warp
         return y - y.mean()
-    z = (y - y.mean()) / sd
-    return stats.yeojohnson(z, lmbda=fit_power(z, 1.0 if kind == "yeo-johnson-up" else None))
+    warp = YeoJohnson(1, min_power=1.0 if kind == "yeo-johnson-up" else None)
+    return warp(torch.as_tensor(y[:, None]))[0][:, 0].numpy()
