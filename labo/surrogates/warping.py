@@ -160,18 +160,16 @@ class YeoJohnson(OutcomeTransform):
         return W, Yvar / stdvs.pow(2) * slope.pow(2)
 
     def _inverse(self, W: Tensor) -> Tensor:
-        means, stdvs, powers, z_low, z_high = self._params(W)
-        z = yeo_johnson_inverse(W, powers)
-        z = torch.maximum(torch.minimum(z, z_high), z_low)
-        return z * stdvs + means
+        return self._inverse_and_slope(W)[0]
 
-    def _inverse_slope(self, W: Tensor) -> Tensor:
-        """``d g⁻¹(W) / dW`` in raw units (zero where the inverse is clamped)."""
+    def _inverse_and_slope(self, W: Tensor) -> tuple[Tensor, Tensor]:
+        """``g⁻¹(W)`` in raw units and its derivative ``d g⁻¹(W) / dW`` (zero where clamped)."""
         means, stdvs, powers, z_low, z_high = self._params(W)
         z = yeo_johnson_inverse(W, powers)
-        slope = _slope(z, powers)
         inside = (z > z_low) & (z < z_high)
-        return torch.where(inside, stdvs / slope, torch.zeros_like(slope))
+        slope = torch.where(inside, stdvs / _slope(z, powers), torch.zeros_like(z))
+        z = torch.maximum(torch.minimum(z, z_high), z_low)
+        return z * stdvs + means, slope
 
     def untransform(self, Y: Tensor, Yvar: Tensor | None = None, X: Tensor | None = None):
         if self.training:
@@ -210,8 +208,7 @@ class YeoJohnson(OutcomeTransform):
     def _linearized_posterior(self, posterior: GPyTorchPosterior) -> GPyTorchPosterior:
         mvn = posterior.distribution
         mean = mvn.mean  # (..., n) for one output, (..., n, m) for several
-        mean_tf = self._inverse(mean if posterior._is_mt else mean.unsqueeze(-1))
-        scale = self._inverse_slope(mean if posterior._is_mt else mean.unsqueeze(-1))
+        mean_tf, scale = self._inverse_and_slope(mean if posterior._is_mt else mean.unsqueeze(-1))
         if not posterior._is_mt:
             mean_tf, scale = mean_tf.squeeze(-1), scale.squeeze(-1)
         elif mvn._interleaved:
