@@ -93,7 +93,9 @@ pass them to the runner, the CLI does not offer them:
   (:mod:`labo.bench.warping`: a fitted Yeo-Johnson transform, the same with its exponent
   at least 1 so that only the bad values are compressed, or the normal scores of the
   ranks); ``gp-yj`` / ``gp-yjup``: SingleTaskGP on the same warped targets. These
-  run the acquisition on the warped scale; ``laplace-yjraw`` fits the same Yeo-Johnson warp
+  run the acquisition on the warped scale; with several objectives each is warped alone
+  and the hypervolume reference point goes through the same warps (the Yeo-Johnson
+  kinds only); ``laplace-yjraw`` fits the same Yeo-Johnson warp
   as the model's outcome transform (:class:`labo.surrogates.warping.YeoJohnson`), so its
   posterior, and qLogNEI's improvement, are in raw units; ``laplace-yjlin`` the same with
   the posterior linearised at its mean (a Gaussian in raw units, the delta method).

@@ -44,7 +44,7 @@ from labo.acquisition.failures import SuccessWeighted, failure_rule, fit_success
 from labo.bench.exact_kernel import exact_kernel_gp
 from labo.bench.methods import TABLE
 from labo.bench.store import Evaluation, StudyStore
-from labo.bench.warping import warp_targets
+from labo.bench.warping import warp_targets, warp_targets_and_reference
 from labo.exceptions import BenchmarkError
 from labo.surrogates import LaplaceModel, fit_laplace_model
 from labo.surrogates.warping import YeoJohnson
@@ -236,9 +236,13 @@ def propose(
     if rule == "classifier":  # impute the worst value seen at the failed points (as SMAC does)
         X_fit = torch.cat([X, X_failed])
         Y_fit = torch.cat([Y, Y.min(0).values.expand(len(X_failed), -1)])
+    ref = None if spec.num_objectives == 1 else torch.tensor(spec.ref_point, dtype=X.dtype)
     warp = TABLE[spec.method].warp
-    if warp is not None and spec.num_objectives == 1 and len(Y_fit) >= 2:
-        Y_fit = warp_targets(Y_fit, warp)  # the acquisition then runs on the warped scale
+    if warp is not None and len(Y_fit) >= 2:  # the acquisition then runs on the warped scale
+        if ref is None:
+            Y_fit = warp_targets(Y_fit, warp)
+        else:
+            Y_fit, ref = warp_targets_and_reference(Y_fit, ref, warp)
     model = fit_model(spec.method, X_fit, Y_fit, previous)
     if rule != "none":  # the classifier rule too: no creeping back to failed points
         X_pending = X_failed if X_pending is None else torch.cat([X_pending, X_failed])
@@ -252,7 +256,6 @@ def propose(
     if spec.num_objectives == 1:
         acqf = qLogNoisyExpectedImprovement(model, X_baseline=X, X_pending=X_pending, prune_baseline=True)
     else:
-        ref = torch.tensor(spec.ref_point, dtype=X.dtype)
         acqf = qLogNoisyExpectedHypervolumeImprovement(
             model, ref_point=ref, X_baseline=X, X_pending=X_pending, prune_baseline=True
         )

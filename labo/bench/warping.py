@@ -44,6 +44,32 @@ def warp_targets(Y: Tensor, kind: str) -> Tensor:
     return torch.as_tensor(np.stack(columns, axis=1), dtype=Y.dtype, device=Y.device)
 
 
+def warp_targets_and_reference(Y: Tensor, reference: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """``Y`` (``n x m``) warped as by :func:`warp_targets`, and a hypervolume reference point.
+
+    The reference point (``m`` values, maximisation convention) goes through the same
+    fitted warps as the targets. Each warp is increasing, so the Pareto order and the
+    reference point's place in it are kept, and the hypervolume improvement is measured
+    on the warped scale, as the single-objective improvement is. Only the Yeo-Johnson
+    kinds map values outside the data; the copula has no value there.
+    """
+    if kind == "copula":
+        raise BenchmarkError(
+            "the copula warp has no value outside the observed targets, so it cannot map a "
+            "hypervolume reference point; use 'yeo-johnson' or 'yeo-johnson-up'."
+        )
+    Yw = warp_targets(Y, kind)  # checks kind, shape and finiteness
+    if reference.shape != (Y.shape[1],) or not torch.isfinite(reference).all():
+        raise BenchmarkError(
+            f"the reference point must hold {Y.shape[1]} finite values, got {reference.tolist()}."
+        )
+    warp = YeoJohnson(Y.shape[1], min_power=1.0 if kind == "yeo-johnson-up" else None)
+    warp(Y.detach().to(torch.float64))
+    warp.eval()
+    mapped = warp(reference.detach().to(torch.float64)[None])[0][0]
+    return Yw, mapped.to(reference)
+
+
 def _warp_column(y: np.ndarray, kind: str) -> np.ndarray:
     if kind == "copula":
         ranks = stats.rankdata(y)  # ties averaged

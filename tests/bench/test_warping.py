@@ -10,7 +10,7 @@ from scipy import stats
 from labo.bench import runner
 from labo.bench.problems import get_problem
 from labo.bench.runner import RunSpec
-from labo.bench.warping import WARPS, warp_targets
+from labo.bench.warping import WARPS, warp_targets, warp_targets_and_reference
 from labo.exceptions import BenchmarkError
 
 D64 = torch.float64
@@ -95,3 +95,63 @@ def test_propose_fits_the_surrogate_on_the_warped_targets(method):
     W = warp_targets(Y, "yeo-johnson")  # what the model saw, after its Standardize
     assert torch.allclose(model.train_targets.reshape(-1), ((W - W.mean()) / W.std()).reshape(-1))
     assert not torch.allclose(W, (Y - Y.mean()) / Y.std(), atol=1e-2)  # the warp did something
+
+
+@pytest.mark.parametrize("kind", ["yeo-johnson", "yeo-johnson-up"])
+def test_the_reference_point_goes_through_the_targets_warps(kind):
+    Y = torch.cat([_heavy_tailed(), -_heavy_tailed(seed=1) * 3], dim=1)
+    W, mapped = warp_targets_and_reference(Y, Y[5], kind)
+    assert torch.equal(W, warp_targets(Y, kind))
+    assert torch.allclose(mapped, W[5], atol=1e-12)  # a data point lands where its warped value is
+    # a reference below every target stays below every warped target, objective by objective
+    low = Y.min(0).values - 1.0
+    _, mapped_low = warp_targets_and_reference(Y, low, kind)
+    assert (mapped_low < W.min(0).values).all() and torch.isfinite(mapped_low).all()
+
+
+@pytest.mark.parametrize(
+    ("reference", "kind", "match"),
+    [
+        (torch.zeros(2), "copula", "no value outside"),
+        (torch.zeros(3), "yeo-johnson", "2 finite values"),
+        (torch.tensor([0.0, float("inf")]), "yeo-johnson", "2 finite values"),
+    ],
+)
+def test_bad_reference_point_gets_a_typed_error(reference, kind, match):
+    with pytest.raises(BenchmarkError, match=match):
+        warp_targets_and_reference(torch.randn(6, 2, dtype=D64), reference.to(D64), kind)
+
+
+def test_propose_warps_every_objective_and_the_reference_point(monkeypatch):
+    problem = get_problem("branincurrin")
+    bounds = tuple(map(tuple, problem.bounds.T.tolist()))
+    ref = problem.ref_point
+    spec = RunSpec(
+        "t",
+        "branincurrin",
+        "laplace-yj",
+        0,
+        bounds,
+        budget=10,
+        n_init=6,
+        num_restarts=2,
+        raw_samples=16,
+        ref_point=ref,
+    )
+    g = torch.Generator().manual_seed(4)
+    X = torch.rand(8, 2, generator=g, dtype=D64)
+    Y = torch.cat([-torch.exp(3 * X.sum(-1, keepdim=True)), X[:, :1] ** 2], dim=1)
+    seen = {}
+    original = runner.qLogNoisyExpectedHypervolumeImprovement
+
+    def spy(model, ref_point, **kwargs):
+        seen["ref_point"] = ref_point
+        return original(model, ref_point=ref_point, **kwargs)
+
+    monkeypatch.setattr(runner, "qLogNoisyExpectedHypervolumeImprovement", spy)
+    cand, _, _, model = runner.propose(spec, X, Y, q=1)
+    assert cand.shape == (1, 2) and ((cand >= 0) & (cand <= 1)).all()
+    W, mapped = warp_targets_and_reference(Y, torch.tensor(ref, dtype=D64), "yeo-johnson")
+    assert torch.allclose(seen["ref_point"], mapped)
+    fitted = model.outcome_transform.untransform(model.train_targets)[0]  # what the model saw (n x m)
+    assert torch.allclose(fitted, W, atol=1e-10)
