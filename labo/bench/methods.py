@@ -93,7 +93,8 @@ pass them to the runner, the CLI does not offer them:
 - ``laplace-lsavg-anti``: the default with its lengthscale draws in antithetic pairs
   (``FitOptions(lengthscale_antithetic=True)``): the members centred on the MAP-II
   lengthscales exactly (experiment: less Monte Carlo noise in the average).
-- ``laplace-yj`` / ``laplace-yjup`` / ``laplace-copula``: the default on warped targets
+- ``laplace-yj`` / ``laplace-yjup`` / ``laplace-copula``: the default model on warped
+  targets (``laplace-yj`` is the configuration of ``laplace``, measured under this name)
   (:mod:`labo.bench.warping`: a fitted Yeo-Johnson transform, the same with its exponent
   at least 1 so that only the bad values are compressed, or the normal scores of the
   ranks); ``gp-yj`` / ``gp-yjup``: SingleTaskGP on the same warped targets. These

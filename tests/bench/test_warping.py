@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +84,7 @@ def test_bad_input_gets_a_typed_error(Y, kind, match):
         warp_targets(Y, kind)
 
 
-@pytest.mark.parametrize("method", ["laplace-yj", "gp-yj"])
+@pytest.mark.parametrize("method", ["laplace", "laplace-yj", "gp-yj"])
 def test_propose_fits_the_surrogate_on_the_warped_targets(method):
     problem = get_problem("branin")
     bounds = tuple(map(tuple, problem.bounds.T.tolist()))
@@ -155,3 +157,8 @@ def test_propose_warps_every_objective_and_the_reference_point(monkeypatch):
     assert torch.allclose(seen["ref_point"], mapped)
     fitted = model.outcome_transform.untransform(model.train_targets)[0]  # what the model saw (n x m)
     assert torch.allclose(fitted, W, atol=1e-10)
+
+
+def test_the_default_method_is_the_measured_warped_configuration():
+    assert replace(runner.TABLE["laplace-yj"], research=False) == runner.TABLE["laplace"]
+    assert runner.TABLE["laplace"].warp == "yeo-johnson" and runner.TABLE["laplace"].fit is None
