@@ -97,7 +97,9 @@ pass them to the runner, the CLI does not offer them:
   targets (``laplace-yj`` is the configuration of ``laplace``, measured under this name)
   (:mod:`labo.bench.warping`: a fitted Yeo-Johnson transform, the same with its exponent
   at least 1 so that only the bad values are compressed, or the normal scores of the
-  ranks); ``gp-yj`` / ``gp-yjup``: SingleTaskGP on the same warped targets. These
+  ranks); ``laplace-yj0``: the exponent at least 0, so the best values are never squeezed
+  against the ceiling a negative exponent puts on the warped scale;
+  ``gp-yj`` / ``gp-yjup``: SingleTaskGP on the same warped targets. These
   run the acquisition on the warped scale; with several objectives each is warped alone
   and the hypervolume reference point goes through the same warps (the Yeo-Johnson
   kinds only); ``laplace-yjraw`` fits the same Yeo-Johnson warp
@@ -232,6 +234,7 @@ TABLE: MappingProxyType[str, Method] = MappingProxyType(
         "laplace-lsavg-anti": Method(fit=FitOptions(lengthscale_antithetic=True), research=True),
         "laplace-yj": Method(warp="yeo-johnson", research=True),
         "laplace-yjup": Method(warp="yeo-johnson-up", research=True),
+        "laplace-yj0": Method(warp="yeo-johnson-pos", research=True),
         "laplace-copula": Method(warp="copula", research=True),
         "laplace-yjraw": Method(outcome="yeo-johnson", research=True),
         "laplace-yjlin": Method(outcome="yeo-johnson-lin", research=True),

@@ -14,6 +14,9 @@ Kinds (targets in the maximisation convention, one column per output, each warpe
   exponent fitted by maximum likelihood (:class:`labo.surrogates.warping.YeoJohnson`).
 - ``"yeo-johnson-up"``: the same with the exponent held at 1 or more, so the warp only
   compresses the low (bad) values and never the good ones near the incumbent.
+- ``"yeo-johnson-pos"``: the same with the exponent held at 0 or more. A negative
+  exponent bounds the warped values from above, so the best values are squeezed against
+  a ceiling; from 0 up the top of the scale is never bounded.
 - ``"copula"``: the normal scores of the ranks, ``Φ⁻¹((rank − 0.5) / n)`` with ties
   averaged (a Gaussian copula, Salinas et al. 2020): only the order is kept.
 """
@@ -28,7 +31,9 @@ from torch import Tensor
 from labo.exceptions import BenchmarkError
 from labo.surrogates.warping import YeoJohnson
 
-WARPS = ("yeo-johnson", "yeo-johnson-up", "copula")
+WARPS = ("yeo-johnson", "yeo-johnson-up", "yeo-johnson-pos", "copula")
+# The lower bound of each Yeo-Johnson kind's exponent (None: free within POWER_RANGE).
+_MIN_POWER = {"yeo-johnson": None, "yeo-johnson-up": 1.0, "yeo-johnson-pos": 0.0}
 
 
 def warp_targets(Y: Tensor, kind: str) -> Tensor:
@@ -56,14 +61,14 @@ def warp_targets_and_reference(Y: Tensor, reference: Tensor, kind: str) -> tuple
     if kind == "copula":
         raise BenchmarkError(
             "the copula warp has no value outside the observed targets, so it cannot map a "
-            "hypervolume reference point; use 'yeo-johnson' or 'yeo-johnson-up'."
+            "hypervolume reference point; use a Yeo-Johnson kind."
         )
     Yw = warp_targets(Y, kind)  # checks kind, shape and finiteness
     if reference.shape != (Y.shape[1],) or not torch.isfinite(reference).all():
         raise BenchmarkError(
             f"the reference point must hold {Y.shape[1]} finite values, got {reference.tolist()}."
         )
-    warp = YeoJohnson(Y.shape[1], min_power=1.0 if kind == "yeo-johnson-up" else None)
+    warp = YeoJohnson(Y.shape[1], min_power=_MIN_POWER[kind])
     warp(Y.detach().to(torch.float64))
     warp.eval()
     mapped = warp(reference.detach().to(torch.float64)[None])[0][0]
@@ -76,5 +81,5 @@ def _warp_column(y: np.ndarray, kind: str) -> np.ndarray:
         return stats.norm.ppf((ranks - 0.5) / len(y))
     if y.std() <= 0:  # constant targets: nothing to warp
         return y - y.mean()
-    warp = YeoJohnson(1, min_power=1.0 if kind == "yeo-johnson-up" else None)
+    warp = YeoJohnson(1, min_power=_MIN_POWER[kind])
     return warp(torch.as_tensor(y[:, None]))[0][:, 0].numpy()

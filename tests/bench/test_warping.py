@@ -99,7 +99,7 @@ def test_propose_fits_the_surrogate_on_the_warped_targets(method):
     assert not torch.allclose(W, (Y - Y.mean()) / Y.std(), atol=1e-2)  # the warp did something
 
 
-@pytest.mark.parametrize("kind", ["yeo-johnson", "yeo-johnson-up"])
+@pytest.mark.parametrize("kind", ["yeo-johnson", "yeo-johnson-up", "yeo-johnson-pos"])
 def test_the_reference_point_goes_through_the_targets_warps(kind):
     Y = torch.cat([_heavy_tailed(), -_heavy_tailed(seed=1) * 3], dim=1)
     W, mapped = warp_targets_and_reference(Y, Y[5], kind)
@@ -162,3 +162,14 @@ def test_propose_warps_every_objective_and_the_reference_point(monkeypatch):
 def test_the_default_method_is_the_measured_warped_configuration():
     assert replace(runner.TABLE["laplace-yj"], research=False) == runner.TABLE["laplace"]
     assert runner.TABLE["laplace"].warp == "yeo-johnson" and runner.TABLE["laplace"].fit is None
+
+
+def test_yeo_johnson_pos_holds_the_exponent_at_zero_for_right_skewed_targets():
+    # a few very good values (a run that found the basin): the free exponent is negative,
+    # which bounds the warped scale from above; the constrained one stops at 0 (a log warp)
+    g = torch.Generator().manual_seed(5)
+    Y = torch.exp(3.0 * torch.randn(60, 1, generator=g, dtype=D64))
+    y = Y[:, 0].numpy()
+    z = (y - y.mean()) / y.std()
+    assert stats.yeojohnson_normmax(z) < 0.0
+    assert np.allclose(warp_targets(Y, "yeo-johnson-pos")[:, 0].numpy(), stats.yeojohnson(z, lmbda=0.0))
