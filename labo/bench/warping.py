@@ -1,4 +1,7 @@
-"""Monotone warps of a run's targets before the surrogate sees them (research variants).
+"""Monotone warps of a run's targets before the surrogate sees them.
+
+The default method ``laplace`` warps with ``"yeo-johnson"``; the other kinds are
+research variants (:mod:`labo.bench.methods`).
 
 A heavy tail of bad values (Rosenbrock's corners are 10^6 times worse than its valley)
 lets a few points set a stationary model's amplitude and lengthscales, so the region
