@@ -41,14 +41,8 @@ _MIN_POWER = {"yeo-johnson": None, "yeo-johnson-up": 1.0, "yeo-johnson-pos": 0.0
 
 def warp_targets(Y: Tensor, kind: str) -> Tensor:
     """``Y`` (``n x m``) warped column by column by ``kind`` (see the module docstring)."""
-    if kind not in WARPS:
-        raise BenchmarkError(f"warp must be one of {', '.join(WARPS)}, got {kind!r}.")
-    if Y.ndim != 2 or Y.shape[0] < 2:
-        raise BenchmarkError(f"warp_targets needs an n x m tensor with n >= 2, got shape {tuple(Y.shape)}.")
-    if not torch.isfinite(Y).all():
-        raise BenchmarkError("warp_targets got non-finite targets.")
-    values = Y.detach().cpu().numpy().astype(np.float64)
-    columns = [_warp_column(values[:, j], kind) for j in range(Y.shape[1])]
+    values = _checked_values(Y, kind)
+    columns = [_warp_column(values[:, j], kind)[0] for j in range(Y.shape[1])]
     return torch.as_tensor(np.stack(columns, axis=1), dtype=Y.dtype, device=Y.device)
 
 
@@ -66,23 +60,41 @@ def warp_targets_and_reference(Y: Tensor, reference: Tensor, kind: str) -> tuple
             "the copula warp has no value outside the observed targets, so it cannot map a "
             "hypervolume reference point; use a Yeo-Johnson kind."
         )
-    Yw = warp_targets(Y, kind)  # checks kind, shape and finiteness
+    values = _checked_values(Y, kind)
     if reference.shape != (Y.shape[1],) or not torch.isfinite(reference).all():
         raise BenchmarkError(
             f"the reference point must hold {Y.shape[1]} finite values, got {reference.tolist()}."
         )
-    warp = YeoJohnson(Y.shape[1], min_power=_MIN_POWER[kind])
-    warp(Y.detach().to(torch.float64))
-    warp.eval()
-    mapped = warp(reference.detach().to(torch.float64)[None])[0][0]
-    return Yw, mapped.to(reference)
+    ref = reference.detach().cpu().numpy().astype(np.float64)
+    pairs = [_warp_column(values[:, j], kind, ref[j : j + 1]) for j in range(Y.shape[1])]
+    W = torch.as_tensor(np.stack([w for w, _ in pairs], axis=1), dtype=Y.dtype, device=Y.device)
+    mapped = torch.as_tensor(np.concatenate([r for _, r in pairs]))
+    return W, mapped.to(reference)
 
 
-def _warp_column(y: np.ndarray, kind: str) -> np.ndarray:
+def _checked_values(Y: Tensor, kind: str) -> np.ndarray:
+    """``Y`` as a float64 array, after checking ``kind``, the shape and finiteness."""
+    if kind not in WARPS:
+        raise BenchmarkError(f"warp must be one of {', '.join(WARPS)}, got {kind!r}.")
+    if Y.ndim != 2 or Y.shape[0] < 2:
+        raise BenchmarkError(f"warp_targets needs an n x m tensor with n >= 2, got shape {tuple(Y.shape)}.")
+    if not torch.isfinite(Y).all():
+        raise BenchmarkError("warp_targets got non-finite targets.")
+    return Y.detach().cpu().numpy().astype(np.float64)
+
+
+def _warp_column(
+    y: np.ndarray, kind: str, extra: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One column warped by ``kind``, and ``extra`` values through the same fitted warp."""
     if kind == "copula":
         ranks = stats.rankdata(y)  # ties averaged
-        return stats.norm.ppf((ranks - 0.5) / len(y))
+        return stats.norm.ppf((ranks - 0.5) / len(y)), None
     if y.std() <= 0:  # constant targets: nothing to warp
-        return y - y.mean()
+        return y - y.mean(), None if extra is None else extra - y.mean()
     warp = YeoJohnson(1, min_power=_MIN_POWER[kind])
-    return warp(torch.as_tensor(y[:, None]))[0][:, 0].numpy()
+    warped = warp(torch.as_tensor(y[:, None]))[0][:, 0].numpy()  # fits, in training mode
+    if extra is None:
+        return warped, None
+    warp.eval()
+    return warped, warp(torch.as_tensor(extra[:, None]))[0][:, 0].numpy()
